@@ -1,0 +1,210 @@
+"""The circumpolar North-Pole Lambert azimuthal equal-area grid (DECISIONS 1).
+
+The grid is symmetric about the pole with a pixel corner on the pole and covers the 49°N circle.
+Because the projection is equal-area, the true (ellipsoidal) area of every cell equals its projected
+area, ``resolution**2`` — exactly, not approximately; ``tests/test_grid.py`` checks it against the
+geodesic area of the cell polygon.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from affine import Affine
+from pyproj import CRS, Transformer
+
+__all__ = ["CRS_LAEA", "PRESETS", "Grid", "radius_of_latitude"]
+
+#: ``+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84`` (EPSG:6931 = ESRI:102017).
+CRS_LAEA = CRS.from_epsg(6931)
+
+#: Named resolutions in metres; "1km" and "8km" are the published pixel sizes.
+PRESETS: dict[str, float] = {
+    "1km": 999.97108203905,
+    "8km": 7995.296,
+    "25km": 25_000.0,
+    "50km": 50_000.0,
+    "100km": 100_000.0,
+}
+
+#: Southern edge of the domain.
+SOUTH_LAT = 49.0
+
+
+def radius_of_latitude(lat: float) -> float:
+    """Distance from the pole (m) of a parallel in the polar LAEA projection.
+
+    Parameters
+    ----------
+    lat : float
+        Latitude in degrees north.
+
+    Returns
+    -------
+    float
+        Projected radius in metres (4,475.6 km for 49°N).
+    """
+    fwd = Transformer.from_crs("EPSG:4326", CRS_LAEA, always_xy=True)
+    x, y = fwd.transform(0.0, lat)
+    return float(math.hypot(x, y))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A square polar LAEA grid centred on the pole.
+
+    Parameters
+    ----------
+    resolution : float
+        Cell size in metres.
+    name : str
+        Label used in store attributes and cache names (e.g. ``"50km"``).
+    south : float
+        Southern latitude the grid must cover (default 49°N).
+    """
+
+    resolution: float
+    name: str = "custom"
+    south: float = SOUTH_LAT
+
+    @classmethod
+    def from_preset(cls, name: str | float) -> Grid:
+        """Build a grid from a preset name (``"1km"``, ``"8km"``, ``"25km"``, ``"50km"``,
+        ``"100km"``) or a resolution in metres."""
+        if isinstance(name, int | float):
+            return cls(float(name), f"{float(name):g}m")
+        if name not in PRESETS:
+            raise ValueError(f"unknown grid resolution {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(PRESETS[name], name)
+
+    @cached_property
+    def n_half(self) -> int:
+        """Cells between the pole and the grid edge along an axis."""
+        return math.ceil(radius_of_latitude(self.south) / self.resolution)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(ny, nx)``."""
+        return (2 * self.n_half, 2 * self.n_half)
+
+    @property
+    def half_width(self) -> float:
+        """Distance (m) from the pole to the grid edge."""
+        return self.n_half * self.resolution
+
+    @property
+    def crs(self) -> CRS:
+        """The grid CRS (EPSG:6931)."""
+        return CRS_LAEA
+
+    @property
+    def transform(self) -> Affine:
+        """North-up affine transform of the top-left corner."""
+        w = self.half_width
+        return Affine(self.resolution, 0.0, -w, 0.0, -self.resolution, w)
+
+    @property
+    def x(self) -> np.ndarray:
+        """Cell-centre x coordinates (m), ascending."""
+        return (np.arange(self.shape[1]) + 0.5) * self.resolution - self.half_width
+
+    @property
+    def y(self) -> np.ndarray:
+        """Cell-centre y coordinates (m), descending (north-up)."""
+        return self.half_width - (np.arange(self.shape[0]) + 0.5) * self.resolution
+
+    @property
+    def cell_area(self) -> float:
+        """True area of one cell (m²); exact because the projection is equal-area."""
+        return self.resolution**2
+
+    def index_of(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column of the cell holding projected points (nearest-cell rule).
+
+        Points outside the grid get index -1.
+        """
+        col = np.floor((np.asarray(x) + self.half_width) / self.resolution).astype(np.int64)
+        row = np.floor((self.half_width - np.asarray(y)) / self.resolution).astype(np.int64)
+        ny, nx = self.shape
+        bad = (col < 0) | (col >= nx) | (row < 0) | (row >= ny)
+        return np.where(bad, -1, row), np.where(bad, -1, col)
+
+    def project(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Project longitude/latitude (degrees) to grid x/y (m)."""
+        fwd = Transformer.from_crs("EPSG:4326", CRS_LAEA, always_xy=True)
+        x, y = fwd.transform(np.asarray(lon, float), np.asarray(lat, float))
+        return np.asarray(x), np.asarray(y)
+
+    def lonlat(self, chunks: int | None = None) -> tuple[np.ndarray, np.ndarray] | tuple[
+        da.Array, da.Array
+    ]:
+        """Longitude and latitude (degrees) of every cell centre.
+
+        Parameters
+        ----------
+        chunks : int, optional
+            Return lazy dask arrays with square chunks of this size (what a 1-km grid needs:
+            ~640 MB per eager array); eager numpy arrays when omitted.
+        """
+        if chunks is None:
+            return _lonlat_block(self.y[:, None], self.x[None, :])
+        ny, nx = self.shape
+        yy = da.from_array(self.y[:, None], chunks=(chunks, 1))
+        xx = da.from_array(self.x[None, :], chunks=(1, chunks))
+        lon = da.map_blocks(lambda a, b: _lonlat_block(a, b)[0], yy, xx, dtype=float,
+                            chunks=(yy.chunks[0], xx.chunks[1]))
+        lat = da.map_blocks(lambda a, b: _lonlat_block(a, b)[1], yy, xx, dtype=float,
+                            chunks=(yy.chunks[0], xx.chunks[1]))
+        return lon, lat
+
+    def north_of_south(self, chunks: int | None = None) -> np.ndarray | da.Array:
+        """Boolean mask of cells whose centre lies north of the southern circle (49°N).
+
+        Uses the exact projected radius of the parallel, so no lon/lat inverse is needed.
+        """
+        r = radius_of_latitude(self.south)
+        if chunks is None:
+            return np.hypot(self.x[None, :], self.y[:, None]) <= r
+        xx = da.from_array(self.x[None, :], chunks=(1, chunks))
+        yy = da.from_array(self.y[:, None], chunks=(chunks, 1))
+        return da.hypot(xx, yy) <= r
+
+    def coords(self) -> dict[str, xr.DataArray]:
+        """``x``/``y`` coordinate variables with CF attributes."""
+        return {
+            "y": xr.DataArray(self.y, dims="y", attrs={
+                "standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"}),
+            "x": xr.DataArray(self.x, dims="x", attrs={
+                "standard_name": "projection_x_coordinate", "units": "m", "axis": "X"}),
+        }
+
+    def attach(self, obj: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
+        """Attach CRS and transform the rioxarray way (``spatial_ref`` coordinate)."""
+        import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+        out = obj.rio.write_crs(self.crs.to_wkt())
+        out = out.rio.write_transform(self.transform)
+        out.attrs["grid_name"] = self.name
+        out.attrs["grid_resolution_m"] = self.resolution
+        return out
+
+    def template(self) -> xr.Dataset:
+        """An empty Dataset with the grid's coordinates and CRS."""
+        ds = xr.Dataset(coords=self.coords())
+        return self.attach(ds)  # type: ignore[return-value]
+
+    def subset(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cell-centre coordinates ``(y, x)`` of a window."""
+        return self.y[row0:row1], self.x[col0:col1]
+
+
+def _lonlat_block(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inv = Transformer.from_crs(CRS_LAEA, "EPSG:4326", always_xy=True)
+    xx, yy = np.broadcast_arrays(x, y)
+    lon, lat = inv.transform(xx, yy)
+    return np.asarray(lon), np.asarray(lat)

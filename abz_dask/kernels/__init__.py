@@ -1,0 +1,1 @@
+"""Pure numba/numpy kernels (no xarray, no dask): forest inference and zyp-exact trends."""
