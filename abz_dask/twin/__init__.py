@@ -1,0 +1,108 @@
+"""The digital twin: realistic predictor cubes, a site network and fluxes from a planted truth.
+
+No real ABCflux or satellite data can be downloaded where abz_dask is developed, so every stage is
+checked against a twin whose true fluxes are known. ``generate_twin`` writes a run folder:
+
+- ``zones.zarr``: the grid's zone layers built from real geodata (:mod:`abz_dask.zones`);
+- ``cube.zarr``: the 17 predictors (seed-spec §3.2), monthly 1990–2020 by default, NaN outside
+  the ABZ domain (:mod:`abz_dask.twin.drivers`);
+- ``truth.zarr``: planted monthly GPP, Reco, NEE (:mod:`abz_dask.twin.truth`);
+- ``fire.zarr``: annual burned fraction and fire emissions 2002– (:mod:`abz_dask.twin.fire`);
+- ``abcflux_twin.csv``: site-month observations in the ABCflux v1 format
+  (:mod:`abz_dask.twin.sites`);
+- ``truth_budgets.csv``: annual truth budgets per domain (Tg C yr⁻¹);
+- ``twin.json``: the configuration.
+
+The same arguments and seed give bit-identical outputs, on one worker or many.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import xarray as xr
+
+from abz_dask import __version__
+from abz_dask.budgets import annual_domain_budgets, domain_weights
+from abz_dask.grid import Grid
+from abz_dask.twin.generate import TwinLayout, write_cube_truth_fire
+from abz_dask.twin.sites import make_sites, site_observations
+
+__all__ = ["TwinLayout", "generate_twin"]
+
+
+def generate_twin(out: str | Path, resolution: str | float = "50km", start: str = "1990-01",
+                  end: str = "2020-12", seed: int = 0, n_sites: int = 200,
+                  tile: int | None = None, zones: xr.Dataset | None = None,
+                  progress: bool = True) -> TwinLayout:
+    """Generate (or finish generating) a digital twin into ``out``.
+
+    Parameters
+    ----------
+    out : path
+        Run folder; created if missing. An interrupted run is resumed tile by tile.
+    resolution : str or float
+        Grid preset (``"1km"``, ``"8km"``, ``"25km"``, ``"50km"``, ``"100km"``) or metres.
+    start, end : str
+        First and last month (``YYYY-MM``).
+    seed : int
+        Seed of every random element.
+    n_sites : int
+        Size of the site network.
+    tile : int, optional
+        Tile edge in cells (chunk size of the stores).
+    zones : xr.Dataset, optional
+        Zone layers to use instead of the built-in real-geodata layers.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    TwinLayout
+        Paths of the written stores and tables.
+    """
+    from abz_dask.zones import build_zones
+
+    grid = Grid.from_preset(resolution)
+    layout = TwinLayout(Path(out))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    time = pd.date_range(start, end, freq="MS")
+    if len(time) < 12 or time[0].month != 1:
+        raise ValueError(f"twin period {start}..{end} must start in January and span ≥ 12 months")
+    config = {"resolution": str(resolution), "start": start, "end": end, "seed": seed,
+              "n_sites": n_sites, "tile": tile, "abz_dask_version": __version__}
+    manifest = layout.root / "twin.json"
+    if manifest.exists() and json.loads(manifest.read_text()) != config:
+        raise FileExistsError(f"{layout.root} holds a twin made with other settings "
+                              f"({manifest}); use another --out folder")
+    manifest.write_text(json.dumps(config, indent=2))
+    if not layout.zones.exists():
+        z = zones if zones is not None else build_zones(grid)
+        tmp = layout.zones.with_name(layout.zones.name + ".tmp")
+        z.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        tmp.rename(layout.zones)
+    write_cube_truth_fire(layout, grid, time, seed, tile=tile, progress=progress)
+    zones_ds = xr.open_zarr(layout.zones, consolidated=False)
+    if not layout.sites.exists():
+        truth = xr.open_zarr(layout.truth, consolidated=False)
+        cube = xr.open_zarr(layout.cube, consolidated=False)
+        fire = xr.open_zarr(layout.fire, consolidated=False)
+        site = make_sites(zones_ds.load(), grid, fire, seed, n_sites)
+        obs = site_observations(site, truth, cube, seed, grid)
+        _atomic_csv(obs, layout.sites)
+    if not layout.truth_budgets.exists():
+        truth = xr.open_zarr(layout.truth, consolidated=False)
+        w = domain_weights(zones_ds, grid.cell_area)
+        annual = annual_domain_budgets(truth[["NEE", "GPP", "Reco"]], w).compute()
+        tab = annual.to_dataframe().reset_index().melt(
+            id_vars=["year", "domain"], var_name="flux", value_name="budget_tg_c_yr")
+        _atomic_csv(tab, layout.truth_budgets)
+    return layout
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)

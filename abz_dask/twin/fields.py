@@ -1,0 +1,60 @@
+"""Deterministic, chunk-independent random fields for the digital twin.
+
+Every field is a closed-form function of projected position (and a seed), so any block of any
+grid can be generated on its own, in any order, on any worker, with bit-identical results.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+__all__ = ["rng_for", "smooth_field", "cell_noise"]
+
+
+def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
+    """A generator seeded by ``seed`` and a tuple of labels (stable across processes)."""
+    words = [int(seed) & 0xFFFFFFFF]
+    for k in keys:
+        words.append(zlib.crc32(k.encode()) if isinstance(k, str) else int(k) & 0xFFFFFFFF)
+    return np.random.default_rng(words)
+
+
+def smooth_field(seed: int, name: str, x: np.ndarray, y: np.ndarray, *, year: int = 0,
+                 wavelength: tuple[float, float] = (8e5, 4e6), n_modes: int = 24) -> np.ndarray:
+    """Spatially correlated field with zero mean and unit variance (a sum of plane waves).
+
+    Parameters
+    ----------
+    seed, name, year
+        Identify the field; the same triple always gives the same field.
+    x, y : ndarray
+        Projected coordinates (m), broadcastable.
+    wavelength : (float, float)
+        Range of wavelengths (m) of the plane waves.
+    n_modes : int
+        Number of plane waves.
+    """
+    rng = rng_for(seed, name, year)
+    lam = np.exp(rng.uniform(np.log(wavelength[0]), np.log(wavelength[1]), n_modes))
+    theta = rng.uniform(0, np.pi, n_modes)
+    phase = rng.uniform(0, 2 * np.pi, n_modes)
+    k = 2 * np.pi / lam
+    out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)))
+    for j in range(n_modes):
+        out += np.sin(k[j] * (x * np.cos(theta[j]) + y * np.sin(theta[j])) + phase[j])
+    return out * np.sqrt(2.0 / n_modes)
+
+
+def cell_noise(seed: int, name: str, row: np.ndarray, col: np.ndarray, *, year: int = 0
+               ) -> np.ndarray:
+    """White noise in [0, 1) tied to grid cell indices (hash-based, chunk independent)."""
+    h = (np.asarray(row, np.uint64) * np.uint64(0x9E3779B1)
+         ^ np.asarray(col, np.uint64) * np.uint64(0x85EBCA77)
+         ^ np.uint64(zlib.crc32(f"{seed}/{name}/{year}".encode())))
+    # splitmix64 finaliser
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    h = h ^ (h >> np.uint64(31))
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)

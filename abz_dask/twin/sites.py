@@ -1,0 +1,230 @@
+"""A site network like ABCflux and its monthly observations, written as an ABCflux v1 CSV.
+
+- ≈ 200 land sites placed like the real network: dense in Fennoscandia, Alaska and Canada, sparse
+  in Siberia; the real FLUXNET2015 site coordinates (``shared/reference``) are among them.
+- 1–213 months per site (mean ≈ 25), ≈ 4,800 site-months whose calendar-month counts follow the
+  paper's (seed-spec §6.2); eddy-covariance (EC) sites hold ≈ 88 % of the months; chamber sites
+  measure mostly in the growing season and some have several plots per site-month.
+- Observations = planted truth of the site's cell × a site-level factor (local heterogeneity)
+  + measurement noise; GPP/Reco are partitioned so that NEE = Reco − GPP per row; GPP is stored
+  negative as in the authors' table; −9999 marks missing values.
+- ≈ 14 % of sites are disturbed: fire sites sit in cells that burned in the twin's fire map and
+  are measured from the fire year on; some thermokarst and harvest sites.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from abz_dask.grid import Grid, _lonlat_block
+from abz_dask.predictors import VEG_CLASSES
+from abz_dask.twin.fields import rng_for
+
+__all__ = ["ABCFLUX_COLUMNS", "MONTHLY_COUNTS", "make_sites", "site_observations"]
+
+#: Monthly sample sizes of the paper's 1-km NEE model (seed-spec §6.2, Jan..Dec).
+MONTHLY_COUNTS = np.array([288, 289, 329, 377, 449, 497, 527, 522, 475, 386, 320, 306])
+
+ABCFLUX_COLUMNS = [
+    "study_id", "site_name", "site_reference", "latitude", "longitude", "country", "biome",
+    "veg_type", "meas_year", "interval_month", "nee", "gpp", "reco", "flux_method",
+    "flux_method_detail", "partition_method", "gap_fill_perc", "tair_int", "precip_int",
+    "disturbance", "disturb_year", "disturb_severity", "extraction_source",
+    "data_contributor_or_author", "citation",
+]
+_REGION_SHARE = {1: 0.22, 2: 0.28, 3: 0.37, 4: 0.13}  # Alaska, Canada, Europe, Siberia
+_REGION_CC = {1: "US", 2: "CA", 3: "FI", 4: "RU"}
+
+
+def _reference_sites() -> pd.DataFrame:
+    from importlib import resources
+
+    p = resources.files("abz_dask") / "data" / "flux_sites_fluxnet2015_abz.csv"
+    return pd.read_csv(str(p))
+
+
+def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sites: int = 200
+               ) -> pd.DataFrame:
+    """Place the site network on domain cells; one row per site with its cell and design."""
+    rng = rng_for(seed, "sites")
+    dom = (zones["abz"].values.astype(bool) & (zones["land_fraction"].values > 0.2))
+    region = zones["key_region"].values
+    ys, xs = grid.y, grid.x
+    rows_all, cols_all = np.nonzero(dom)
+    rows: list[int] = []
+    cols: list[int] = []
+    names: list[str] = []
+    # real FLUXNET2015 coordinates, snapped to the nearest domain cell within 1.5 cells
+    ref = _reference_sites()
+    px, py = grid.project(ref["longitude"].values, ref["latitude"].values)
+    for name, x, y in zip(ref["site_id"], px, py, strict=True):
+        d2 = (xs[cols_all] - x) ** 2 + (ys[rows_all] - y) ** 2
+        k = int(np.argmin(d2))
+        if d2[k] <= (1.5 * grid.resolution) ** 2:
+            rows.append(int(rows_all[k]))
+            cols.append(int(cols_all[k]))
+            names.append(str(name))
+    # the rest by region share, denser towards the south (accessibility)
+    lat_cells = _lonlat_block(ys[rows_all][None, :], xs[cols_all][None, :])[1][0]
+    # burned cells first for the fire sites
+    bf = fire["burned_fraction"].sel(year=slice(None, 2017))
+    burn_year = (bf > 0).argmax("year").values
+    burned = (bf > 0).any("year").values & dom
+    n_fire = int(round(0.105 * n_sites))
+    brows, bcols = np.nonzero(burned)
+    pick = rng.choice(len(brows), size=min(n_fire, len(brows)), replace=False)
+    fire_cells = {(int(brows[i]), int(bcols[i])) for i in pick}
+    n_rest = n_sites - len(names) - len(fire_cells)
+    counts = rng.multinomial(n_rest, list(_REGION_SHARE.values()))
+    taken = set(zip(rows, cols, strict=True)) | fire_cells
+    for reg, cnt in zip(_REGION_SHARE, counts, strict=True):
+        sel = np.flatnonzero(region[rows_all, cols_all] == reg)
+        if len(sel) == 0:
+            continue
+        w = np.exp(-(lat_cells[sel] - 55.0) / 7.0)
+        for i in rng.choice(sel, size=min(len(sel), cnt * 2), replace=False, p=w / w.sum()):
+            if cnt == 0:
+                break
+            rc = (int(rows_all[i]), int(cols_all[i]))
+            if rc in taken:
+                continue
+            taken.add(rc)
+            rows.append(rc[0])
+            cols.append(rc[1])
+            names.append("")
+            cnt -= 1
+    for r, c in sorted(fire_cells):
+        rows.append(r)
+        cols.append(c)
+        names.append("")
+    site = pd.DataFrame({"row": rows, "col": cols, "name": names})
+    site["disturbance"] = "No"
+    site["disturb_year"] = -9999
+    nf = len(fire_cells)
+    site.loc[site.index[-nf:], "disturbance"] = "Fire"
+    fy = bf["year"].values[burn_year[site["row"].values[-nf:], site["col"].values[-nf:]]]
+    site.loc[site.index[-nf:], "disturb_year"] = fy
+    others = rng.choice(np.flatnonzero(site["disturbance"] == "No"), size=8, replace=False)
+    site.loc[others[:3], "disturbance"] = "Thermokarst"
+    site.loc[others[3:], "disturbance"] = "Harvest"
+    site.loc[others, "disturb_year"] = rng.integers(1985, 2010, size=8)
+    # coordinates: jitter inside the cell (real sites keep their own coordinates)
+    jx = (rng.uniform(-0.45, 0.45, len(site))) * grid.resolution
+    jy = (rng.uniform(-0.45, 0.45, len(site))) * grid.resolution
+    x = xs[site["col"].values] + jx
+    y = ys[site["row"].values] + jy
+    lon, lat = _lonlat_block(y[None, :], x[None, :])
+    site["longitude"], site["latitude"] = lon[0], lat[0]
+    real = site["name"] != ""
+    refi = ref.set_index("site_id").loc[site.loc[real, "name"]]
+    site.loc[real, "longitude"] = refi["longitude"].values
+    site.loc[real, "latitude"] = refi["latitude"].values
+    site["region"] = region[site["row"], site["col"]]
+    site["biome"] = np.where(zones["biome"].values[site["row"], site["col"]] == 1, "Tundra",
+                             "Boreal")
+    counter: dict[str, int] = {}
+    for i in np.flatnonzero(~real):
+        cc = _REGION_CC.get(int(site.at[i, "region"]), "XX")
+        counter[cc] = counter.get(cc, 0) + 1
+        site.at[i, "name"] = f"{cc}-T{counter[cc]:02d}"
+    # design: method and record length (lognormal, mean ≈ 25 months, 1–213)
+    n = len(site)
+    ec = rng.uniform(size=n) < 0.55
+    ec[real.values] = True
+    length = np.where(ec, rng.lognormal(2.95, 1.0, n), rng.lognormal(1.0, 0.8, n))
+    length = np.clip(np.round(length), 1, 213).astype(int)
+    long_term = rng.choice(np.flatnonzero(ec), size=9, replace=False)
+    length[long_term] = rng.integers(90, 214, size=9)
+    length[long_term[0]] = 213
+    site["method"] = np.where(ec, "EC", "Ch")
+    site["n_months"] = length
+    site["plots"] = np.where(ec, 1, rng.choice([1, 1, 2, 3], size=n))
+    return site
+
+
+def _site_months(site: pd.Series, time: pd.DatetimeIndex, rng: np.random.Generator
+                 ) -> list[int]:
+    """Time indices measured at a site (EC: year-round with fewer winter months;
+    chambers: mostly May–September)."""
+    p_ec = (MONTHLY_COUNTS / MONTHLY_COUNTS.max()) ** 0.45
+    p_ch = np.array([0.03, 0.03, 0.05, 0.15, 0.6, 1.0, 1.0, 1.0, 0.8, 0.25, 0.05, 0.03])
+    p = p_ec if site["method"] == "EC" else p_ch
+    start_min = 0
+    if site["disturbance"] == "Fire":
+        start_min = int(np.searchsorted(time.year.values, site["disturb_year"]))
+    n_need = int(site["n_months"])
+    expected_span = int(n_need / p.mean()) + 12
+    latest = max(start_min, len(time) - expected_span)
+    # recent years are better covered (805 obs in 2015–2020 in the paper)
+    start = int(start_min + (latest - start_min) * rng.beta(2.2, 1.0)) if latest > start_min \
+        else start_min
+    start -= start % 12 if site["method"] == "Ch" else 0
+    out: list[int] = []
+    t = max(start, start_min)
+    while len(out) < n_need and t < len(time):
+        if rng.uniform() < p[time[t].month - 1]:
+            out.append(t)
+        t += 1
+    return out
+
+
+def site_observations(site: pd.DataFrame, truth: xr.Dataset, cube: xr.Dataset, seed: int,
+                      grid: Grid) -> pd.DataFrame:
+    """Monthly observations of every site in the ABCflux v1 column format."""
+    rng = rng_for(seed, "observations")
+    time = pd.DatetimeIndex(truth["time"].values)
+    yi = xr.DataArray(site["row"].values, dims="site")
+    xi = xr.DataArray(site["col"].values, dims="site")
+    tr = truth[["NEE", "GPP", "Reco"]].isel(y=yi, x=xi).load()
+    tair = cube["tair"].isel(y=yi, x=xi).values
+    veg = cube["vegtype"].isel(y=yi, x=xi).values
+    recs = []
+    for s, row in site.iterrows():
+        months = _site_months(row, time, rng)
+        f_gpp = np.exp(rng.normal(0, 0.12))
+        f_reco = f_gpp * np.exp(rng.normal(0, 0.08))
+        sd_scale = 1.0 if row["method"] == "EC" else 1.8
+        for t in months:
+            gpp = float(tr["GPP"].values[t, s]) * f_gpp
+            reco = float(tr["Reco"].values[t, s]) * f_reco
+            for plot in range(int(row["plots"])):
+                e_r = rng.normal(0, sd_scale * (2.0 + 0.08 * reco))
+                e_n = rng.normal(0, sd_scale * (3.0 + 0.08 * (gpp + reco) / 2))
+                reco_o = reco + e_r
+                nee_o = (reco - gpp) + e_n
+                gpp_o = reco_o - nee_o
+                miss_gpp = row["method"] == "Ch" and rng.uniform() < 0.35
+                miss_reco = row["method"] == "Ch" and rng.uniform() < 0.15
+                recs.append({
+                    "study_id": f"Twin_{row['name']}_{row['method']}",
+                    "site_name": row["name"],
+                    "site_reference": f"plot{plot + 1}" if row["plots"] > 1 else "tower1",
+                    "latitude": round(float(row["latitude"]), 5),
+                    "longitude": round(float(row["longitude"]), 5),
+                    "country": row["name"][:2], "biome": row["biome"],
+                    "veg_type": VEG_CLASSES.get(int(np.nan_to_num(veg[s], nan=30)), "unknown"),
+                    "meas_year": int(time[t].year), "interval_month": int(time[t].month),
+                    "nee": round(nee_o, 3),
+                    "gpp": -9999.0 if miss_gpp else round(-gpp_o, 3),
+                    "reco": -9999.0 if miss_reco else round(reco_o, 3),
+                    "flux_method": row["method"],
+                    "flux_method_detail": "EC closed path" if row["method"] == "EC"
+                    else "Chamber manual",
+                    "partition_method": "Reichstein" if row["method"] == "EC" else -9999,
+                    "gap_fill_perc": round(float(rng.uniform(2, 60)), 1)
+                    if row["method"] == "EC" else -9999,
+                    "tair_int": round(float(tair[t, s]) + rng.normal(0, 0.8), 2),
+                    "precip_int": -9999,
+                    "disturbance": row["disturbance"],
+                    "disturb_year": int(row["disturb_year"]),
+                    "disturb_severity": "High" if row["disturbance"] == "Fire" else -9999,
+                    "extraction_source": "twin",
+                    "data_contributor_or_author": "abz_dask digital twin",
+                    "citation": f"abz_dask twin seed {seed}",
+                })
+    df = pd.DataFrame.from_records(recs, columns=ABCFLUX_COLUMNS)
+    return df
