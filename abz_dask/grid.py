@@ -153,7 +153,6 @@ class Grid:
         """
         if chunks is None:
             return _lonlat_block(self.y[:, None], self.x[None, :])
-        ny, nx = self.shape
         yy = da.from_array(self.y[:, None], chunks=(chunks, 1))
         xx = da.from_array(self.x[None, :], chunks=(1, chunks))
         lon = da.map_blocks(lambda a, b: _lonlat_block(a, b)[0], yy, xx, dtype=float,

@@ -101,13 +101,13 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False
-                 ) -> bool:
+def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False,
+                 check_attrs: tuple[str, ...] = ()) -> bool:
     """Write the metadata (and coordinates) of ``template`` to a new Zarr v3 store.
 
     ``template`` must hold lazy (dask) data variables; their chunks become the store chunks.
-    Returns False if a complete store with the same variables already exists (resume), True when a
-    new store was created.
+    Returns False if a complete store with the same variables, sizes and ``check_attrs`` values
+    already exists (resume), True when a new store was created.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -117,10 +117,11 @@ def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrit
             shutil.rmtree(path)
         else:
             same = set(template.data_vars) <= set(existing.variables) and all(
-                existing.sizes.get(d) == n for d, n in template.sizes.items())
+                existing.sizes.get(d) == n for d, n in template.sizes.items()) and all(
+                existing.attrs.get(k) == template.attrs.get(k) for k in check_attrs)
             if same:
                 return False
-            raise FileExistsError(f"{path} exists with other variables or sizes; "
+            raise FileExistsError(f"{path} exists with other variables, sizes or settings; "
                                   "remove it or pass overwrite=True")
     if path.exists():
         shutil.rmtree(path)

@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["rng_for", "smooth_field", "cell_noise"]
+__all__ = ["cell_noise", "rng_for", "smooth_field"]
 
 
 def rng_for(seed: int, *keys: str | int) -> np.random.Generator:

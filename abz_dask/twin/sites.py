@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -74,7 +72,7 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     bf = fire["burned_fraction"].sel(year=slice(None, 2017))
     burn_year = (bf > 0).argmax("year").values
     burned = (bf > 0).any("year").values & dom
-    n_fire = int(round(0.105 * n_sites))
+    n_fire = round(0.105 * n_sites)
     brows, bcols = np.nonzero(burned)
     pick = rng.choice(len(brows), size=min(n_fire, len(brows)), replace=False)
     fire_cells = {(int(brows[i]), int(bcols[i])) for i in pick}
@@ -135,7 +133,7 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     n = len(site)
     ec = rng.uniform(size=n) < 0.55
     ec[real.values] = True
-    length = np.where(ec, rng.lognormal(2.95, 1.0, n), rng.lognormal(1.0, 0.8, n))
+    length = np.where(ec, rng.lognormal(2.95, 1.0, n), rng.lognormal(1.4, 0.8, n))
     length = np.clip(np.round(length), 1, 213).astype(int)
     long_term = rng.choice(np.flatnonzero(ec), size=9, replace=False)
     length[long_term] = rng.integers(90, 214, size=9)
@@ -150,7 +148,7 @@ def _site_months(site: pd.Series, time: pd.DatetimeIndex, rng: np.random.Generat
                  ) -> list[int]:
     """Time indices measured at a site (EC: year-round with fewer winter months;
     chambers: mostly May–September)."""
-    p_ec = (MONTHLY_COUNTS / MONTHLY_COUNTS.max()) ** 0.45
+    p_ec = (MONTHLY_COUNTS / MONTHLY_COUNTS.max()) ** 0.85
     p_ch = np.array([0.03, 0.03, 0.05, 0.15, 0.6, 1.0, 1.0, 1.0, 0.8, 0.25, 0.05, 0.03])
     p = p_ec if site["method"] == "EC" else p_ch
     start_min = 0

@@ -5,7 +5,8 @@ GPP (light-use efficiency model, g C m⁻² month⁻¹)::
     GPP = ε · LUE_veg · PAR · fAPAR(NDVI) · f(T) · f(VPD) · (1 − snow) · f(CO2) · f(θ)
 
 with PAR = 0.45 · srad · days · 0.0864 MJ m⁻², fAPAR = clip(1.25 (NDVI − 0.12), 0, 0.95),
-f(T) = logistic((T − 5) / 2.5), f(VPD) = clip(1.15 − 0.35 VPD, 0.3, 1), f(CO2) = 1 + 0.35 ln(CO2/370),
+f(T) = logistic((T − 5) / 2.5), f(VPD) = clip(1.15 − 0.35 VPD, 0.3, 1),
+f(CO2) = 1 + 0.35 ln(CO2/370),
 f(θ) = clip(θ / 0.18, 0.4, 1).
 
 Reco = autotrophic (0.47 GPP) + heterotrophic::
