@@ -30,3 +30,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse to pass with zero tests (CI must never go green on an empty run)."""
     if not items:
         raise pytest.UsageError("no tests collected")
+
+
+@pytest.fixture(scope="session")
+def twin100(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A full-period (1990–2020) digital twin on the 100-km grid, shared by the session."""
+    from abz_dask.twin import generate_twin
+
+    return generate_twin(tmp_path_factory.mktemp("twin100"), resolution="100km", seed=0,
+                         progress=False)

@@ -167,7 +167,7 @@ def dynamic_predictors(b: Block, static: dict[str, np.ndarray], years: np.ndarra
         winter = 1.0 + 0.8 * np.cos(2 * np.pi * (m - 1) / 12.0)
         tair = (b.t2m_clim[m - 1] + amp * (frac_year - WARMING_CENTRE_YEAR)
                 + 0.9 * iav + 0.9 * winter * mon)
-        pr = b.precip_clim[m - 1] * np.exp(0.25 * smooth_field(seed, "pr", b.x, b.y,
+        pr = b.precip_clim[m - 1] * np.exp(0.25 * smooth_field(seed, "pr", b.x, b.y, n_modes=12,
                                                                  year=yr * 12 + m))
         trans = 0.52 - 0.10 * np.tanh(pr / 60.0) + 0.03 * mon
         srad = _insolation(b.lat, MIDDOY[m - 1]) * trans
@@ -188,13 +188,14 @@ def dynamic_predictors(b: Block, static: dict[str, np.ndarray], years: np.ndarra
         green = 1.0 + 0.0045 * (frac_year - 2000.0) * np.where(tundra, 1.3, 0.7)
         phen = 1.0 / (1.0 + np.exp(-(tair - 4.0) / 2.2)) * (1.0 - snow)
         ndvi = (nmin0 + (nmax0 * green - nmin0) * phen) * (1.0 - 0.55 * recover)
-        ndvi = ndvi + 0.015 * smooth_field(seed, "ndvi_noise", b.x, b.y, year=yr * 12 + m)
+        ndvi = ndvi + 0.015 * smooth_field(seed, "ndvi_noise", b.x, b.y, year=yr * 12 + m,
+                                         n_modes=12)
         es = 0.6108 * np.exp(17.27 * tair / (tair + 237.3))
         rh = np.clip(0.82 - 0.18 * np.tanh((60.0 - pr) / 40.0) + 0.04 * mon, 0.35, 0.97)
         vpd = np.maximum(es * (1.0 - rh), 0.005)
         liquid = 0.35 + 0.65 / (1.0 + np.exp(-soil_temp / 0.8))
         sm = wetness * liquid * (1.0 - 0.12 * np.tanh(vpd - 0.6)) \
-            + 0.02 * smooth_field(seed, "sm", b.x, b.y, year=yr * 12 + m)
+            + 0.02 * smooth_field(seed, "sm", b.x, b.y, year=yr * 12 + m, n_modes=12)
         tree = np.clip(tree0 * (1.0 + 0.004 * (frac_year - 2000.0)) * (1.0 - 0.9 * recover
                                                                          * (ysf < 25)), 0, 95)
         nontree = np.clip(nontree0 + 0.3 * (tree0 - tree), 0, 100 - tree)

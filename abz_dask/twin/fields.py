@@ -41,9 +41,16 @@ def smooth_field(seed: int, name: str, x: np.ndarray, y: np.ndarray, *, year: in
     theta = rng.uniform(0, np.pi, n_modes)
     phase = rng.uniform(0, 2 * np.pi, n_modes)
     k = 2 * np.pi / lam
+    kx, ky = k * np.cos(theta), k * np.sin(theta)
     out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)))
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    # sin(a + b) = sin a cos b + cos a sin b: 1-D sines along each axis of a block, then
+    # broadcast multiply-adds (deterministic elementwise order; no BLAS reductions)
     for j in range(n_modes):
-        out += np.sin(k[j] * (x * np.cos(theta[j]) + y * np.sin(theta[j])) + phase[j])
+        ax = kx[j] * x
+        by = ky[j] * y + phase[j]
+        out += np.sin(ax) * np.cos(by) + np.cos(ax) * np.sin(by)
     return out * np.sqrt(2.0 / n_modes)
 
 

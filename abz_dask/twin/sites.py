@@ -62,7 +62,7 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     for name, x, y in zip(ref["site_id"], px, py, strict=True):
         d2 = (xs[cols_all] - x) ** 2 + (ys[rows_all] - y) ** 2
         k = int(np.argmin(d2))
-        if d2[k] <= (1.5 * grid.resolution) ** 2:
+        if d2[k] <= (1.5 * grid.resolution) ** 2 and len(names) < n_sites // 4:
             rows.append(int(rows_all[k]))
             cols.append(int(cols_all[k]))
             names.append(str(name))
@@ -76,7 +76,7 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     brows, bcols = np.nonzero(burned)
     pick = rng.choice(len(brows), size=min(n_fire, len(brows)), replace=False)
     fire_cells = {(int(brows[i]), int(bcols[i])) for i in pick}
-    n_rest = n_sites - len(names) - len(fire_cells)
+    n_rest = max(0, n_sites - len(names) - len(fire_cells))
     counts = rng.multinomial(n_rest, list(_REGION_SHARE.values()))
     taken = set(zip(rows, cols, strict=True)) | fire_cells
     for reg, cnt in zip(_REGION_SHARE, counts, strict=True):
@@ -106,10 +106,11 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     site.loc[site.index[-nf:], "disturbance"] = "Fire"
     fy = bf["year"].values[burn_year[site["row"].values[-nf:], site["col"].values[-nf:]]]
     site.loc[site.index[-nf:], "disturb_year"] = fy
-    others = rng.choice(np.flatnonzero(site["disturbance"] == "No"), size=8, replace=False)
-    site.loc[others[:3], "disturbance"] = "Thermokarst"
-    site.loc[others[3:], "disturbance"] = "Harvest"
-    site.loc[others, "disturb_year"] = rng.integers(1985, 2010, size=8)
+    n_other = round(0.04 * n_sites)  # 3 thermokarst + 5 harvested of 200 in the paper
+    others = rng.choice(np.flatnonzero(site["disturbance"] == "No"), size=n_other, replace=False)
+    site.loc[others[: (3 * n_other) // 8], "disturbance"] = "Thermokarst"
+    site.loc[others[(3 * n_other) // 8:], "disturbance"] = "Harvest"
+    site.loc[others, "disturb_year"] = rng.integers(1985, 2010, size=n_other)
     # coordinates: jitter inside the cell (real sites keep their own coordinates)
     jx = (rng.uniform(-0.45, 0.45, len(site))) * grid.resolution
     jy = (rng.uniform(-0.45, 0.45, len(site))) * grid.resolution
@@ -135,8 +136,9 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     ec[real.values] = True
     length = np.where(ec, rng.lognormal(2.95, 1.0, n), rng.lognormal(1.4, 0.8, n))
     length = np.clip(np.round(length), 1, 213).astype(int)
-    long_term = rng.choice(np.flatnonzero(ec), size=9, replace=False)
-    length[long_term] = rng.integers(90, 214, size=9)
+    n_long = min(9, int(ec.sum()), max(1, round(0.045 * n)))  # 9 long-term sites of 200
+    long_term = rng.choice(np.flatnonzero(ec), size=n_long, replace=False)
+    length[long_term] = rng.integers(90, 214, size=n_long)
     length[long_term[0]] = 213
     site["method"] = np.where(ec, "EC", "Ch")
     site["n_months"] = length
