@@ -85,7 +85,8 @@ def test_fire_sites_sit_in_burned_cells(twin100: TwinLayout) -> None:
     for yr, ri, ci in zip(fire_sites["disturb_year"], r, c, strict=True):
         assert bf.sel(year=yr).values[ri, ci] > 0
     first = pd.read_csv(twin100.sites).groupby("site_name")["meas_year"].min()
-    assert (first[fire_sites["site_name"]].to_numpy() >= fire_sites["disturb_year"].to_numpy()).all()
+    start = first[fire_sites["site_name"]].to_numpy()
+    assert (start >= fire_sites["disturb_year"].to_numpy()).all()
 
 
 def test_truth_identity_and_budget_structure(twin100: TwinLayout) -> None:
