@@ -390,9 +390,11 @@ def _rows(grid: Grid, rows: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def _north_mask(grid: Grid, r0: int, r1: int) -> np.ndarray:
-    """Rows r0:r1 of ``grid.north_of_south()`` (same formula, without the full grid)."""
-    r = radius_of_latitude(grid.south)
-    return np.hypot(grid.x[None, :], grid.y[r0:r1, None]) <= r
+    """Rows r0:r1 of ``grid.north_of_south()``, computed from its lazy form (bounded memory)."""
+    if r1 <= r0:
+        return np.zeros((0, grid.shape[1]), bool)
+    lazy = grid.north_of_south(chunks=max(256, r1 - r0))
+    return np.asarray(lazy[r0:r1].compute(scheduler="synchronous"))  # type: ignore[union-attr]
 
 
 @dataclass

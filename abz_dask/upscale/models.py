@@ -67,12 +67,8 @@ class ModelSet:
 
     def nbytes(self) -> int:
         """Approximate size of the packed forests (bytes)."""
-        tot = 0
-        for m in [*self.central.values(), *(b for v in self.bootstraps.values() for b in v)]:
-            f = m.forest
-            fields = f._asdict() if hasattr(f, "_asdict") else vars(f)
-            tot += sum(a.nbytes for a in fields.values() if isinstance(a, np.ndarray))
-        return tot
+        models = [*self.central.values(), *(b for v in self.bootstraps.values() for b in v)]
+        return sum(m.forest.nbytes for m in models)
 
 
 def _compile(flux: str, model: Any) -> CompiledModel:

@@ -1,0 +1,489 @@
+"""Tuned random forests per flux, their bootstraps and diagnostics, spread over Dask.
+
+The method (seed-spec §4.2–4.6, DECISIONS 5–8), per flux:
+
+1. rows with the flux observed; folds grouped by site (:mod:`abz_dask.training.folds`);
+2. for every fold × mtry of the grid: encode month and vegetation type on the fold's training
+   rows only (:func:`abz_dask.encoding.fit_encoding` — no leakage), fit a forest, predict the
+   held-out sites; the fold RMSE is kept;
+3. mtry = the lowest mean fold RMSE (caret ``selectionFunction = "best"``: ties go to the
+   smaller mtry); the pooled held-out predictions at that mtry are the CV predictions;
+4. the central model: the same forest refit on all rows;
+5. bootstrap replicate b = 1..B: rows drawn with replacement (same size) with seed
+   ``seed + b``, the 15 non-categorical predictors, mtry = min(tuned mtry, 15), forest
+   ``random_state = seed + b``.
+
+Forests mirror R randomForest: bootstrap rows, ``max_features = mtry``, ``min_samples_split = 6``
+(nodesize 5), ``min_samples_leaf = 1``, ``n_jobs = 1`` (parallelism comes from Dask).
+
+Parallelism: every fold × mtry fit, every final and bootstrap fit and every per-predictor
+diagnostic is one Dask task. The prepared training data is shipped once — scattered to the
+workers (``broadcast``) when a ``distributed`` client is active, otherwise one ``delayed`` key
+that every task depends on — so the same code runs on the threaded scheduler, a LocalCluster or a
+remote cluster. Random seeds are derived from the base seed and the task's identity, so results do
+not depend on the scheduler or the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestRegressor
+
+from abz_dask.encoding import CategoricalEncoding, fit_encoding
+from abz_dask.predictors import (
+    BOOTSTRAP_PREDICTORS,
+    CATEGORICAL,
+    PREDICTOR_NAMES,
+    PREDICTORS,
+    VEG_CLASSES,
+)
+from abz_dask.progress import active_client, compute_with_progress
+from abz_dask.training.bundle import CARD_FORMAT, CARD_VERSION, FluxModel, ModelBundle
+from abz_dask.training.folds import fold_ids, iter_folds
+from abz_dask.training.metrics import metrics, rmse
+from abz_dask.training.profiles import TrainingProfile, resolve_profile
+
+__all__ = ["FluxData", "TrainingData", "caret_mtry_grid", "prepare", "ship_training_data",
+           "train_bundle", "tune"]
+
+#: Columns carried into the CV predictions for stratified diagnostics.
+_CV_META = ("site_id", "year", "month", "vegtype", "flux_method", "disturbance",
+            "disturb_year", "biome", "country")
+#: Category legends: levels a model must know even when its training rows lack them.
+_LEGEND: dict[str, tuple[int, ...]] = {"month": tuple(range(1, 13)),
+                                      "vegtype": tuple(sorted(VEG_CLASSES))}
+
+
+def caret_mtry_grid(p: int, length: int = 3) -> tuple[int, ...]:
+    """caret's default ``mtry`` grid for ``method = "rf"`` (``var_seq``, regression).
+
+    ``floor(seq(2, p, length = length))`` (``p < 500``), deduplicated; ``p <= length`` gives
+    ``floor(seq(2, p, length = p))``. {2, 9, 17} for 17 predictors, {2, 8, 15} for 15.
+
+    Parameters
+    ----------
+    p : int
+        Number of predictors.
+    length : int
+        caret ``tuneLength``.
+    """
+    if p < 2:
+        return (1,)
+    if length == 1:
+        return (max(p // 3, 1),)
+    n = p if p <= length else length
+    if p < 500:
+        seq = np.floor(np.linspace(2, p, n) + 1e-9)
+    else:
+        seq = np.floor(2 ** np.linspace(1, np.log2(p), n) + 1e-9)
+    return tuple(sorted({int(v) for v in seq}))
+
+
+@dataclass(frozen=True)
+class FluxData:
+    """Rows of one flux ready for fitting.
+
+    Attributes
+    ----------
+    flux : str
+        Response name.
+    frame : DataFrame
+        Raw predictors (float32, :data:`PREDICTOR_NAMES` order) of the rows.
+    y : ndarray
+        Response (float64).
+    sites : ndarray
+        Site id of every row.
+    folds : ndarray
+        CV fold of every row.
+    rows : ndarray
+        Position of every row in the training table.
+    """
+
+    flux: str
+    frame: pd.DataFrame
+    y: np.ndarray
+    sites: np.ndarray
+    folds: np.ndarray
+    rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything a fit task needs, shipped once to the workers."""
+
+    fluxes: dict[str, FluxData]
+    profile: TrainingProfile
+
+
+@dataclass(frozen=True)
+class _CVFit:
+    flux: str
+    fold: int
+    mtry: int
+    test: np.ndarray
+    pred: np.ndarray
+
+
+def prepare(table: pd.DataFrame, fluxes: Sequence[str], profile: TrainingProfile,
+            seed: int) -> TrainingData:
+    """Select the rows of every flux and build its folds.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Training table (``site_id``, responses, the 17 predictors).
+    fluxes : sequence of str
+        Response columns to model.
+    profile : TrainingProfile
+        CV scheme.
+    seed : int
+        Base seed (fold shuffling).
+    """
+    missing = [c for c in ("site_id", *fluxes, *PREDICTOR_NAMES) if c not in table]
+    if missing:
+        raise ValueError(f"the training table lacks column(s) {missing}")
+    X = table[list(PREDICTOR_NAMES)]
+    if X.isna().to_numpy().any():
+        bad = [c for c in PREDICTOR_NAMES if table[c].isna().any()]
+        raise ValueError(f"the training table has missing predictor values in {bad}; "
+                         "extract_training_table drops such rows")
+    out: dict[str, FluxData] = {}
+    for flux in fluxes:
+        keep = np.flatnonzero(table[flux].notna().to_numpy())
+        sites = table["site_id"].astype(str).to_numpy()[keep]
+        if len(np.unique(sites)) < 2:
+            raise ValueError(f"{flux}: cross-validation needs rows from at least 2 sites")
+        folds = fold_ids(sites, profile.cv, profile.n_folds, seed)
+        frame = X.iloc[keep].astype(np.float32).reset_index(drop=True)
+        out[flux] = FluxData(flux, frame, table[flux].to_numpy(np.float64)[keep], sites, folds,
+                             keep)
+    return TrainingData(out, profile)
+
+
+def _task_seed(seed: int, *parts: int | str) -> int:
+    key = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+    return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _forest(mtry: int, n_trees: int, seed: int, profile: TrainingProfile
+            ) -> RandomForestRegressor:
+    return RandomForestRegressor(
+        n_estimators=n_trees, max_features=mtry, min_samples_split=profile.min_samples_split,
+        min_samples_leaf=profile.min_samples_leaf, bootstrap=True, n_jobs=1, random_state=seed)
+
+
+def _encode(frame: pd.DataFrame, y: np.ndarray, predictors: Sequence[str],
+            profile: TrainingProfile) -> CategoricalEncoding:
+    cats = [c for c in CATEGORICAL if c in predictors]
+    return fit_encoding(frame, y, cats, month_scheme=profile.month_scheme)
+
+
+def _cv_fit(data: TrainingData, flux: str, fold: int, mtry: int, seed: int) -> _CVFit:
+    d = data.fluxes[flux]
+    test = np.flatnonzero(d.folds == fold)
+    train = np.flatnonzero(d.folds != fold)
+    ftrain = d.frame.iloc[train]
+    enc = _encode(ftrain, d.y[train], PREDICTOR_NAMES, data.profile)
+    rf = _forest(mtry, data.profile.tuning_trees, seed, data.profile)
+    rf.fit(enc.transform(ftrain, PREDICTOR_NAMES), d.y[train])
+    pred = rf.predict(enc.transform(d.frame.iloc[test], PREDICTOR_NAMES))
+    return _CVFit(flux, fold, mtry, test, np.asarray(pred, dtype=np.float64))
+
+
+def _unseen_levels(enc: CategoricalEncoding) -> dict[str, list[int]]:
+    """Legend levels that the encoding (fitted on training rows) lacks."""
+    return {name: [lv for lv in levels if lv not in enc.codes[name]]
+            for name, levels in _LEGEND.items() if name in enc.codes}
+
+
+def _with_legend(enc: CategoricalEncoding) -> CategoricalEncoding:
+    """Add the legend levels the training rows lacked, coded with the fallback code (the code
+    :meth:`CategoricalEncoding.transform_column` gives them anyway), so the card lists every
+    category the model accepts."""
+    codes = {k: dict(v) for k, v in enc.codes.items()}
+    for name, miss in _unseen_levels(enc).items():
+        codes[name].update(dict.fromkeys(miss, enc.fallback(name)))
+    return CategoricalEncoding(codes, dict(enc.scheme))
+
+
+def _final_fit(data: TrainingData, flux: str, mtry: int, seed: int) -> FluxModel:
+    d = data.fluxes[flux]
+    enc = _encode(d.frame, d.y, PREDICTOR_NAMES, data.profile)
+    rf = _forest(mtry, data.profile.final_trees, seed, data.profile)
+    rf.fit(enc.transform(d.frame, PREDICTOR_NAMES), d.y)
+    return FluxModel(flux, rf, tuple(PREDICTOR_NAMES), _with_legend(enc), mtry, seed)
+
+
+def _bootstrap_fit(data: TrainingData, flux: str, b: int, mtry: int, seed: int) -> FluxModel:
+    d = data.fluxes[flux]
+    s = seed + b
+    idx = np.random.default_rng(s).integers(0, len(d.y), size=len(d.y))
+    m = min(mtry, len(BOOTSTRAP_PREDICTORS))
+    rf = _forest(m, data.profile.bootstrap_trees, s, data.profile)
+    X = d.frame[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)[idx]
+    rf.fit(X, d.y[idx])
+    return FluxModel(flux, rf, tuple(BOOTSTRAP_PREDICTORS), CategoricalEncoding(), m, s)
+
+
+def ship_training_data(data: TrainingData) -> Any:
+    """Make ``data`` available to every task once.
+
+    Parameters
+    ----------
+    data : TrainingData
+        Prepared rows.
+
+    Returns
+    -------
+    Future or Delayed
+        With an active ``distributed`` client, a future of ``data`` scattered to every worker
+        (``broadcast``); otherwise a single ``delayed`` key. Tasks take it as an argument, so
+        the graph references the data by key instead of embedding a copy per task.
+    """
+    client = active_client()
+    if client is not None:
+        return client.scatter(data, broadcast=True, hash=False)
+    return dask.delayed(data, traverse=False)
+
+
+def _mtry_grid(profile: TrainingProfile) -> tuple[int, ...]:
+    return profile.mtry_grid or caret_mtry_grid(len(PREDICTOR_NAMES))
+
+
+@dataclass
+class TuneResult:
+    """Tuning of one flux.
+
+    Attributes
+    ----------
+    mtry : int
+        Chosen mtry.
+    table : DataFrame
+        Per mtry: ``mean_fold_rmse, sd_fold_rmse, n_folds`` and pooled ``R2, RMSE, MAE, MBE``.
+    fold_rmse : DataFrame
+        ``fold, mtry, n, rmse`` of every fit.
+    predictions : dict
+        mtry → pooled held-out predictions (aligned with the flux's rows).
+    """
+
+    mtry: int
+    table: pd.DataFrame
+    fold_rmse: pd.DataFrame
+    predictions: dict[int, np.ndarray]
+
+
+def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True
+         ) -> dict[str, TuneResult]:
+    """Cross-validate every fold × mtry of every flux as Dask tasks and pick mtry.
+
+    Parameters
+    ----------
+    data : TrainingData
+        Prepared rows.
+    ref : object
+        What tasks receive for ``data`` (from the shipping step: a future or a delayed key).
+    seed : int
+        Base seed.
+    progress : bool
+        Show a progress bar of fits done.
+
+    Returns
+    -------
+    dict
+        Flux → :class:`TuneResult`.
+    """
+    grid = _mtry_grid(data.profile)
+    fit = dask.delayed(_cv_fit, pure=True)
+    tasks = []
+    for flux, d in data.fluxes.items():
+        for fold, _, _ in iter_folds(d.folds):
+            for m in grid:
+                tasks.append(fit(ref, flux, fold, m, _task_seed(seed, "cv", flux, fold, m)))
+    n_folds = {f: len(np.unique(d.folds)) for f, d in data.fluxes.items()}
+    label = (f"tuning: {len(tasks)} fits ({', '.join(f'{f} {n}' for f, n in n_folds.items())} "
+             f"folds x mtry {list(grid)})")
+    results: list[_CVFit] = compute_with_progress(tasks, label, enabled=progress)
+    out: dict[str, TuneResult] = {}
+    for flux, d in data.fluxes.items():
+        preds = {m: np.full(len(d.y), np.nan) for m in grid}
+        recs = []
+        for r in results:
+            if r.flux != flux:
+                continue
+            preds[r.mtry][r.test] = r.pred
+            recs.append({"fold": r.fold, "mtry": r.mtry, "n": len(r.test),
+                         "rmse": rmse(d.y[r.test], r.pred)})
+        folds = pd.DataFrame.from_records(recs).sort_values(["mtry", "fold"],
+                                                            ignore_index=True)
+        rows = []
+        for m in grid:
+            fr = folds.loc[folds["mtry"] == m, "rmse"]
+            rows.append({"mtry": m, "mean_fold_rmse": float(fr.mean()),
+                         "sd_fold_rmse": float(fr.std(ddof=1)) if len(fr) > 1 else np.nan,
+                         "n_folds": len(fr), **metrics(d.y, preds[m])})
+        tab = pd.DataFrame.from_records(rows)
+        best = int(tab["mtry"].iloc[int(np.argmin(tab["mean_fold_rmse"].to_numpy()))])
+        out[flux] = TuneResult(best, tab, folds, preds)
+    return out
+
+
+def _table_hash(table: pd.DataFrame, fluxes: Sequence[str]) -> str:
+    cols = ["site_id", "year", "month", *fluxes,
+            *[p for p in PREDICTOR_NAMES if p != "month"]]
+    sub = table[[c for c in cols if c in table]].copy()
+    sub["site_id"] = sub["site_id"].astype(str)
+    h = pd.util.hash_pandas_object(sub, index=False).to_numpy()
+    return hashlib.sha256(h.tobytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import skops
+
+    from abz_dask import __version__
+
+    return {"abz_dask": __version__, "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+            "pandas": pd.__version__, "dask": dask.__version__, "skops": skops.__version__}
+
+
+def _cv_frame(table: pd.DataFrame, d: FluxData, pred: np.ndarray) -> pd.DataFrame:
+    meta = [c for c in _CV_META if c in table]
+    cv = table.iloc[d.rows][meta].reset_index(drop=True)
+    cv.insert(0, "row", d.rows)
+    cv["fold"] = d.folds
+    cv["obs"] = d.y
+    cv["pred"] = pred
+    return cv
+
+
+def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light",
+                 fluxes: Sequence[str] = ("NEE", "GPP", "Reco"), seed: int = 448,
+                 progress: bool = True, diagnostics_dir: str | Path | None = None
+                 ) -> ModelBundle:
+    """Tune, fit and bootstrap one random forest per flux (see the module docstring).
+
+    Parameters
+    ----------
+    table : DataFrame
+        Training table from :func:`abz_dask.extract.extract_training_table` (or
+        :func:`abz_dask.extract.read_training_table`).
+    profile : str or TrainingProfile
+        ``"light"`` (default), ``"paper"``, a YAML path or a profile
+        (:func:`~abz_dask.training.profiles.resolve_profile`).
+    fluxes : sequence of str
+        Response columns (any numeric column such as ``CH4`` works).
+    seed : int
+        Base seed (448 as in the authors' code): folds, CV fits, central model
+        (``random_state = seed``), bootstrap b (``seed + b``), diagnostics.
+    progress : bool
+        Show progress bars of fits done.
+    diagnostics_dir : path, optional
+        When given, permutation importance and partial dependence are computed (as Dask tasks)
+        and every diagnostic table and figure is written there.
+
+    Returns
+    -------
+    ModelBundle
+    """
+    from abz_dask.training import diagnostics as diag
+
+    prof = resolve_profile(profile)
+    fluxes = list(fluxes)
+    data = prepare(table, fluxes, prof, seed)
+    ref = ship_training_data(data)
+    tuned = tune(data, ref, seed, progress)
+
+    # central + bootstrap fits and (depending on the central fits) the diagnostics: one graph
+    final = dask.delayed(_final_fit, pure=True)
+    boot = dask.delayed(_bootstrap_fit, pure=True)
+    central = [final(ref, f, tuned[f].mtry, seed) for f in fluxes]
+    replicates = [boot(ref, f, b, tuned[f].mtry, seed)
+                  for f in fluxes for b in range(1, prof.n_bootstrap + 1)]
+    interp = [t for f, c in zip(fluxes, central, strict=True) for t in
+              diag.interpretation_tasks(c, ref, f, prof.importance_repeats,
+                                        _task_seed(seed, "diag", f))
+              ] if diagnostics_dir is not None else []
+    results = compute_with_progress(
+        [*central, *replicates, *interp],
+        f"fitting {len(central)} central + {len(replicates)} bootstrap models"
+        + (f" + {len(interp)} diagnostics" if interp else ""), enabled=progress)
+    nb = prof.n_bootstrap
+    models: dict[str, FluxModel] = dict(zip(fluxes, results[:len(fluxes)], strict=True))
+    reps = results[len(fluxes):len(fluxes) + len(replicates)]
+    boots = {f: list(reps[i * nb:(i + 1) * nb]) for i, f in enumerate(fluxes)}
+
+    cv = {f: _cv_frame(table, data.fluxes[f], tuned[f].predictions[tuned[f].mtry])
+          for f in fluxes}
+    recs = []
+    for f in fluxes:
+        m = metrics(cv[f]["obs"], cv[f]["pred"])
+        recs.append({"flux": f, "n": m.pop("n"), "n_sites": int(cv[f]["site_id"].nunique()),
+                     "mtry": tuned[f].mtry, **m})
+    pooled = pd.DataFrame.from_records(recs).set_index("flux")
+    card = _card(table, data, tuned, models, boots, pooled, prof, seed)
+    bundle = ModelBundle(models, boots, card, cv, pooled)
+    if diagnostics_dir is not None:
+        diag.write_diagnostics(bundle, tuned, results[len(central) + len(replicates):],
+                               Path(diagnostics_dir))
+    return bundle
+
+
+def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],
+          models: dict[str, FluxModel], boots: dict[str, list[FluxModel]],
+          pooled: pd.DataFrame, prof: TrainingProfile, seed: int) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    for f, model in models.items():
+        d = data.fluxes[f]
+        trained = _encode(d.frame, d.y, PREDICTOR_NAMES, prof)  # the codes before the legend
+        entries[f] = {
+            "n_rows": len(d.y), "n_sites": len(np.unique(d.sites)),
+            "n_folds": len(np.unique(d.folds)),
+            "central": {"predictors": list(model.predictors), "mtry": model.mtry,
+                        "seed": model.seed, "n_estimators": model.estimator.n_estimators,
+                        "encoding": model.encoding.to_json(),
+                        "unseen_levels": _unseen_levels(trained)},
+            "bootstraps": [{"replicate": i + 1, "predictors": list(b.predictors),
+                            "mtry": b.mtry, "seed": b.seed,
+                            "n_estimators": b.estimator.n_estimators}
+                           for i, b in enumerate(boots[f])],
+            "tuning": tuned[f].table.to_dict(orient="records"),
+            "cv_metrics": {k: (v.item() if hasattr(v, "item") else v)
+                           for k, v in pooled.loc[f].to_dict().items()},
+        }
+    return {
+        "format": CARD_FORMAT, "version": CARD_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fluxes": list(models), "units": {"response": "g C m-2 month-1",
+                                          **{p.name: p.units for p in PREDICTORS}},
+        "profile": prof.model_dump(mode="json"), "seed": seed,
+        "cv": {"scheme": prof.cv, "n_folds": prof.n_folds if prof.cv == "group_kfold" else None,
+               "mtry_grid": list(_mtry_grid(prof)), "selection": "lowest mean fold RMSE",
+               "reported": "pooled held-out predictions"},
+        "tree_settings": {"min_samples_split": prof.min_samples_split,
+                          "min_samples_leaf": prof.min_samples_leaf, "bootstrap": True,
+                          "max_features": "mtry", "criterion": "squared_error"},
+        "bootstrap": {"replicates": prof.n_bootstrap, "resampling": "rows with replacement",
+                      "predictors": list(BOOTSTRAP_PREDICTORS),
+                      "mtry": "min(tuned mtry, 15)", "seed": "seed + b, b = 1..B"},
+        "categorical": {"predictors": list(CATEGORICAL), "month_scheme": prof.month_scheme,
+                        "rule": "levels ordered by mean response of the training rows "
+                                "(DECISIONS 7); unseen levels get the middle code"},
+        "training_table": {"sha256": _table_hash(table, list(models)), "n_rows": len(table),
+                           "n_sites": int(table["site_id"].nunique()),
+                           "years": [int(table["year"].min()), int(table["year"].max())]
+                           if "year" in table else None},
+        "versions": _versions(),
+        "models": entries,
+    }

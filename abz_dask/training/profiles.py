@@ -1,0 +1,124 @@
+"""Training profiles: every setting of a training run in one validated pydantic model.
+
+Two named profiles (:data:`PROFILES`):
+
+``paper``
+    The paper's method (seed-spec §4.2–4.6, DECISIONS 5–8): leave-one-site-out folds, mtry grid
+    = caret's ``floor(seq(2, p, length = 3))``, 500 trees everywhere, 20 bootstrap models,
+    permutation importance with 100 repeats on all training rows, partial dependence on a
+    51-point grid (pdp's default resolution) over all training rows.
+``light``
+    The same method made cheap for demos and tests: grouped 5-fold CV by site (sites never
+    split across folds) with 30 trees per tuning fit, 100 trees in the central models, 25 trees
+    per bootstrap model (still 20 replicates), importance with 5 repeats on at most 1,500 rows,
+    partial dependence on a 12-point grid over at most 500 rows. The forests keep the paper's
+    tree settings (``min_samples_split = 6``, bootstrap rows, ``max_features = mtry``), so the
+    maps differ from ``paper`` only by Monte-Carlo noise and the coarser tuning. Sized so that
+    3 fluxes × (tuning + central + 20 bootstraps) on ≈ 4,800 rows train in under a minute on
+    2 cores (``benchmarks/RESULTS_training.md``).
+
+A profile can be overridden field by field from YAML or a mapping (unknown keys are errors)::
+
+    base: light          # optional, default paper
+    final_trees: 300
+    cv: loso
+
+see :func:`resolve_profile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["PROFILES", "TrainingProfile", "resolve_profile"]
+
+
+class TrainingProfile(BaseModel):
+    """Settings of a training run (see the module docstring for the two named profiles)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="custom", description="Label recorded in the model card.")
+    cv: Literal["loso", "group_kfold"] = Field(
+        default="loso",
+        description="Leave-one-site-out (one fold per site) or grouped k-fold by site.")
+    n_folds: int = Field(default=5, ge=2, description="Folds of group_kfold (unused by loso).")
+    mtry_grid: tuple[int, ...] | None = Field(
+        default=None, description="mtry values tried; None = caret floor(seq(2, p, length=3)).")
+    tuning_trees: int = Field(default=500, ge=1, description="Trees per tuning (CV) fit.")
+    final_trees: int = Field(default=500, ge=1, description="Trees of the central models.")
+    bootstrap_trees: int = Field(default=500, ge=1, description="Trees per bootstrap model.")
+    n_bootstrap: int = Field(default=20, ge=0, description="Bootstrap models per flux.")
+    min_samples_split: int = Field(default=6, ge=2, description="randomForest nodesize 5.")
+    min_samples_leaf: int = Field(default=1, ge=1, description="Smallest leaf.")
+    month_scheme: Literal["mean_response", "ordinal"] = Field(
+        default="mean_response", description="Encoding of month (DECISIONS 7).")
+    importance_repeats: int = Field(
+        default=100, ge=0, description="Permutations per predictor; 0 = none.")
+    importance_rows: int | None = Field(
+        default=None, ge=10, description="Rows (random subset) for importance; None = all.")
+    pdp_points: int = Field(
+        default=51, ge=0, description="Grid points per continuous predictor; 0 = no PDP.")
+    pdp_rows: int | None = Field(
+        default=None, ge=10, description="Rows (random subset) averaged in PDPs; None = all.")
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> TrainingProfile:
+        if self.mtry_grid is not None and (not self.mtry_grid or min(self.mtry_grid) < 1):
+            raise ValueError("mtry_grid must hold positive integers")
+        return self
+
+
+PROFILES: dict[str, TrainingProfile] = {
+    "paper": TrainingProfile(name="paper"),
+    "light": TrainingProfile(
+        name="light", cv="group_kfold", n_folds=5, tuning_trees=30, final_trees=100,
+        bootstrap_trees=25, importance_repeats=5, importance_rows=1500, pdp_points=12,
+        pdp_rows=500),
+}
+
+
+def resolve_profile(spec: str | Path | TrainingProfile | Mapping[str, Any]) -> TrainingProfile:
+    """A :class:`TrainingProfile` from a name, a YAML file, a mapping or a profile.
+
+    Parameters
+    ----------
+    spec : str, path, mapping or TrainingProfile
+        ``"paper"`` / ``"light"``; a path to a YAML file; or a mapping. YAML files and mappings
+        hold field overrides and an optional ``base`` (a profile name, default ``paper``).
+
+    Returns
+    -------
+    TrainingProfile
+
+    Raises
+    ------
+    ValueError
+        Unknown profile name, unknown field or invalid value.
+    """
+    if isinstance(spec, TrainingProfile):
+        return spec
+    if isinstance(spec, str) and spec in PROFILES:
+        return PROFILES[spec]
+    if isinstance(spec, str | Path):
+        p = Path(spec)
+        if not p.is_file():
+            raise ValueError(f"unknown training profile {str(spec)!r}: not one of "
+                             f"{sorted(PROFILES)} and not a YAML file")
+        import yaml
+
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: a training profile must be a YAML mapping")
+        spec = data
+    over = dict(spec)
+    base_name = over.pop("base", "paper")
+    if base_name not in PROFILES:
+        raise ValueError(f"unknown base profile {base_name!r}; choose one of {sorted(PROFILES)}")
+    base = PROFILES[base_name].model_dump()
+    base["name"] = over.pop("name", f"{base_name}+custom" if over else base_name)
+    return TrainingProfile.model_validate({**base, **over})

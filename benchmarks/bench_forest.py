@@ -1,0 +1,470 @@
+"""Random-forest inference benchmark: our numba kernel vs scikit-learn, ONNX Runtime, Treelite.
+
+Fits a 500-tree ``RandomForestRegressor`` (``min_samples_split=6, max_features=9``) on a
+≈ 4,800 × 17 training table and measures single-thread rows/s/core on two row sets:
+
+- ``tile``: the rows of a 128 × 128 tile of smooth predictor fields, month by month, row-major —
+  the order in which the upscaler feeds one tile-month block after another (month and CO2 are
+  constant within a month);
+- ``shuffled``: the same rows in random order.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_forest.py            # ~2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_forest.py --quick    # smaller tile, fewer repeats
+    .venv/bin/python benchmarks/bench_forest.py --with-tl2cgen   # + TL2cgen (long C compile)
+
+Timing: ``time.process_time`` of the benchmark process (CPU time, so a shared machine's other
+load does not count as ours), best of several repeats, never counting a first (compiling) call;
+every engine runs on one thread. Slow peers are timed on a prefix of each row set. The last line
+is ``ratio_vs_sklearn=<x>``: our best kernel on the tile rows over scikit-learn on the tile rows
+(counting the cost of specialisation when it is done per block; the variant with specialised
+forests prepared in advance is reported but not used for the ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from sklearn.ensemble import RandomForestRegressor
+
+from abz_dask.kernels import forest as fk
+from abz_dask.predictors import PREDICTOR_NAMES, VEG_CLASSES
+
+#: The full 1-km product: land cells × months × models × fluxes (forest evaluations).
+PRODUCT_EVALUATIONS = 20.7e6 * 240 * 21 * 3
+MONTH = PREDICTOR_NAMES.index("month")
+CO2 = PREDICTOR_NAMES.index("co2")
+
+
+# --------------------------------------------------------------------------------------------
+# Data (swap in the digital twin here)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BenchmarkData:
+    """Training table and prediction rows (columns in ``PREDICTOR_NAMES`` order)."""
+
+    X_train: np.ndarray  # (n, 17) float64
+    y_train: np.ndarray  # (n,) float64
+    tile_rows: np.ndarray  # (months * tile * tile, 17) float32, month blocks in order
+    block_rows: int  # rows per tile-month block (month and co2 constant inside one)
+    shuffled_rows: np.ndarray  # tile_rows in a random order
+    description: str
+
+
+_VEG = np.array(sorted(VEG_CLASSES), dtype=np.float64)
+
+
+def _predictors(month: np.ndarray, lat: np.ndarray, cont: np.ndarray, wet: np.ndarray,
+                rough: np.ndarray, forest: np.ndarray, year: np.ndarray,
+                noise: Callable[[float], Any]) -> dict[str, np.ndarray]:
+    """The 17 predictors as smooth functions of latent site variables (+ noise of given scale)."""
+    m = month.astype(np.float64)
+    season = np.sin(np.pi * (m - 1.0) / 11.0)  # 0 in Jan/Dec, 1 mid-year
+    summer = np.cos(2 * np.pi * (m - 7.0) / 12.0)  # +1 in July, -1 in January
+    latn = (lat - 65.0) / 8.0
+    srad = np.maximum(0.0, 230 * season**1.5 * (1 - 0.25 * latn) - 15 * latn) + noise(8.0)
+    tair = -12 + 16 * summer - 6 * latn + 6 * cont * summer - 4 * cont + noise(1.5)
+    soil_temp = 0.7 * tair + 1.5 + 2 * wet + noise(1.0)
+    vpd = np.maximum(0.0, 0.08 * np.maximum(tair, 0) * (1 + 0.5 * cont) + noise(0.05))
+    snow = np.clip(0.5 - tair / 12.0 + 0.1 * latn + noise(0.08), 0, 1)
+    soil_moisture = np.clip(0.25 + 0.15 * wet - 0.05 * vpd + 0.1 * snow + noise(0.03), 0.02, 0.6)
+    tree_cover = np.clip(60 * forest * (1 - 0.6 * np.maximum(latn, 0)) + noise(3.0), 0, 100)
+    nonveg = np.clip(20 * rough + 10 * np.maximum(latn, 0) + noise(3.0), 0, 100)
+    nontree = np.clip(100 - tree_cover - nonveg, 0, 100)
+    ndvi = np.clip((0.15 + 0.006 * (100 - nonveg)) * (0.3 + 0.7 * (1 - snow))
+                   * (0.4 + 0.6 * season) + noise(0.03), -0.1, 0.95)
+    co2 = 360 + 1.9 * (year - 1995) - 8 * summer + noise(0.3)
+    veg_idx = np.clip(((forest + 0.3 * wet - 0.2 * latn + 1.2) * 3.2).astype(np.int64), 0,
+                      len(_VEG) - 1)
+    cols = {
+        "month": m, "srad": srad, "vpd": vpd, "co2": co2, "vegtype": _VEG[veg_idx],
+        "snow_cover": snow, "soil_temp": soil_temp, "soil_moisture": soil_moisture,
+        "ndvi": ndvi, "tair": tair, "cti": 8 + 3 * wet + 1.5 * rough,
+        "nontree_cover": nontree, "nonveg_cover": nonveg, "tree_cover": tree_cover,
+        "soil_ph": 5.5 - 0.8 * wet + 0.5 * rough,
+        "soc": np.maximum(5.0, 120 + 80 * wet - 40 * rough - 20 * latn),
+        "permafrost_prob": np.clip(0.5 + 0.6 * latn + 0.3 * cont - 0.2 * forest, 0, 1),
+    }
+    return {k: np.broadcast_to(v, np.shape(m)).astype(np.float64) for k, v in cols.items()}
+
+
+def _nee(c: dict[str, np.ndarray], noise: Callable[[float], Any]) -> np.ndarray:
+    """A nonlinear NEE-like response (g C m-2 month-1): respiration minus light-use GPP + noise."""
+    gpp = (c["ndvi"].clip(0) * c["srad"] * 0.9 / (1 + np.exp(-(c["tair"] - 2) / 2.5))
+           * (1 - 0.5 * c["vpd"].clip(0, 1.5) / 1.5) * (1 + 0.002 * (c["co2"] - 380))
+           * (0.6 + c["soil_moisture"]))
+    reco = (8 * np.exp(0.07 * c["soil_temp"]) * (0.5 + c["soil_moisture"])
+            * (0.5 + c["soc"] / 200))
+    return np.asarray(reco - gpp + noise(6.0))
+
+
+def load_benchmark_data(*, tile: int = 128, months: int = 12, n_sites: int = 400,
+                        seed: int = 0) -> BenchmarkData:
+    """Stand-in for the digital twin: a site-month training table and one tile of predictors.
+
+    Training: ``n_sites`` sites × 12 months (4,800 rows) with site-level latent variables
+    (latitude, continentality, wetness, roughness, forest fraction, year), predictors derived from
+    them plus noise, and a noisy nonlinear NEE-like response. Prediction: the same latent
+    variables as smooth 2-D fields over a ``tile × tile`` block (Gaussian-filtered noise), one
+    block per month with spatially smooth predictor noise; CO2 is one value per month.
+
+    Parameters
+    ----------
+    tile : int
+        Tile side in cells.
+    months : int
+        Number of months (1..months) in the tile rows.
+    n_sites : int
+        Training sites (12 rows each).
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    BenchmarkData
+        Training table and the two row sets.
+    """
+    rng = np.random.default_rng(seed)
+    lat = rng.uniform(55, 75, n_sites)
+    cont = rng.uniform(-1, 1, n_sites)
+    wet = rng.normal(0, 1, n_sites)
+    rough = rng.uniform(0, 1, n_sites)
+    forest = rng.uniform(0, 1, n_sites)
+    year = rng.integers(1990, 2021, n_sites).astype(np.float64)
+    month = np.tile(np.arange(1, 13), n_sites)
+
+    def rep(a: np.ndarray) -> np.ndarray:
+        return np.repeat(a, 12)
+
+    def noise(scale: float) -> np.ndarray:
+        return rng.normal(0, scale, month.shape)
+
+    cols = _predictors(month, rep(lat), rep(cont), rep(wet), rep(rough), rep(forest), rep(year),
+                       noise)
+    y = _nee(cols, noise)
+    X = np.column_stack([cols[n] for n in PREDICTOR_NAMES])
+
+    def field(scale: float, sd: float) -> np.ndarray:
+        f = gaussian_filter(rng.normal(0, 1, (tile, tile)), scale, mode="wrap")
+        return np.asarray(f / f.std() * sd)
+
+    lat_f = 64 + field(40, 4.0)
+    cont_f = np.clip(field(30, 0.5), -1, 1)
+    wet_f = field(6, 1.0)
+    rough_f = np.clip(0.5 + field(4, 0.25), 0, 1)
+    forest_f = np.clip(0.5 + field(10, 0.3), 0, 1)
+    blocks = []
+    for m in range(1, months + 1):
+        c = _predictors(np.full((tile, tile), m), lat_f, cont_f, wet_f, rough_f, forest_f,
+                        np.full((tile, tile), 2010.0), lambda s: field(3, s))
+        c["co2"] = np.full((tile, tile), c["co2"].mean())
+        blocks.append(np.column_stack([c[n].ravel() for n in PREDICTOR_NAMES]))
+    tile_rows = np.ascontiguousarray(np.vstack(blocks), dtype=np.float32)
+    shuffled = np.ascontiguousarray(tile_rows[rng.permutation(len(tile_rows))])
+    return BenchmarkData(X, y, tile_rows, tile * tile, shuffled,
+                         f"stand-in twin: {len(X)} training rows; {tile}x{tile} tile x {months} "
+                         f"months = {len(tile_rows)} rows")
+
+
+# --------------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------------
+
+def best_time(fn: Callable[[], Any], repeats: int, *, warm_up: bool = True) -> float:
+    """Best CPU time of ``repeats`` calls (after one untimed warm-up call if ``warm_up``)."""
+    if warm_up:
+        fn()
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return float(best)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and its CPU time."""
+    t0 = time.process_time()
+    out = fn()
+    return out, time.process_time() - t0
+
+
+def rows_for_budget(fn: Callable[[np.ndarray], Any], X: np.ndarray, budget: float,
+                    step: int = 2048) -> np.ndarray:
+    """A prefix of ``X`` (a multiple of ``step`` rows) that ``fn`` handles in about ``budget`` s."""
+    probe = X[: min(len(X), step)]
+    fn(probe)
+    _, dt = timed(lambda: fn(probe))
+    rate = len(probe) / max(dt, 1e-9)
+    n = max(1, min(len(X) // step, int(rate * budget) // step))
+    return X[: n * step]
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    engine: str
+    rates: dict[str, float]  # row set -> rows/s/core
+    err: float  # max relative error vs scikit-learn
+    note: str = ""
+
+
+def _max_rel_err(y: np.ndarray, ref: np.ndarray) -> float:
+    y = np.asarray(y, dtype=np.float64).ravel()
+    return float(np.max(np.abs(y - ref) / np.maximum(np.abs(ref), 1e-300)))
+
+
+# --------------------------------------------------------------------------------------------
+# Engines
+# --------------------------------------------------------------------------------------------
+
+def _onnx_predictor(model: RandomForestRegressor, n_features: int) -> Callable[[np.ndarray], Any]:
+    import onnxruntime as ort
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(model, initial_types=[("X", FloatTensorType([None, n_features]))],
+                          target_opset={"": 17, "ai.onnx.ml": 3})
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(onx.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda X: sess.run(None, {name: X})[0]
+
+
+def _treelite_gtil(model: RandomForestRegressor) -> Callable[[np.ndarray], Any]:
+    import treelite
+
+    tl_model = treelite.sklearn.import_model(model)
+    return lambda X: treelite.gtil.predict(tl_model, X, nthread=1)
+
+
+def _tl2cgen(model: RandomForestRegressor, workdir: str,
+             n_trees: int) -> Callable[[np.ndarray], Any]:
+    """TL2cgen on the first ``n_trees`` trees (compiling all 500 takes > 15 min here)."""
+    import tl2cgen
+    import treelite
+
+    sub = copy.copy(model)
+    sub.estimators_ = model.estimators_[:n_trees]
+    sub.n_estimators = n_trees
+    tl_model = treelite.sklearn.import_model(sub)
+    lib = os.path.join(workdir, "forest.so")
+    tl2cgen.export_lib(tl_model, toolchain="gcc", libpath=lib,
+                       params={"parallel_comp": 2 * (os.cpu_count() or 1)},
+                       nthread=os.cpu_count() or 1, verbose=False)
+    pred = tl2cgen.Predictor(lib, nthread=1)
+    return lambda X: pred.predict(tl2cgen.DMatrix(X))
+
+
+def _per_block(fn: Callable[[np.ndarray, int], Any], block: int) -> Callable[[np.ndarray], Any]:
+    """Call ``fn(block_rows, block_index)`` tile-month block by block, as the upscaler does."""
+    def run(X: np.ndarray) -> None:
+        for b, i in enumerate(range(0, len(X), block)):
+            fn(X[i:i + block], b)
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+def _path_stats(model: RandomForestRegressor, X: np.ndarray, n_trees: int = 25,
+                n_rows: int = 16384) -> tuple[float, float, float]:
+    """Mean nodes visited per tree per row, and mean/max lock-step steps of 8-row groups."""
+    Xs = X[:n_rows]
+    visited, group = [], []
+    for est in model.estimators_[:n_trees]:
+        depth = np.asarray(est.decision_path(Xs).sum(axis=1)).ravel()  # nodes incl. the leaf
+        visited.append(depth.mean())
+        group.append((depth - 1)[: len(depth) // 8 * 8].reshape(-1, 8).max(axis=1).mean())
+    return float(np.mean(visited)), float(np.mean(visited) - 1), float(np.mean(group))
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Run the benchmark, print the table, return our best ratio vs scikit-learn (tile rows)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="64x64 tile, fewer repeats")
+    ap.add_argument("--with-tl2cgen", action="store_true",
+                    help="also time TL2cgen on a sub-forest (C compile: ~1.5 min for 25 trees)")
+    ap.add_argument("--tl2cgen-trees", type=int, default=25,
+                    help="trees compiled by TL2cgen; its rows/s is scaled by n/500")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    repeats = 2 if args.quick else args.repeats
+    budget = 1.0 if args.quick else 3.0  # CPU seconds per timed pass of a slow peer
+
+    t_start = time.perf_counter()
+    data = load_benchmark_data(tile=64 if args.quick else 128)
+    print(f"# {data.description}")
+    print(f"# python {platform.python_version()}, numpy {np.__version__}, "
+          f"cpu: {_cpu_name()}")
+    t0 = time.perf_counter()
+    model = RandomForestRegressor(n_estimators=500, min_samples_split=6, max_features=9,
+                                  random_state=42, n_jobs=-1).fit(data.X_train, data.y_train)
+    model.set_params(n_jobs=1)
+    print(f"# fit 500 trees: {time.perf_counter() - t0:.1f} s wall (all cores)")
+    t0 = time.process_time()
+    packed = fk.pack_forest(model)
+    t_pack = time.process_time() - t0
+    nodes = packed.n_nodes / packed.n_trees
+    visited, steps, group_steps = _path_stats(model, data.tile_rows)
+    print(f"# nodes/tree {nodes:.0f}; mean max depth "
+          f"{np.mean([e.tree_.max_depth for e in model.estimators_]):.1f}; tile rows: mean nodes "
+          f"visited/tree/row {visited:.1f} (= {steps:.1f} steps), 8-row lock-step "
+          f"{group_steps:.1f} steps; pack_forest {t_pack:.2f} s, {packed.nbytes / 1e6:.1f} MB")
+
+    sets = {"tile": data.tile_rows, "shuffled": data.shuffled_rows}
+    block = data.block_rows
+    rows: list[Row] = []
+
+    # --- scikit-learn (its first pass gives the reference predictions) -------------------------
+    refs: dict[str, np.ndarray] = {}
+    rates: dict[str, float] = {}
+    for name, X in sets.items():
+        refs[name], dt = timed(partial(model.predict, X))
+        dt = min(dt, best_time(partial(model.predict, X), max(1, repeats - 2), warm_up=False))
+        rates[name] = len(X) / dt
+    rows.append(Row("scikit-learn predict (n_jobs=1)", rates, 0.0))
+    sk = rates
+
+    # --- ours ------------------------------------------------------------------------------
+    err = max(_max_rel_err(fk.predict(packed, X), refs[name]) for name, X in sets.items())
+    plain = _per_block(lambda B, _b: fk.predict(packed, B), block)
+    rates = {name: len(X) / best_time(partial(plain, X), repeats, warm_up=False)
+             for name, X in sets.items()}
+    rows.append(Row("abz_dask numba kernel", rates, err, "per tile-month block"))
+
+    # specialised on month + co2 of each tile-month block (specialise cost included) ...
+    def spec_predict(B: np.ndarray, _b: int) -> np.ndarray:
+        s = fk.specialise(packed, {MONTH: float(B[0, MONTH]), CO2: float(B[0, CO2])})
+        return fk.predict(s, B)
+
+    X = sets["tile"]
+    ours_spec = np.concatenate([spec_predict(X[i:i + block], 0) for i in range(0, len(X), block)])
+    err = _max_rel_err(ours_spec, refs["tile"])
+    rate = len(X) / best_time(lambda: _per_block(spec_predict, block)(X), repeats, warm_up=False)
+    rows.append(Row("  + specialise(month, co2) per block", {"tile": rate}, err,
+                    "specialise cost included"))
+    # ... and with the specialised forests prepared in advance (shared by all tiles of a month)
+    specs = [fk.specialise(packed, {MONTH: float(X[i, MONTH]), CO2: float(X[i, CO2])})
+             for i in range(0, len(X), block)]
+    t0 = time.process_time()
+    for i in range(0, len(X), block):
+        fk.specialise(packed, {MONTH: float(X[i, MONTH]), CO2: float(X[i, CO2])})
+    t_spec = (time.process_time() - t0) / len(specs)
+    rate = len(X) / best_time(
+        lambda: _per_block(lambda B, b: fk.predict(specs[b], B), block)(X), repeats,
+        warm_up=False)
+    rows.append(Row("  + specialised forests cached", {"tile": rate}, err,
+                    f"specialise {t_spec * 1e3:.0f} ms/forest, "
+                    f"{np.mean([s.n_nodes / s.n_trees for s in specs]):.0f} nodes/tree"))
+
+    # --- peers -----------------------------------------------------------------------------
+    peers: list[tuple[str, Callable[[], Callable[[np.ndarray], Any]]]] = [
+        ("ONNX Runtime (skl2onnx, 1 thread)", lambda: _onnx_predictor(model, packed.n_features)),
+        ("Treelite GTIL (1 thread)", lambda: _treelite_gtil(model)),
+    ]
+    workdir = tempfile.mkdtemp(prefix="bench_forest_")
+    tl_trees = min(args.tl2cgen_trees, len(model.estimators_))
+    if args.with_tl2cgen:
+        peers.append((f"TL2cgen (gcc, 1 thread; {tl_trees} trees, scaled)",
+                      lambda: _tl2cgen(model, workdir, tl_trees)))
+    for name, make in peers:
+        try:
+            t0 = time.perf_counter()
+            fn = make()
+            t_make = time.perf_counter() - t0
+        except ImportError as exc:
+            rows.append(Row(name, {}, np.nan, f"not installed ({exc.name})"))
+            continue
+        except Exception as exc:  # a peer that cannot convert this model
+            rows.append(Row(name, {}, np.nan, f"failed: {type(exc).__name__}: {exc}"[:90]))
+            continue
+        rates = {}
+        errs: list[float] = []
+        note = f"setup {t_make:.0f} s"
+        scale = tl_trees / len(model.estimators_) if name.startswith("TL2cgen") else 1.0
+        for set_name, Xset in sets.items():
+            Xp = rows_for_budget(fn, Xset, budget * scale)
+            y, dt = timed(partial(fn, Xp))
+            if scale == 1.0:
+                errs.append(_max_rel_err(y, refs[set_name][: len(Xp)]))
+            dt = min(dt, best_time(partial(fn, Xp), max(1, repeats - 2), warm_up=False))
+            rates[set_name] = scale * len(Xp) / dt
+            if len(Xp) < len(Xset):
+                note += f"; {set_name}: first {len(Xp)} rows"
+        rows.append(Row(name, rates, max(errs) if errs else np.nan, note))
+    if not args.with_tl2cgen:
+        try:
+            import tl2cgen  # noqa: F401
+
+            rows.append(Row("TL2cgen", {}, np.nan, "skipped (C compile of 500 trees > 15 min); "
+                            "--with-tl2cgen times a sub-forest"))
+        except ImportError:
+            rows.append(Row("TL2cgen", {}, np.nan, "not installed"))
+
+    # --- report ----------------------------------------------------------------------------
+    print()
+    print("| engine | tile rows/s/core | x sklearn | shuffled rows/s/core | x sklearn "
+          "| max rel err | note |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        cells = []
+        for s in ("tile", "shuffled"):
+            if s in r.rates:
+                cells += [f"{r.rates[s]:,.0f}", f"{r.rates[s] / sk[s]:.2f}"]
+            else:
+                cells += ["–", "–"]
+        e = "–" if np.isnan(r.err) else f"{r.err:.1e}"
+        print(f"| {r.engine} | {' | '.join(cells)} | {e} | {r.note} |")
+
+    ours = [r for r in rows if r.engine.startswith(("abz_dask", "  +")) and "tile" in r.rates]
+    best = max(ours, key=lambda r: r.rates["tile"])
+    honest = max((r for r in ours if "cached" not in r.engine), key=lambda r: r.rates["tile"])
+    print()
+    print("# projected core-hours for the 1-km product "
+          f"({PRODUCT_EVALUATIONS:.3g} forest evaluations, tile-like rows):")
+    for r in rows:
+        if "tile" in r.rates:
+            hours = PRODUCT_EVALUATIONS / r.rates["tile"] / 3600
+            print(f"#   {r.engine.strip():40s} {hours:10,.0f}")
+    print(f"# best kernel on tile rows: {best.engine.strip()}"
+          f"{'' if best is honest else f' (without caching: {honest.engine.strip()})'}")
+    print(f"# total benchmark wall time {time.perf_counter() - t_start:.0f} s")
+    ratio = honest.rates["tile"] / sk["tile"]
+    print(f"ratio_vs_sklearn={ratio:.2f}")
+    return ratio
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
