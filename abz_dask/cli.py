@@ -6,35 +6,20 @@ sized to the machine with the scheduler and dashboard bound to 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
-import os
+import importlib
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from abz_dask.commands import MODULES
+from abz_dask.commands.common import fail as _fail
+from abz_dask.commands.common import local_cluster
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Upscale Arctic–boreal CO2 fluxes with random forests on Dask.")
-
-
-@contextlib.contextmanager
-def local_cluster(workers: int | None, threads: int = 1) -> Iterator[object]:
-    """A LocalCluster + Client on 127.0.0.1 (no dashboard), closed on exit."""
-    from distributed import Client, LocalCluster
-
-    n = workers or max(1, min(os.cpu_count() or 1, 8))
-    with LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        yield client
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -104,6 +89,10 @@ def _print_budgets(tab: object) -> None:
                   "" if r.boot_sd_tg_c_yr != r.boot_sd_tg_c_yr else f"{r.boot_sd_tg_c_yr:,.0f}",
                   f"{r.truth_tg_c_yr:,.0f}", f"{100 * r.rel_error:+.1f} %")
     Console(file=sys.stdout).print(t)
+
+
+for _name in MODULES:
+    importlib.import_module(_name).register(app)
 
 
 def main() -> None:

@@ -1,0 +1,11 @@
+"""Sub-commands of ``abz-dask``, one module per stage family.
+
+Each module defines plain typer command functions and a ``register(app)`` that adds them to the
+main application (:mod:`abz_dask.cli` calls every module listed in :data:`MODULES`). Shared
+helpers for commands live in :mod:`abz_dask.commands.common`.
+"""
+
+from __future__ import annotations
+
+#: Command modules registered on the ``abz-dask`` application, in help order.
+MODULES: tuple[str, ...] = ()
