@@ -4,13 +4,14 @@
 # data file (installed without its unrelated dependencies).  Usage: ./install.sh [extra ...]
 #
 # Debian packages: always the geodata (gmt-dcw: country/state polygons, ferret-datasets: ETOPO5);
-# with the `test` extra also R + caret + randomForest (the R parity test of the training stage).
+# with the `test` extra also R + caret + randomForest (the R parity test of the training stage)
+# and slurm-wlm + munge (the single-node Slurm test of `abz-dask run`).
 set -euo pipefail
 cd "$(dirname "$0")"
 debs=(gmt-dcw ferret-datasets)
 for extra in "$@"; do
   case "$extra" in
-    test) debs+=(r-base-core r-cran-caret r-cran-randomforest) ;;
+    test) debs+=(r-base-core r-cran-caret r-cran-randomforest slurm-wlm munge) ;;
   esac
 done
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
