@@ -1,0 +1,196 @@
+"""Zonal engine (abz_dask.zonal) against direct numpy sums and the existing budget code.
+
+The run folder used here (and by test_table1 / test_seasonal / test_fire / test_report) is a
+100-km twin 2001–2004 plus a *synthetic* flux store with the upscaler's layout: the central maps
+are the planted truth and replicate b is the truth × (1 + s_b), so every budget and bootstrap SD
+has a known answer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from abz_dask import zonal
+from abz_dask.budgets import DOMAINS, annual_domain_budgets, domain_weights
+from abz_dask.grid import Grid
+
+#: Relative perturbations of the synthetic bootstrap replicates.
+REPLICATE_SCALE = np.array([-0.10, -0.05, 0.0, 0.02, 0.07, 0.11])
+
+
+def make_run(base: Path) -> Path:
+    """Build (once per session base dir) the 100-km test run folder described above."""
+    from abz_dask.twin import generate_twin
+
+    run = base / "run100"
+    if (run / "done").exists():
+        return run
+    if run.exists():
+        shutil.rmtree(run)
+    layout = generate_twin(run / "twin", resolution="100km", start="2001-01", end="2004-12",
+                           seed=0, progress=False)
+    grid = Grid.from_preset("100km")
+    truth = xr.open_zarr(layout.truth, consolidated=False).load()
+    zones = xr.open_zarr(layout.zones, consolidated=False).load()
+    fl = ["NEE", "GPP", "Reco"]
+    scale = np.concatenate([[0.0], REPLICATE_SCALE])
+    ds = xr.Dataset(coords={"time": truth["time"], "y": truth["y"], "x": truth["x"],
+                            "year": np.unique(truth["time"].dt.year.values),
+                            "flux": fl, "model": np.arange(len(scale)), "tile_id": ["all"],
+                            "domain": list(DOMAINS)})
+    w = domain_weights(zones, grid.cell_area)
+    sums = []
+    for f in fl:
+        ds[f] = truth[f].astype(np.float32)
+        ann = truth[f].groupby("time.year").sum()
+        ds[f"{f}_boot_sd"] = (abs(ann) * float(np.std(1 + REPLICATE_SCALE, ddof=1))
+                              ).astype(np.float32)
+        ds[f"{f}_replicates"] = (truth[f] * xr.DataArray(1 + REPLICATE_SCALE,
+                                                          dims="replicate")
+                                 ).transpose("replicate", "time", "y", "x").astype(np.float32)
+        mon = xr.dot(truth[f].fillna(0.0).astype(np.float64), w, dim=("y", "x"))
+        sums.append(mon * xr.DataArray(1 + scale, dims="model"))
+    zs = xr.concat(sums, dim="flux").transpose("flux", "model", "time", "domain")
+    ds["zone_sums"] = zs.expand_dims(tile_id=["all"]).assign_coords(
+        flux=fl, model=np.arange(len(scale)), domain=list(DOMAINS))
+    ds = grid.attach(ds)
+    ds.attrs["n_bootstrap"] = len(REPLICATE_SCALE)
+    ds.to_zarr(run / "fluxes.zarr", mode="w", zarr_format=3, consolidated=False)
+    (run / "done").write_text("ok")
+    return run
+
+
+@pytest.fixture(scope="module")
+def run100(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def store(run100: Path) -> xr.Dataset:
+    return xr.open_zarr(run100 / "fluxes.zarr", consolidated=False)
+
+
+@pytest.fixture(scope="module")
+def zones(run100: Path) -> xr.Dataset:
+    return xr.open_zarr(run100 / "twin" / "zones.zarr", consolidated=False).load()
+
+
+def _numpy_zone_budgets(flux: np.ndarray, labels: np.ndarray, area: np.ndarray,
+                        codes: list[int]) -> np.ndarray:
+    """(year, zone) budgets in Tg C/yr by plain numpy loops."""
+    ny = flux.shape[0] // 12
+    out = np.zeros((ny, len(codes)))
+    f = np.nan_to_num(flux.astype(np.float64))
+    for yi in range(ny):
+        annual = f[12 * yi:12 * yi + 12].sum(axis=0)
+        for j, c in enumerate(codes):
+            m = labels == c
+            out[yi, j] = (annual[m] * area[m]).sum() * 1e-12
+    return out
+
+
+@pytest.mark.parametrize("layer", ["biome", "key_region_biome", "reccap2", "igbp",
+                                   "permafrost"])
+def test_layer_budgets_match_numpy(store: xr.Dataset, zones: xr.Dataset, layer: str) -> None:
+    grid = zonal.store_grid(store)
+    lay = zonal.zone_layer(zones, layer)
+    area = zonal.pixel_area(zones, grid.cell_area)
+    ann = zonal.annual_zonal_budgets(store["NEE"], lay, area)
+    assert ann.chunks is not None  # lazy
+    got = ann.compute().values
+    lab = lay.labels.values
+    ref = _numpy_zone_budgets(store["NEE"].values, lab, area.values, list(lay.codes))
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+    # zones restricted to the ABZ: no zone cell outside it
+    assert not ((lab >= 0) & ~zones["abz"].values).any()
+
+
+def test_biome_budgets_equal_existing_budget_code(store: xr.Dataset, zones: xr.Dataset) -> None:
+    grid = zonal.store_grid(store)
+    lay = zonal.zone_layer(zones, "biome")
+    area = zonal.pixel_area(zones, grid.cell_area)
+    ours = zonal.annual_zonal_budgets(store[["NEE", "GPP"]], lay, area).compute()
+    w = domain_weights(zones, grid.cell_area)
+    ref = annual_domain_budgets(store[["NEE", "GPP"]], w).compute()
+    for f in ("NEE", "GPP"):
+        np.testing.assert_allclose(ours[f].sel(zone=1).values,
+                                   ref[f].sel(domain="tundra").values, rtol=1e-7)
+        np.testing.assert_allclose(ours[f].sel(zone=2).values,
+                                   ref[f].sel(domain="boreal").values, rtol=1e-7)
+
+
+def test_domain_totals_overlapping_domains(store: xr.Dataset, zones: xr.Dataset) -> None:
+    grid = zonal.store_grid(store)
+    area = zonal.pixel_area(zones, grid.cell_area)
+    tot = zonal.domain_totals(store["Reco"], zones, area)
+    got = tot.compute()
+    ref = xr.dot(store["Reco"].fillna(0.0).astype(float), domain_weights(zones, grid.cell_area),
+                 dim=("y", "x")).compute()
+    np.testing.assert_allclose(got.transpose(*ref.dims).values, ref.values, rtol=1e-7)
+
+
+def test_domain_budgets_from_zone_sums_match_results_table(store: xr.Dataset) -> None:
+    from abz_dask.upscale.results import budget_table
+
+    ann = zonal.domain_budgets(store).compute()
+    tab = budget_table(store)
+    for r in tab.itertuples():
+        m = ann.sel(flux=r.flux, domain=r.domain).mean("year")
+        assert float(m.sel(model=0)) == pytest.approx(r.estimate_tg_c_yr, rel=1e-12)
+        assert float(m.isel(model=slice(1, None)).std(ddof=1)) == pytest.approx(
+            r.boot_sd_tg_c_yr, rel=1e-9)
+
+
+def test_budget_table_boot_sd_and_per_area(store: xr.Dataset, zones: xr.Dataset) -> None:
+    tab = zonal.zonal_budget_table(store, zones, "biome")
+    assert set(tab["zone"]) == {"tundra", "boreal"}
+    for r in tab.itertuples():
+        # replicate b = central × (1 + s_b): SD of the replicate budgets = |budget| × SD(s)
+        assert r.boot_sd_tg_c_yr == pytest.approx(abs(r.budget_tg_c_yr)
+                                                  * np.std(REPLICATE_SCALE, ddof=1), rel=1e-5)
+        assert r.per_area_g_c_m2_yr * r.area_mkm2 == pytest.approx(r.budget_tg_c_yr, rel=1e-12)
+    areas = zonal.zone_area(zonal.zone_layer(zones, "biome"),
+                            zonal.pixel_area(zones, zonal.store_grid(store).cell_area))
+    land = (zones["land_fraction"].values * 1e10)
+    b = zones["biome"].values
+    assert float(areas.sel(zone=1)) == pytest.approx(land[(b == 1) & zones["abz"].values].sum(),
+                                                      rel=1e-6)
+
+
+def test_user_label_raster_and_errors(store: xr.Dataset, zones: xr.Dataset) -> None:
+    grid = zonal.store_grid(store)
+    lab = xr.DataArray(np.where(zones["x"].values[None, :] < 0, 1, 2)
+                       * np.ones((zones.sizes["y"], 1), int), dims=("y", "x"), name="halves")
+    lay = zonal.zone_layer(zones, lab, names={1: "west", 2: "east"})
+    area = zonal.pixel_area(zones, grid.cell_area)
+    ann = zonal.annual_zonal_budgets(store["GPP"], lay, area).compute()
+    whole = zonal.annual_zonal_budgets(store["GPP"], zonal.zone_layer(zones, "abz"),
+                                       area).compute()
+    np.testing.assert_allclose(ann.sum("zone").values, whole.sel(zone=1).values, rtol=1e-9)
+    with pytest.raises(ValueError, match="unknown zone layer 'nope'"):
+        zonal.zone_layer(zones, "nope")
+    with pytest.raises(ValueError, match="shape"):
+        zonal.zone_layer(zones, lab.isel(y=slice(0, 3)))
+    with pytest.raises(FileNotFoundError, match="flux store"):
+        zonal.open_flux_store("/nonexistent/fluxes.zarr")
+
+
+def test_chunk_bounded_graph(store: xr.Dataset, zones: xr.Dataset) -> None:
+    """Every task of the reduction touches at most one input chunk of the cube."""
+    grid = zonal.store_grid(store)
+    big = store["NEE"].chunk({"time": 12, "y": 15, "x": 15})
+    tot = zonal.zonal_totals(big, zonal.zone_layer(zones, "biome"),
+                             zonal.pixel_area(zones, grid.cell_area))
+    n_chunks = int(np.prod([len(c) for c in big.chunks]))
+    assert tot.data.npartitions < n_chunks  # reduced, not materialised as one block
+    out = tot.compute()
+    ref = zonal.zonal_totals(store["NEE"].compute(), zonal.zone_layer(zones, "biome"),
+                             zonal.pixel_area(zones, grid.cell_area))
+    np.testing.assert_allclose(out.values, ref.values, rtol=1e-9)
+    assert isinstance(pd.Index(out["zone_name"].values), pd.Index)
