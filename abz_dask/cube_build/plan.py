@@ -1,0 +1,207 @@
+"""Checking a configuration against its files and deciding which files feed which month.
+
+:func:`make_plan` runs before anything is written: it finds every file, checks timestamps
+(duplicates, gaps, missing months or years), opens every file once for its CRS, units and
+footprint, and returns a :class:`BuildPlan` that the tile tasks execute.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from abz_dask.cube_build.config import BuildConfig, SourceSpec
+from abz_dask.cube_build.reproject import check_overlap
+from abz_dask.cube_build.sources import Entry, Geometry, discover, open_source
+from abz_dask.cube_build.validate import (
+    DuplicateTimeError,
+    MissingFileError,
+    TimeGapError,
+    check_range,
+)
+from abz_dask.grid import Grid
+from abz_dask.predictors import PREDICTORS
+
+__all__ = ["BuildPlan", "VarPlan", "make_plan"]
+
+_CATALOGUE = {p.name: p for p in PREDICTORS}
+
+
+@dataclass
+class VarPlan:
+    """The sources of one predictor."""
+
+    name: str
+    spec: SourceSpec
+    kind: str
+    #: per output month (time variables) the entries averaged into it; one entry for static.
+    steps: list[list[Entry]]
+    #: georeferencing of every file
+    geometry: dict[Path, Geometry] = field(default_factory=dict)
+    #: values of a spatially constant series (co2)
+    series: np.ndarray | None = None
+
+
+@dataclass
+class BuildPlan:
+    """Everything the tile tasks need."""
+
+    grid: Grid
+    time: pd.DatetimeIndex
+    tile: int
+    token: str
+    variables: list[VarPlan]
+
+
+def _month_index(time: pd.DatetimeIndex) -> dict[tuple[int, int], int]:
+    return {(t.year, t.month): i for i, t in enumerate(time)}
+
+
+def _fmt(ts: pd.Timestamp) -> str:
+    return f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}"
+
+
+def _monthly_steps(name: str, spec: SourceSpec, entries: list[Entry], time: pd.DatetimeIndex
+                   ) -> list[list[Entry]]:
+    idx = _month_index(time)
+    steps: list[list[Entry]] = [[] for _ in time]
+    for e in entries:
+        assert e.time is not None
+        i = idx.get((e.time.year, e.time.month))
+        if i is not None:
+            steps[i].append(e)
+    missing = [time[i] for i, s in enumerate(steps) if not s]
+    if missing:
+        multi = [e for e in entries if e.index is not None]
+        months = ", ".join(f"{t.year:04d}-{t.month:02d}" for t in missing[:6])
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        if multi and multi[0].time <= missing[0] <= multi[-1].time:  # type: ignore[operator]
+            raise TimeGapError(f"{name}: the time axis of {multi[0].path} skips {months}{more}")
+        raise MissingFileError(f"{name}: no file for month(s) {months}{more} "
+                               f"(pattern {spec.files!r})")
+    return steps
+
+
+def _submonthly_steps(name: str, spec: SourceSpec, entries: list[Entry],
+                      time: pd.DatetimeIndex) -> list[list[Entry]]:
+    lo = time[0]
+    hi = time[-1] + pd.offsets.MonthEnd(1)
+    inside = [e for e in entries if e.time is not None and lo <= e.time <= hi]
+    step = pd.Timedelta(days=1 if spec.temporal == "daily" else 8)
+    for a, b in itertools.pairwise(inside):
+        assert a.time is not None and b.time is not None
+        new_year = b.time == pd.Timestamp(b.time.year, 1, 1) and b.time.year == a.time.year + 1
+        if b.time - a.time > step and not (spec.temporal == "8day" and new_year):
+            where = a.path if a.path == b.path else f"{a.path} -> {b.path}"
+            raise TimeGapError(f"{name}: {spec.temporal} series jumps from {_fmt(a.time)} to "
+                               f"{_fmt(b.time)} ({(b.time - a.time).days} days) in {where}")
+    return _monthly_steps(name, spec, inside, time)
+
+
+def _annual_steps(name: str, spec: SourceSpec, entries: list[Entry], time: pd.DatetimeIndex
+                  ) -> list[list[Entry]]:
+    by_year = {e.time.year: e for e in entries if e.time is not None}
+    have = np.array(sorted(by_year))
+    steps: list[list[Entry]] = []
+    for t in time:
+        y = t.year
+        if y not in by_year:
+            prev = have[have < y]
+            nxt = have[have > y]
+            pick: int | None = None
+            if spec.missing_year == "previous" and prev.size:
+                pick = int(prev[-1])
+            elif spec.missing_year == "next" and nxt.size:
+                pick = int(nxt[0])
+            elif spec.missing_year == "nearest" and have.size:
+                pick = int(have[np.argmin(np.abs(have - y) * 2 + (have > y))])
+            if pick is None:
+                raise MissingFileError(f"{name}: no file for year {y} (pattern {spec.files!r}; "
+                                       f"missing_year: {spec.missing_year}; years present: "
+                                       f"{have.tolist()})")
+            y = pick
+        steps.append([by_year[y]])
+    return steps
+
+
+def _series(name: str, spec: SourceSpec, path: Path, time: pd.DatetimeIndex) -> np.ndarray:
+    df = pd.read_csv(path)
+    if df.shape[1] < 2:
+        raise ValueError(f"{name}: {path} needs two columns (time, value)")
+    tcol, vcol = ("time", "value") if {"time", "value"} <= set(df.columns) else df.columns[:2]
+    ts = pd.to_datetime(df[tcol])
+    key = pd.DatetimeIndex([pd.Timestamp(t.year, t.month, 1) for t in ts])
+    dup = key.duplicated()
+    if dup.any():
+        raise DuplicateTimeError(f"{name}: {path} has month {key[dup][0]:%Y-%m} twice")
+    vals = pd.Series(df[vcol].to_numpy(float), index=key)
+    for s in spec.nodata:
+        vals[vals == s] = np.nan
+    vals = vals * spec.scale + spec.offset
+    miss = [t for t in time if t not in vals.index or not np.isfinite(vals[t])]
+    if miss:
+        raise MissingFileError(f"{name}: {path} has no value for month(s) "
+                               f"{', '.join(f'{t:%Y-%m}' for t in miss[:6])}")
+    out = vals.reindex(time).to_numpy(np.float64)
+    check_range(out, spec.valid_range, name=name, path=path)
+    return out
+
+
+def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
+    """Validate the configuration against the files.
+
+    Parameters
+    ----------
+    config : BuildConfig
+        Validated configuration.
+    root : Path
+        Folder relative patterns are resolved from.
+
+    Returns
+    -------
+    BuildPlan
+
+    Raises
+    ------
+    CubeBuildError
+        Missing files or months, duplicated timestamps, time gaps, files without a CRS, files
+        that do not overlap the grid, wrong units.
+    """
+    from abz_dask.twin.generate import default_tile
+
+    grid = Grid.from_preset(config.grid)
+    time = pd.date_range(config.start, config.end, freq="MS")
+    tile = config.tile or default_tile(grid)
+    plans: list[VarPlan] = []
+    checked: set[tuple[object, ...]] = set()
+    for p in PREDICTORS:
+        if p.kind == "calendar":
+            continue
+        spec = config.predictors[p.name]
+        entries = discover(spec, root, p.name)
+        if spec.temporal == "series":
+            plans.append(VarPlan(p.name, spec, p.kind, [],
+                                 series=_series(p.name, spec, entries[0].path, time)))
+            continue
+        if spec.temporal == "static":
+            steps = [entries]
+        elif spec.temporal == "monthly":
+            steps = _monthly_steps(p.name, spec, entries, time)
+        elif spec.temporal in ("daily", "8day"):
+            steps = _submonthly_steps(p.name, spec, entries, time)
+        else:
+            steps = _annual_steps(p.name, spec, entries, time)
+        vp = VarPlan(p.name, spec, p.kind, steps)
+        for path in sorted({e.path for s in steps for e in s}):
+            with open_source(path, spec, p.name) as r:
+                r.check_units(p.units)
+                vp.geometry[path] = r.geometry
+            if r.geometry.key not in checked:
+                check_overlap(r.geometry, grid, name=p.name, path=path)
+                checked.add(r.geometry.key)
+        plans.append(vp)
+    return BuildPlan(grid, time, tile, config.token(), plans)
