@@ -314,7 +314,11 @@ def domain_totals(data: xr.DataArray | xr.Dataset, zones: xr.Dataset, area: xr.D
                       dtype=np.float64)
     sel = xr.DataArray(member, dims=("domain", "zone"),
                        coords={"domain": list(doms), "zone": np.arange(1, n, dtype=np.int32)})
-    out = xr.dot(tot.drop_vars("zone_name"), sel, dim="zone")
+    tot = tot.drop_vars("zone_name")
+    if isinstance(tot, xr.Dataset):
+        out = tot.map(lambda v: xr.dot(v, sel, dim="zone"))
+    else:
+        out = xr.dot(tot, sel, dim="zone")
     out.attrs["domains"] = str(doms)
     return out
 

@@ -1,0 +1,558 @@
+"""Table 1 of the seed paper (seed-spec §5, §6.1) from a run folder, with identity checks.
+
+For each domain (ABZ, tundra, boreal, permafrost region) and flux (NEE, GPP, Reco):
+
+* **in situ**: mean ± SD across sites of the site-mean annual flux, using complete site-years
+  only (all 12 months of that flux present; seed-spec §4.14), read with
+  :func:`abz_dask.abcflux.read_abcflux`. Sites belong to tundra / boreal by their ``biome``
+  column (zones where the file has none), to the permafrost region by the zone layer at their
+  cell, and every site to the ABZ;
+* **upscaled per-area mean** (g C m⁻² yr⁻¹): the area-weighted mean of pixel annual sums over
+  the period, computed from the monthly maps; ± is the interannual SD of the annual per-area
+  means (the paper does not say what its ± is, seed-spec §6.1);
+* **budget** (Tg C yr⁻¹): the mean of the annual budgets of the central model, from the store's
+  ``zone_sums``; ± is the SD (ddof 1) over the bootstrap replicates' period budgets;
+* **ratio** (DECISIONS 9): |summer (JJA) NEE budget| / non-summer (Sep–May of the same calendar
+  year) NEE budget, period means of the central model;
+* **NEE + fire** (Tg C yr⁻¹): the mean over ``fire_start..end`` of annual NEE budget + annual fire
+  emissions of the domain (fire.zarr ``fire_emissions``, g C m⁻² of cell area);
+* **area** (10⁶ km²): Σ cell area × land fraction.
+
+The same columns are computed from the planted truth (``twin/truth.zarr``) when present.
+
+Identity checks (:func:`check_identities`, run by :func:`build_table1`): tundra + boreal = ABZ
+(budgets, areas) when the biomes partition the ABZ, and per-area mean × area = budget (maps vs
+tile zone sums).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from abz_dask.budgets import DOMAINS
+from abz_dask.grid import Grid
+from abz_dask.zonal import (
+    TG,
+    domain_budgets,
+    domain_totals,
+    open_flux_store,
+    pixel_area,
+    store_grid,
+)
+
+__all__ = [
+    "FLUXES",
+    "IdentityError",
+    "RunPaths",
+    "Table1",
+    "build_table1",
+    "check_identities",
+    "domain_table",
+    "fire_domain_budgets",
+    "in_situ_stats",
+    "season_budgets",
+    "table1_markdown",
+    "write_table1",
+]
+
+FLUXES: tuple[str, ...] = ("NEE", "GPP", "Reco")
+SUMMER = (6, 7, 8)
+NON_SUMMER = (1, 2, 3, 4, 5, 9, 10, 11, 12)
+DOMAIN_LABELS = {"abz": "ABZ", "tundra": "Tundra", "boreal": "Boreal",
+                 "permafrost": "Permafrost region"}
+
+
+class IdentityError(AssertionError):
+    """A Table-1 identity (tundra + boreal = ABZ, per-area mean × area = budget) failed."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where the inputs of the analyses live in a run folder.
+
+    ``zones``, ``truth``, ``fire`` and ``sites`` are looked up in ``RUN/`` and then ``RUN/twin/``;
+    absent optional inputs are ``None``.
+    """
+
+    root: Path
+    fluxes: Path
+    zones: Path
+    truth: Path | None
+    fire: Path | None
+    sites: Path | None
+    training: Path | None
+
+    @classmethod
+    def discover(cls, root: str | Path) -> RunPaths:
+        """Find the stores of a run folder (``fluxes.zarr`` and ``zones.zarr`` are required)."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"run folder {root} does not exist")
+
+        def find(*names: str) -> Path | None:
+            for n in names:
+                for base in (root, root / "twin"):
+                    if (base / n).exists():
+                        return base / n
+            return None
+
+        fluxes = root / "fluxes.zarr"
+        if not fluxes.exists():
+            raise FileNotFoundError(f"{fluxes} not found: run the upscaling stage first")
+        zones = find("zones.zarr")
+        if zones is None:
+            raise FileNotFoundError(f"no zones.zarr in {root} or {root / 'twin'}")
+        return cls(root, fluxes, zones, find("truth.zarr"), find("fire.zarr"),
+                   find("abcflux_twin.csv", "abcflux.csv"),
+                   root / "training" if (root / "training").is_dir() else None)
+
+
+@dataclass
+class Table1:
+    """Table 1 of a run: estimate, planted truth (if any), identity checks."""
+
+    estimate: pd.DataFrame
+    truth: pd.DataFrame | None
+    checks: pd.DataFrame
+    period: tuple[int, int]
+    fire_period: tuple[int, int] | None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# pieces
+
+
+def in_situ_stats(obs: pd.DataFrame, *, site_domains: pd.DataFrame,
+                  fluxes: Sequence[str] = FLUXES, years: tuple[int, int] | None = None
+                  ) -> pd.DataFrame:
+    """In-situ mean and SD across sites of site-mean annual fluxes (complete site-years only).
+
+    Parameters
+    ----------
+    obs : DataFrame
+        Site-months (:func:`abz_dask.abcflux.read_abcflux`): ``site_id, year, month`` and flux
+        columns (g C m⁻² month⁻¹).
+    site_domains : DataFrame
+        Index ``site_id``, one boolean column per domain.
+    fluxes : sequence of str
+        Flux columns.
+    years : (int, int), optional
+        Keep site-years in this range.
+
+    Returns
+    -------
+    DataFrame
+        ``domain, flux, in_situ_mean, in_situ_sd, n_sites, n_site_years``.
+    """
+    rows = []
+    df = obs if years is None else obs[(obs["year"] >= years[0]) & (obs["year"] <= years[1])]
+    for f in fluxes:
+        if f not in df:
+            continue
+        ok = df[["site_id", "year", "month", f]].dropna(subset=[f])
+        g = ok.groupby(["site_id", "year"])
+        months = g["month"].nunique()
+        annual = g[f].sum()[months == 12]
+        site_mean = annual.groupby(level="site_id").mean()
+        n_sy = annual.groupby(level="site_id").size()
+        for dom in site_domains.columns:
+            member = site_domains[dom].reindex(site_mean.index).fillna(False).astype(bool)
+            v = site_mean[member.to_numpy()]
+            rows.append({"domain": dom, "flux": f, "in_situ_mean": float(v.mean()),
+                         "in_situ_sd": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
+                         "n_sites": len(v),
+                         "n_site_years": int(n_sy[member.to_numpy()].sum())})
+    return pd.DataFrame(rows)
+
+
+def site_domain_table(obs: pd.DataFrame, grid: Grid, zones: xr.Dataset,
+                      domains: Sequence[str] = tuple(DOMAINS)) -> pd.DataFrame:
+    """Domain membership of every site: ABZ = all, biomes from the site's ``biome`` column
+    (zones at the site cell when missing), permafrost (and any other domain) from zones."""
+    sites = obs.groupby("site_id").agg(latitude=("latitude", "mean"),
+                                       longitude=("longitude", "mean"),
+                                       biome=("biome", "first"))
+    x, y = grid.project(sites["longitude"].to_numpy(), sites["latitude"].to_numpy())
+    row, col = grid.index_of(x, y)
+    inside = (row >= 0) & (col >= 0)
+    zb = np.asarray(zones["biome"].values)[np.where(inside, row, 0), np.where(inside, col, 0)]
+    zb = np.where(inside, zb, 0)
+    text = sites["biome"].astype("string").str.lower().fillna("")
+    biome = np.where(text == "tundra", 1, np.where(text == "boreal", 2, zb))
+    out = pd.DataFrame(index=sites.index)
+    for d in domains:
+        if d == "abz":
+            out[d] = True
+        elif d == "tundra":
+            out[d] = biome == 1
+        elif d == "boreal":
+            out[d] = biome == 2
+        else:
+            m = np.asarray(zones.eval(DOMAINS.get(d, d)).fillna(False).values, bool)
+            out[d] = np.where(inside, m[np.where(inside, row, 0), np.where(inside, col, 0)],
+                              False)
+    return out
+
+
+def season_budgets(monthly: xr.DataArray) -> xr.Dataset:
+    """Summer (JJA) and non-summer (Sep–May, same calendar year) budgets per year.
+
+    Parameters
+    ----------
+    monthly : xarray.DataArray
+        Monthly budgets with a ``time`` dimension (Tg C month⁻¹); years without all 12 months
+        are dropped.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``summer`` and ``non_summer`` (Tg C per season) with dimension ``year``.
+    """
+    month = monthly["time"].dt.month
+    counts = monthly["time"].dt.year.to_series().value_counts()
+    full = np.sort(counts.index[counts.to_numpy() == 12].to_numpy())
+    summer = monthly.where(month.isin(SUMMER), 0.0).groupby("time.year").sum()
+    non = monthly.where(month.isin(NON_SUMMER), 0.0).groupby("time.year").sum()
+    return xr.Dataset({"summer": summer, "non_summer": non}).sel(year=full)
+
+
+def fire_domain_budgets(fire: xr.Dataset, zones: xr.Dataset, cell_area: float,
+                        domains: dict[str, str] | None = None, *,
+                        variable: str = "fire_emissions") -> xr.DataArray:
+    """Annual fire emission budgets (Tg C yr⁻¹) per domain, ``(year, domain)``, lazy.
+
+    ``fire_emissions`` is in g C m⁻² of *cell* area per year (twin convention and the output of
+    :func:`abz_dask.fire.regrid_to_grid`), so cells are weighted by the full cell area inside the
+    domain (the domain masks still apply).
+    """
+    if variable not in fire:
+        raise ValueError(f"fire store has no variable {variable!r}")
+    cell = xr.full_like(zones["land_fraction"], float(cell_area), dtype=np.float64)
+    cell = cell.drop_vars([c for c in cell.coords if c not in ("y", "x")])
+    tot = domain_totals(fire[variable], zones, cell, domains) * TG
+    tot.attrs["units"] = "Tg C yr-1"
+    return tot
+
+
+def _areas(zones: xr.Dataset, area: xr.DataArray, domains: dict[str, str]) -> pd.Series:
+    a = domain_totals(xr.ones_like(area), zones, area, domains).compute()
+    return pd.Series(a.values / 1e12, index=list(domains), name="area_mkm2")
+
+
+def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
+                 start: int, end: int, replicates: xr.DataArray | None = None,
+                 central_budgets: xr.DataArray | None = None,
+                 fire_budgets: xr.DataArray | None = None, fire_start: int = 2002,
+                 domains: dict[str, str] | None = None,
+                 fluxes: Sequence[str] = FLUXES) -> pd.DataFrame:
+    """Upscaled (or truth) columns of Table 1 in long form, from monthly maps.
+
+    Parameters
+    ----------
+    monthly : xarray.Dataset
+        ``NEE, GPP, Reco (time, y, x)`` in g C m⁻² month⁻¹.
+    zones : xarray.Dataset
+        Zone layers.
+    cell_area : float
+        Cell area (m²).
+    start, end : int
+        Period (years).
+    replicates : xarray.DataArray, optional
+        Annual budgets of every model ``(flux, model, year, domain)`` (Tg C yr⁻¹; model 0
+        central), from :func:`abz_dask.zonal.domain_budgets`; gives the bootstrap SD.
+    central_budgets : xarray.DataArray, optional
+        Monthly central budgets ``(flux, time, domain)`` (Tg C month⁻¹) to take the budgets
+        from (the store's zone sums); default: computed from ``monthly``.
+    fire_budgets : xarray.DataArray, optional
+        ``(year, domain)`` fire emissions (Tg C yr⁻¹).
+    fire_start : int
+        First year of NEE + fire.
+    domains : dict, optional
+        Default :data:`abz_dask.budgets.DOMAINS`.
+    fluxes : sequence of str
+        Fluxes.
+
+    Returns
+    -------
+    DataFrame
+        One row per domain × flux: ``domain, flux, per_area_mean, per_area_sd, budget,
+        budget_boot_sd, per_area_from_maps_budget, area_mkm2, ratio_summer_nonsummer,
+        summer_budget, non_summer_budget, nee_plus_fire, fire_budget, n_years``.
+    """
+    doms = dict(domains or DOMAINS)
+    area = pixel_area(zones, cell_area)
+    sel = monthly[list(fluxes)].sel(time=slice(str(start), f"{end}-12-31"))
+    map_tot = (domain_totals(sel, zones, area, doms) * TG).compute()
+    years_full = season_budgets(map_tot[fluxes[0]])["year"].values
+    map_ann = map_tot.groupby("time.year").sum().sel(year=years_full)
+    areas = _areas(zones, area, doms)
+    if central_budgets is not None:
+        cb = central_budgets.sel(time=slice(str(start), f"{end}-12-31")).compute()
+        cen_monthly = xr.Dataset({f: cb.sel(flux=f, drop=True) for f in fluxes})
+    else:
+        cen_monthly = map_tot
+    cen_ann = cen_monthly.groupby("time.year").sum().sel(year=years_full)
+    seas = season_budgets(cen_monthly["NEE"]) if "NEE" in fluxes else None
+    rep = None
+    if replicates is not None:
+        rep = replicates.sel(year=slice(start, end)).mean("year").compute()
+    fb = None
+    if fire_budgets is not None and "NEE" in fluxes:
+        fb = fire_budgets.compute()
+    rows = []
+    for d in doms:
+        a = float(areas[d])
+        for f in fluxes:
+            per_area_ann = map_ann[f].sel(domain=d) / TG / (a * 1e12) if a > 0 else np.nan
+            budget = float(cen_ann[f].sel(domain=d).mean("year"))
+            row = {"domain": d, "flux": f,
+                   "per_area_mean": float(np.mean(per_area_ann)),
+                   "per_area_sd": float(np.std(per_area_ann, ddof=1)),
+                   "budget": budget,
+                   "budget_boot_sd": np.nan,
+                   "map_budget": float(map_ann[f].sel(domain=d).mean("year")),
+                   "area_mkm2": a, "ratio_summer_nonsummer": np.nan,
+                   "summer_budget": np.nan, "non_summer_budget": np.nan,
+                   "nee_plus_fire": np.nan, "fire_budget": np.nan,
+                   "n_years": len(years_full)}
+            if rep is not None and rep.sizes["model"] > 2:
+                row["budget_boot_sd"] = float(rep.sel(flux=f, domain=d)
+                                              .isel(model=slice(1, None)).std(ddof=1))
+            if f == "NEE" and seas is not None:
+                s = float(seas["summer"].sel(domain=d).mean())
+                n = float(seas["non_summer"].sel(domain=d).mean())
+                row.update(summer_budget=s, non_summer_budget=n,
+                           ratio_summer_nonsummer=abs(s) / n if n != 0 else np.nan)
+            if f == "NEE" and fb is not None:
+                yrs = [y for y in years_full if y >= fire_start and y in fb["year"].values]
+                if yrs:
+                    nee = cen_ann["NEE"].sel(domain=d, year=yrs)
+                    fire = fb.sel(domain=d, year=yrs)
+                    row["nee_plus_fire"] = float((nee + fire).mean())
+                    row["fire_budget"] = float(fire.mean())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def check_identities(tab: pd.DataFrame, *, rtol: float = 1e-3, atol: float = 0.5
+                     ) -> pd.DataFrame:
+    """Table-1 identities with their residuals.
+
+    Checks, per flux: ``tundra + boreal = abz`` for the budget and the area (skipped when the
+    domains are absent); per domain and flux: ``per_area_mean × area = budget`` (per-area mean
+    from the maps, budget from the zone sums). A check passes when
+    ``|lhs − rhs| ≤ atol + rtol·|rhs|`` (atol in Tg C yr⁻¹ or 10⁶ km²).
+
+    Returns
+    -------
+    DataFrame
+        ``check, domain, flux, lhs, rhs, residual, passed``.
+    """
+    rows = []
+
+    def add(check: str, dom: str, flux: str, lhs: float, rhs: float, tol_abs: float) -> None:
+        rows.append({"check": check, "domain": dom, "flux": flux, "lhs": lhs, "rhs": rhs,
+                     "residual": lhs - rhs,
+                     "passed": bool(abs(lhs - rhs) <= tol_abs + rtol * abs(rhs))})
+
+    t = tab.set_index(["domain", "flux"])
+    doms = set(tab["domain"])
+    for k, f in enumerate(tab["flux"].unique()):
+        if {"abz", "tundra", "boreal"} <= doms:
+            add("tundra + boreal = abz (budget)", "abz", f,
+                t.loc[("tundra", f), "budget"] + t.loc[("boreal", f), "budget"],
+                t.loc[("abz", f), "budget"], atol)
+            if k == 0:
+                add("tundra + boreal = abz (area)", "abz", "-",
+                    t.loc[("tundra", f), "area_mkm2"] + t.loc[("boreal", f), "area_mkm2"],
+                    t.loc[("abz", f), "area_mkm2"], 1e-9)
+        for d in tab["domain"].unique():
+            r = t.loc[(d, f)]
+            add("per-area mean x area = budget", d, f,
+                r["per_area_mean"] * r["area_mkm2"], r["budget"], atol)
+    return pd.DataFrame(rows)
+
+
+def _biomes_partition(zones: xr.Dataset) -> bool:
+    b = np.asarray(zones["biome"].values)
+    a = np.asarray(zones["abz"].values, bool)
+    return bool(np.array_equal(a, np.isin(b, (1, 2))))
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+
+
+def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 2020,
+                 fire_start: int = 2002, strict: bool = True) -> Table1:
+    """Compute Table 1 (estimate and planted truth) of a run folder.
+
+    Parameters
+    ----------
+    run : path or RunPaths
+        Run folder (``fluxes.zarr``, ``zones.zarr`` here or in ``twin/``, optionally
+        ``truth.zarr``, ``fire.zarr``, the ABCflux CSV).
+    start, end : int
+        Period; clipped to the complete years of the store.
+    fire_start : int
+        First year of the NEE + fire column (fire data permitting).
+    strict : bool
+        Raise :class:`IdentityError` when an identity check fails.
+
+    Returns
+    -------
+    Table1
+    """
+    from abz_dask.abcflux import read_abcflux
+
+    paths = run if isinstance(run, RunPaths) else RunPaths.discover(run)
+    ds = open_flux_store(paths.fluxes)
+    zones = xr.open_zarr(paths.zones, consolidated=False).load()
+    grid = store_grid(ds)
+    years = np.unique(ds["time"].dt.year.values)
+    start, end = max(start, int(years.min())), min(end, int(years.max()))
+    if start > end:
+        raise ValueError(f"flux store {paths.fluxes} has no year in {start}..{end}")
+    fluxes = tuple(f for f in FLUXES if f in ds)
+    fire_b = None
+    if paths.fire is not None:
+        fire = xr.open_zarr(paths.fire, consolidated=False)
+        fire_b = fire_domain_budgets(fire, zones, grid.cell_area)
+    reps = central = None
+    if "zone_sums" in ds:
+        central = domain_budgets(ds, monthly=True).sel(model=0, drop=True)
+        reps = domain_budgets(ds)
+    est = domain_table(ds, zones, grid.cell_area, start=start, end=end, replicates=reps,
+                       central_budgets=central, fire_budgets=fire_b, fire_start=fire_start,
+                       fluxes=fluxes)
+    notes: dict[str, str] = {}
+    if paths.sites is not None:
+        obs = read_abcflux(paths.sites, grid=grid, zones=zones)
+        sd = site_domain_table(obs, grid, zones)
+        ins = in_situ_stats(obs, site_domains=sd, fluxes=fluxes)
+        est = est.merge(ins, on=["domain", "flux"], how="left")
+        notes["in_situ"] = (f"{paths.sites.name}: complete site-years of the whole record "
+                            f"({int(obs['site_id'].nunique())} sites)")
+    truth = None
+    if paths.truth is not None:
+        tds = xr.open_zarr(paths.truth, consolidated=False)
+        truth = domain_table(tds, zones, grid.cell_area, start=start, end=end,
+                             fire_budgets=fire_b, fire_start=fire_start, fluxes=fluxes)
+        if "in_situ_mean" in est:
+            truth = truth.merge(est[["domain", "flux", "in_situ_mean", "in_situ_sd",
+                                     "n_sites", "n_site_years"]], on=["domain", "flux"])
+    checks = check_identities(est)
+    if not _biomes_partition(zones):
+        checks = checks[~checks["check"].str.startswith("tundra + boreal")]
+        notes["identity"] = "biome layer does not partition abz: tundra + boreal check skipped"
+    if strict and not checks["passed"].all():
+        bad = checks[~checks["passed"]]
+        raise IdentityError(f"Table 1 identity check(s) failed:\n{bad.to_string()}")
+    fp = None
+    if fire_b is not None:
+        fy = fire_b["year"].values
+        lo, hi = max(fire_start, int(fy.min()), start), min(end, int(fy.max()))
+        fp = (lo, hi) if lo <= hi else None
+    return Table1(est, truth, checks, (start, end), fp, notes)
+
+
+def _pm(v: float, sd: float, fmt: str = "{:,.0f}") -> str:
+    if not np.isfinite(v):
+        return "–"
+    return fmt.format(v) + ("" if not np.isfinite(sd) else f" (±{fmt.format(sd)})")
+
+
+def wide_table(tab: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout: one row per domain, formatted strings."""
+    rows = []
+    for d in tab["domain"].unique():
+        t = tab[tab["domain"] == d].set_index("flux")
+        row: dict[str, str] = {"class": DOMAIN_LABELS.get(d, d)}
+        for f in t.index:
+            if "in_situ_mean" in t:
+                row[f"in-situ {f}"] = _pm(t.loc[f, "in_situ_mean"], t.loc[f, "in_situ_sd"])
+        for f in t.index:
+            row[f"upscaled {f}"] = _pm(t.loc[f, "per_area_mean"], t.loc[f, "per_area_sd"])
+        for f in t.index:
+            row[f"budget {f} (Tg C/yr)"] = _pm(t.loc[f, "budget"], t.loc[f, "budget_boot_sd"])
+        if "NEE" in t.index:
+            r = t.loc["NEE"]
+            row["summer : non-summer"] = ("–" if not np.isfinite(r["ratio_summer_nonsummer"])
+                                          else f"{r['ratio_summer_nonsummer']:.2f}")
+            row["NEE+fire (Tg C/yr)"] = _pm(r["nee_plus_fire"], np.nan)
+        row["area (10⁶ km²)"] = f"{t['area_mkm2'].iloc[0]:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1_markdown(t1: Table1) -> str:
+    """Markdown of Table 1: estimate, truth, side-by-side budgets and the checks."""
+    s, e = t1.period
+    fire = f"{t1.fire_period[0]}–{t1.fire_period[1]}" if t1.fire_period else "n/a"
+    out = [f"# Table 1 — budgets {s}–{e} (NEE + fire {fire})", "",
+           "Per-area fluxes in g C m⁻² yr⁻¹ (in situ: mean ± SD across sites, complete "
+           "site-years; upscaled: area-weighted mean ± interannual SD); budgets in Tg C yr⁻¹ "
+           "± SD over the bootstrap budgets; ratio = |JJA NEE| / Sep–May NEE (DECISIONS 9).",
+           "", "## Estimate (upscaled)", "", _md(wide_table(t1.estimate))]
+    if t1.truth is not None:
+        out += ["", "## Planted truth (twin)", "", _md(wide_table(t1.truth)), "",
+                "## Estimate vs truth", "", _md(side_by_side(t1))]
+    out += ["", "## Identity checks", "",
+            _md(t1.checks.assign(lhs=t1.checks["lhs"].map("{:,.3f}".format),
+                                 rhs=t1.checks["rhs"].map("{:,.3f}".format),
+                                 residual=t1.checks["residual"].map("{:.2e}".format)))]
+    for k, v in t1.notes.items():
+        out += ["", f"*{k}*: {v}"]
+    return "\n".join(out) + "\n"
+
+
+def side_by_side(t1: Table1) -> pd.DataFrame:
+    """Budgets, per-area means, ratio and NEE + fire: estimate next to truth, numeric."""
+    if t1.truth is None:
+        raise ValueError("no planted truth in this run")
+    cols = ["per_area_mean", "budget", "budget_boot_sd", "ratio_summer_nonsummer",
+            "nee_plus_fire", "area_mkm2"]
+    m = t1.estimate[["domain", "flux", *cols]].merge(
+        t1.truth[["domain", "flux", "per_area_mean", "budget", "ratio_summer_nonsummer",
+                  "nee_plus_fire"]], on=["domain", "flux"], suffixes=("", "_truth"))
+    out = m[["domain", "flux", "budget", "budget_boot_sd", "budget_truth", "per_area_mean",
+             "per_area_mean_truth", "ratio_summer_nonsummer", "ratio_summer_nonsummer_truth",
+             "nee_plus_fire", "nee_plus_fire_truth", "area_mkm2"]]
+    return out.round(2)
+
+
+def _md(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in df.itertuples(index=False):
+        lines.append("| " + " | ".join("" if (isinstance(v, float) and not np.isfinite(v))
+                                       else (f"{v:,.2f}" if isinstance(v, float) else str(v))
+                                       for v in r) + " |")
+    return "\n".join(lines)
+
+
+def write_table1(run: str | Path, out_dir: str | Path | None = None, **kw: object) -> Table1:
+    """Build Table 1 and write ``table1.csv``, ``table1_truth.csv`` (if a truth exists),
+    ``table1_checks.csv`` and ``table1.md`` into ``out_dir`` (default: the run folder)."""
+    t1 = build_table1(run, **kw)  # type: ignore[arg-type]
+    out = Path(out_dir or run)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / "table1.csv", lambda p: t1.estimate.to_csv(p, index=False))
+    if t1.truth is not None:
+        _atomic(out / "table1_truth.csv", lambda p: t1.truth.to_csv(p, index=False))  # type: ignore[union-attr]
+    _atomic(out / "table1_checks.csv", lambda p: t1.checks.to_csv(p, index=False))
+    _atomic(out / "table1.md", lambda p: p.write_text(table1_markdown(t1)))
+    return t1
+
+
+def _atomic(path: Path, write: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)  # type: ignore[operator]
+    tmp.replace(path)
