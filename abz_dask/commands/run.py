@@ -1,0 +1,67 @@
+"""``abz-dask run CONFIG.yaml``: the whole pipeline from one validated run configuration."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from abz_dask.commands.common import fail
+
+__all__ = ["register", "run"]
+
+
+def run(
+    config: Annotated[Path, typer.Argument(help="Run configuration (YAML)")],
+    cluster: Annotated[str | None, typer.Option(
+        help="Override cluster.kind: threads, local, address, slurm, pbs, kubernetes, "
+             "gateway")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Override cluster.address (scheduler or gateway address)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Override cluster.workers")] = None,
+    force: Annotated[list[str] | None, typer.Option(
+        help="Rerun this stage even when current (repeatable)")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Only validate the configuration and print it")] = False,
+) -> None:
+    """Run every stage (twin or inputs → extract → train → upscale → budgets), skipping the
+    stages whose outputs are complete and current."""
+    from abz_dask.clusters import open_cluster
+    from abz_dask.config import ConfigError, load_config
+    from abz_dask.runner import run_pipeline
+
+    try:
+        cfg = load_config(config, cluster=cluster)
+        upd = {k: v for k, v in (("address", address), ("workers", workers)) if v is not None}
+        if upd:
+            from abz_dask.config import ClusterSection
+
+            cfg = cfg.model_copy(update={"cluster": ClusterSection.model_validate(
+                {**cfg.cluster.model_dump(), **upd})})
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+    if check:
+        import yaml
+
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return
+    t0 = time.perf_counter()
+    try:
+        with open_cluster(cfg.cluster) as session:
+            typer.echo(f"cluster: {session.description}; {session.n_workers} worker(s)")
+            for ev in session.events:
+                typer.echo(ev)
+            res = run_pipeline(cfg, echo=typer.echo, force=tuple(force or ()))
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+    ran = [s.name for s in res.stages if s.status == "ran"]
+    typer.echo(f"pipeline finished in {time.perf_counter() - t0:.1f} s: "
+               f"{len(ran)} stage(s) ran, {len(res.stages) - len(ran)} skipped; "
+               f"outputs in {res.out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run`` to the application."""
+    app.command("run")(run)

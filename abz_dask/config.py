@@ -1,0 +1,319 @@
+"""The run configuration of ``abz-dask run``: one validated YAML file for the whole pipeline.
+
+Every section is a pydantic model with ``extra="forbid"``: a misspelt key is an error naming the
+key and where it sits, a bad value names its field. Example (``deploy/configs/twin-demo.yaml``)::
+
+    output: demo-run                 # run folder (relative paths: relative to the YAML file)
+    input:
+      kind: twin                     # or: files (cube, zones, abcflux paths)
+      resolution: 100km
+      start: 2001-01
+      end: 2004-12
+    training:
+      profile: light                 # a name, a YAML file, or a mapping of overrides
+    upscale:
+      bootstrap_sample: 1.0
+    budgets:
+      start_year: 2001
+      end_year: 2004
+    cluster:
+      kind: local      # threads | local | address | slurm | pbs | kubernetes | gateway
+      workers: 2
+
+:func:`load_config` reads and validates a file; :class:`RunConfig` can also be built in code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["BudgetsSection", "ClusterSection", "ConfigError", "FilesInput", "RunConfig",
+           "TrainingSection", "TwinInput", "UpscaleSection", "load_config"]
+
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+FLUX_NAMES = ("NEE", "GPP", "Reco")
+CLUSTER_KINDS = ("threads", "local", "address", "slurm", "pbs", "kubernetes", "gateway")
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration (file, key path and reason in the message)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _month(v: str | None, field: str) -> str | None:
+    if v is not None and not _MONTH.match(str(v)):
+        raise ValueError(f"{field} must be a month YYYY-MM, got {v!r}")
+    return None if v is None else str(v)
+
+
+class TwinInput(_Section):
+    """Generate a digital twin and run the pipeline on it (:func:`abz_dask.twin.generate_twin`)."""
+
+    kind: Literal["twin"] = "twin"
+    resolution: str = Field(default="50km", description="Grid preset of the twin.")
+    start: str = Field(default="1990-01", description="First month YYYY-MM (a January).")
+    end: str = Field(default="2020-12", description="Last month YYYY-MM.")
+    seed: int = Field(default=0, ge=0, description="Seed of the twin.")
+    n_sites: int = Field(default=200, ge=5, description="Size of the site network.")
+
+    @field_validator("resolution")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        from abz_dask.grid import PRESETS
+
+        if v not in PRESETS:
+            raise ValueError(f"unknown grid preset {v!r}; choose one of {sorted(PRESETS)}")
+        return v
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _months(cls, v: Any, info: Any) -> str | None:
+        return _month(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _period(self) -> TwinInput:
+        if not self.start.endswith("-01"):
+            raise ValueError(f"start must be a January (the twin is built in whole years), "
+                             f"got {self.start!r}")
+        if self.end < self.start:
+            raise ValueError(f"end {self.end!r} is before start {self.start!r}")
+        return self
+
+
+class FilesInput(_Section):
+    """Real (or previously built) inputs: predictor cube, zone layers, ABCflux CSV."""
+
+    kind: Literal["files"]
+    cube: Path = Field(description="Predictor cube (Zarr store).")
+    zones: Path = Field(description="Zone layers of the cube's grid (Zarr store).")
+    abcflux: Path = Field(description="Site-month fluxes in the ABCflux v1 CSV format.")
+    truth_budgets: Path | None = Field(
+        default=None, description="Optional reference budgets CSV (year, domain, flux, "
+        "budget_tg_c_yr) joined to budgets.csv (a twin's truth_budgets.csv).")
+    methods: tuple[str, ...] | None = Field(
+        default=None, description="Keep only these flux methods (e.g. [EC, Ch]).")
+    max_gap_fill: float | None = Field(
+        default=None, ge=0, le=100, description="Drop rows gap-filled above this share (%).")
+    exclude_disturbed: bool = Field(default=False, description="Drop disturbed sites' rows.")
+
+
+class TrainingSection(_Section):
+    """The training stage (:func:`abz_dask.training.run_training`)."""
+
+    profile: str | dict[str, Any] = Field(
+        default="light", description="'light', 'paper', a profile YAML path, or a mapping of "
+        "field overrides with an optional base (see abz_dask.training.profiles).")
+    fluxes: tuple[Literal["NEE", "GPP", "Reco"], ...] = Field(
+        default=FLUX_NAMES, min_length=1, description="Responses to model.")
+    seed: int = Field(default=0, ge=0, description="Base seed of the forests.")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        from abz_dask.training import PROFILES, resolve_profile
+
+        if isinstance(v, str) and v not in PROFILES and not Path(v).suffix:
+            raise ValueError(f"unknown training profile {v!r}; choose one of {sorted(PROFILES)}"
+                             " or give a YAML file / mapping")
+        if isinstance(v, dict) or v in PROFILES:
+            try:
+                resolve_profile(v)
+            except ValidationError as e:
+                raise ValueError(_flat(e, prefix="profile")) from None
+        return v
+
+
+class UpscaleSection(_Section):
+    """The upscaling stage (:func:`abz_dask.upscale.run_upscale`)."""
+
+    start: str | None = Field(default=None, description="First month to predict YYYY-MM.")
+    end: str | None = Field(default=None, description="Last month to predict YYYY-MM.")
+    tile: int | None = Field(default=None, ge=8, description="Tile edge in cells.")
+    bootstrap_sample: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="Fraction of cells for bootstrap replicates.")
+    n_bootstrap: int | None = Field(
+        default=None, ge=0, description="Bootstrap models used (default: all trained).")
+    store_replicates: bool = Field(default=False, description="Also store replicate maps.")
+    seed: int = Field(default=0, ge=0, description="Seed of the bootstrap cell sample.")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _months(cls, v: Any, info: Any) -> str | None:
+        return _month(v, info.field_name)
+
+
+class BudgetsSection(_Section):
+    """The budgets stage: period-mean domain budgets with bootstrap SD (``budgets.csv``)."""
+
+    start_year: int = Field(default=2001, ge=1900, le=2200, description="First year.")
+    end_year: int = Field(default=2020, ge=1900, le=2200, description="Last year.")
+
+    @model_validator(mode="after")
+    def _order(self) -> BudgetsSection:
+        if self.end_year < self.start_year:
+            raise ValueError(f"end_year {self.end_year} is before start_year {self.start_year}")
+        return self
+
+
+class AdaptSection(_Section):
+    """Adaptive scaling bounds (``cluster.adapt(minimum=..., maximum=...)``)."""
+
+    minimum: int = Field(default=1, ge=0)
+    maximum: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> AdaptSection:
+        if self.maximum < self.minimum:
+            raise ValueError(f"maximum {self.maximum} is below minimum {self.minimum}")
+        return self
+
+
+class ClusterSection(_Section):
+    """Where the pipeline runs (:func:`abz_dask.clusters.open_cluster`).
+
+    ``threads``: dask's threaded scheduler, no ``distributed``; ``local``: a ``LocalCluster``
+    sized to the machine on 127.0.0.1; ``address``: a running scheduler; ``slurm`` / ``pbs``:
+    dask-jobqueue with its settings from dask's ``jobqueue.yaml`` (``options`` override
+    keys); ``kubernetes``: the dask-kubernetes operator's ``KubeCluster``; ``gateway``:
+    ``dask_gateway.Gateway(address).new_cluster(**options)``.
+    """
+
+    kind: Literal["threads", "local", "address", "slurm", "pbs", "kubernetes", "gateway"] = \
+        "local"
+    workers: int | None = Field(
+        default=None, ge=1, description="Worker processes (local: default one per core; "
+        "slurm/pbs/kubernetes/gateway: workers to scale to; threads: threads).")
+    threads_per_worker: int = Field(default=1, ge=1, description="Threads of a local worker.")
+    address: str | None = Field(
+        default=None, description="Scheduler address (address) or gateway address (gateway; "
+        "default: dask config gateway.address).")
+    adapt: AdaptSection | None = Field(
+        default=None, description="Adaptive scaling instead of a fixed number of workers.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the cluster class "
+        "(LocalCluster, SLURMCluster, PBSCluster, KubeCluster, Gateway.new_cluster).")
+    wait_timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for the "
+                                "first worker(s) to join.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> ClusterSection:
+        if self.kind == "address" and not self.address:
+            raise ValueError("cluster.kind 'address' needs cluster.address "
+                             "(e.g. tcp://scheduler:8786)")
+        if self.kind in ("threads", "local") and self.adapt is not None:
+            raise ValueError(f"cluster.adapt is not used with kind {self.kind!r}")
+        return self
+
+
+class RunConfig(_Section):
+    """The whole run: input, stage settings, cluster and output folder."""
+
+    output: Path = Field(description="Run folder (stage outputs and their records).")
+    input: Annotated[TwinInput | FilesInput, Field(discriminator="kind")] = Field(
+        default_factory=TwinInput, description="Twin settings or real input paths.")
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    upscale: UpscaleSection = Field(default_factory=UpscaleSection)
+    budgets: BudgetsSection = Field(default_factory=BudgetsSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    progress: bool = Field(default=True, description="Show progress bars.")
+
+    def resolved(self, base: Path) -> RunConfig:
+        """A copy with relative paths made absolute against ``base`` (the YAML's folder)."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+
+        upd: dict[str, Any] = {"output": fix(self.output)}
+        if isinstance(self.input, FilesInput):
+            upd["input"] = self.input.model_copy(update={
+                "cube": fix(self.input.cube), "zones": fix(self.input.zones),
+                "abcflux": fix(self.input.abcflux),
+                "truth_budgets": fix(self.input.truth_budgets)})
+        tr = self.training
+        if isinstance(tr.profile, str) and Path(tr.profile).suffix:
+            upd["training"] = tr.model_copy(update={"profile": str(fix(Path(tr.profile)))})
+        return self.model_copy(update=upd)
+
+
+def _flat(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}")
+        elif e["type"] == "missing":
+            lines.append(f"missing key {loc!r}")
+        else:
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg} (value {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>", base: Path | None = None) -> RunConfig:
+    """Validate a mapping (as read from YAML) into a :class:`RunConfig`.
+
+    Parameters
+    ----------
+    data : mapping
+        The configuration.
+    source : str
+        Name used in error messages (the file).
+    base : Path, optional
+        Folder against which relative paths are resolved.
+
+    Raises
+    ------
+    ConfigError
+        Unknown keys, missing keys or invalid values, each named by its key path.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run configuration must be a YAML mapping, "
+                          f"got {type(data).__name__}")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_flat(e)}") from None
+    return cfg.resolved(base) if base is not None else cfg
+
+
+def load_config(path: str | Path, *, cluster: str | None = None) -> RunConfig:
+    """Read and validate a run configuration YAML file.
+
+    Parameters
+    ----------
+    path : path
+        The YAML file; relative paths inside are relative to its folder.
+    cluster : str, optional
+        Override of ``cluster.kind`` (the CLI's ``--cluster``).
+
+    Returns
+    -------
+    RunConfig
+
+    Raises
+    ------
+    ConfigError
+        Missing file, YAML syntax error, unknown keys or invalid values.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: run configuration file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if cluster is not None:
+        if cluster not in CLUSTER_KINDS:
+            raise ConfigError(f"--cluster {cluster!r}: choose one of {list(CLUSTER_KINDS)}")
+        if isinstance(data, dict):
+            data = {**data, "cluster": {**(data.get("cluster") or {}), "kind": cluster}}
+    return parse_config(data, source=str(p), base=p.resolve().parent)

@@ -1,0 +1,447 @@
+"""The stage runner of ``abz-dask run``: the pipeline as stages, each skipped when current.
+
+A :class:`Stage` names its outputs, its settings (a JSON-able slice of the
+:class:`~abz_dask.config.RunConfig`) and its inputs (earlier stages or external files). After a
+stage finishes, the runner writes ``<run>/<stage>.stage.json`` holding a hash of the settings, the
+inputs' identities and the package version. On the next run a stage is **skipped** when its
+record's hash equals the current one and all its outputs exist; when the hash differs its
+outputs are removed and it runs again (so every later stage, whose input identity is this
+stage's hash, runs again too); when there is no record it runs and resumes whatever partial
+output it finds (the twin and the upscaler resume tile by tile).
+
+The identity of an earlier stage is its hash; of an external file its content hash (size and
+modification time above 256 MB); of a Zarr store the content of its metadata documents
+(shapes, chunks, attributes — the provenance the stores carry).
+
+More stages are appended with :func:`register_stage` (one entry each). The runner never creates a
+cluster: stages run on the active scheduler (:mod:`abz_dask.clusters` creates one for the CLI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from abz_dask import __version__
+from abz_dask.config import FilesInput, RunConfig, TwinInput
+
+__all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "identity",
+           "register_stage", "run_pipeline"]
+
+_BIG = 256 * 2**20
+_ZARR_META = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+@dataclass
+class RunContext:
+    """What stages see: the configuration, the run folder and the hashes of finished stages."""
+
+    config: RunConfig
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        """The run folder."""
+        return Path(self.config.output)
+
+    @property
+    def twin_dir(self) -> Path:
+        """Folder of the generated twin (twin input only)."""
+        return self.out / "twin"
+
+    def _files(self) -> FilesInput | None:
+        inp = self.config.input
+        return inp if isinstance(inp, FilesInput) else None
+
+    @property
+    def cube(self) -> Path:
+        """Predictor cube."""
+        f = self._files()
+        return f.cube if f else self.twin_dir / "cube.zarr"
+
+    @property
+    def zones(self) -> Path:
+        """Zone layers."""
+        f = self._files()
+        return f.zones if f else self.twin_dir / "zones.zarr"
+
+    @property
+    def sites(self) -> Path:
+        """ABCflux CSV."""
+        f = self._files()
+        return f.abcflux if f else self.twin_dir / "abcflux_twin.csv"
+
+    @property
+    def truth_budgets(self) -> Path | None:
+        """Reference budgets joined to budgets.csv (the twin's truth), if any."""
+        f = self._files()
+        return f.truth_budgets if f else self.twin_dir / "truth_budgets.csv"
+
+    @property
+    def source(self) -> list[str | Path]:
+        """Input identities of the data: the twin stage, or the three input files."""
+        return ["twin"] if isinstance(self.config.input, TwinInput) else [
+            self.cube, self.zones, self.sites]
+
+    @property
+    def table(self) -> Path:
+        """Training table written by the extract stage."""
+        return self.out / "training" / "training_table.parquet"
+
+    @property
+    def models(self) -> Path:
+        """Model bundle."""
+        return self.out / "models"
+
+    @property
+    def fluxes(self) -> Path:
+        """Flux store."""
+        return self.out / "fluxes.zarr"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    Parameters
+    ----------
+    name : str
+        Stage name (also the record file ``<run>/<name>.stage.json``).
+    run : callable
+        ``run(ctx) -> dict`` does the work on the active scheduler; the returned summary is
+        stored in the record.
+    outputs : callable
+        ``outputs(ctx) -> paths`` that must exist for the stage to count as complete.
+    settings : callable
+        ``settings(ctx) -> JSON-able`` slice of the config that determines the outputs.
+    inputs : callable
+        ``inputs(ctx) -> [stage name | Path]``: earlier stages and external files read.
+    clean : callable, optional
+        ``clean(ctx) -> paths`` removed before a stale stage reruns (default: ``outputs``);
+        only paths inside the run folder are ever removed.
+    applies : callable, optional
+        ``applies(config) -> bool``; stages that do not apply are left out.
+    """
+
+    name: str
+    run: Callable[[RunContext], dict[str, Any]]
+    outputs: Callable[[RunContext], Sequence[Path]]
+    settings: Callable[[RunContext], Any]
+    inputs: Callable[[RunContext], Sequence[str | Path]]
+    clean: Callable[[RunContext], Sequence[Path]] | None = None
+    applies: Callable[[RunConfig], bool] = lambda config: True
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What happened to one stage: ``status`` is ``"ran"`` or ``"skipped"``."""
+
+    name: str
+    status: str
+    seconds: float
+    key: str
+    info: dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    """Results of every stage of a run, in order."""
+
+    out: Path
+    stages: list[StageResult]
+
+    def status(self) -> dict[str, str]:
+        """Stage name → ``ran`` / ``skipped``."""
+        return {s.name: s.status for s in self.stages}
+
+
+def identity(path: Path) -> str:
+    """Identity of an external input: content hash of a file (size + mtime above 256 MB), or
+    of the metadata documents of a Zarr store.
+
+    Raises
+    ------
+    FileNotFoundError
+        The input does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} not found")
+    h = hashlib.sha256()
+    if path.is_file():
+        st = path.stat()
+        if st.st_size > _BIG:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(2**20), b""):
+                    h.update(block)
+        return h.hexdigest()
+    n = 0
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d != "c")  # zarr v3 chunk trees hold no metadata
+        for name in sorted(files):
+            if name in _ZARR_META:
+                p = Path(root) / name
+                h.update(str(p.relative_to(path)).encode())
+                h.update(p.read_bytes())
+                n += 1
+    if n == 0:
+        raise ValueError(f"input {path} is a folder but not a Zarr store (no zarr.json/.zarray)")
+    return h.hexdigest()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _record_path(ctx: RunContext, stage: Stage) -> Path:
+    return ctx.out / f"{stage.name}.stage.json"
+
+
+def _key(ctx: RunContext, stage: Stage) -> tuple[str, dict[str, Any]]:
+    ids: dict[str, str] = {}
+    for inp in stage.inputs(ctx):
+        if isinstance(inp, str):
+            if inp not in ctx.hashes:
+                raise RuntimeError(f"stage {stage.name!r} needs stage {inp!r}, which has not "
+                                   "run before it")
+            ids[f"stage:{inp}"] = ctx.hashes[inp]
+        else:
+            ids[str(inp)] = identity(inp)
+    doc = {"stage": stage.name, "settings": stage.settings(ctx), "inputs": ids,
+           "abz_dask_version": __version__}
+    return _digest(doc), doc
+
+
+def _remove(ctx: RunContext, paths: Sequence[Path]) -> None:
+    root = ctx.out.resolve()
+    for p in paths:
+        p = Path(p).resolve()
+        if root not in p.parents:
+            raise RuntimeError(f"refusing to remove {p}: outside the run folder {root}")
+        for q in (p, p.with_name(p.name + ".done")):
+            if q.is_dir():
+                shutil.rmtree(q)
+            elif q.exists():
+                q.unlink()
+
+
+def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
+                 echo: Callable[[str], None] | None = None, force: Sequence[str] = ()
+                 ) -> RunResult:
+    """Run every applicable stage in order on the active scheduler, skipping current ones.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated run configuration (paths absolute, see :func:`abz_dask.config.load_config`).
+    stages : sequence of Stage, optional
+        The pipeline (default :data:`STAGES`).
+    echo : callable, optional
+        Receives one line per stage (``twin: ran in 12.3 s``).
+    force : sequence of str
+        Stage names to rerun even when current.
+
+    Returns
+    -------
+    RunResult
+    """
+    ctx = RunContext(config)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    say = echo or (lambda _msg: None)
+    results: list[StageResult] = []
+    for stage in stages if stages is not None else STAGES:
+        if not stage.applies(config):
+            continue
+        key, doc = _key(ctx, stage)
+        rec_path = _record_path(ctx, stage)
+        old = json.loads(rec_path.read_text()) if rec_path.exists() else None
+        complete = all(Path(p).exists() for p in stage.outputs(ctx))
+        if old is not None and old.get("key") == key and complete and stage.name not in force:
+            ctx.hashes[stage.name] = key
+            results.append(StageResult(stage.name, "skipped", 0.0, key, old.get("info", {})))
+            say(f"{stage.name}: current, skipped")
+            continue
+        if old is not None and (old.get("key") != key or stage.name in force):
+            say(f"{stage.name}: settings or inputs changed, removing its outputs")
+            _remove(ctx, (stage.clean or stage.outputs)(ctx))
+        rec_path.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        info = stage.run(ctx) or {}
+        dt = time.perf_counter() - t0
+        missing = [str(p) for p in stage.outputs(ctx) if not Path(p).exists()]
+        if missing:
+            raise RuntimeError(f"stage {stage.name!r} finished without writing {missing}")
+        record = {**doc, "key": key, "seconds": round(dt, 3), "info": info,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = rec_path.with_name(rec_path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.replace(rec_path)
+        ctx.hashes[stage.name] = key
+        results.append(StageResult(stage.name, "ran", dt, key, info))
+        say(f"{stage.name}: ran in {dt:.1f} s")
+    return RunResult(ctx.out, results)
+
+
+# --------------------------------------------------------------------------------------------
+# the stages
+
+
+def _grid_of(cube: Any) -> Any:
+    from abz_dask.grid import PRESETS, Grid
+
+    name = str(cube.attrs.get("grid_name", ""))
+    if name in PRESETS:
+        return Grid.from_preset(name)
+    res = float(cube.attrs.get("grid_resolution_m", abs(float(cube.x[1] - cube.x[0]))))
+    return Grid(res, name or "custom")
+
+
+def _twin(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.twin import generate_twin
+
+    t = ctx.config.input
+    assert isinstance(t, TwinInput)
+    generate_twin(ctx.twin_dir, resolution=t.resolution, start=t.start, end=t.end, seed=t.seed,
+                  n_sites=t.n_sites, progress=ctx.config.progress)
+    return {"resolution": t.resolution, "period": f"{t.start}..{t.end}"}
+
+
+def _twin_outputs(ctx: RunContext) -> list[Path]:
+    d = ctx.twin_dir
+    return [d / n for n in ("zones.zarr", "cube.zarr", "truth.zarr", "fire.zarr",
+                            "abcflux_twin.csv", "truth_budgets.csv")]
+
+
+def _extract(ctx: RunContext) -> dict[str, Any]:
+    import xarray as xr
+
+    from abz_dask.abcflux import read_abcflux
+    from abz_dask.extract import extract_training_table, write_training_table
+
+    cube = xr.open_zarr(ctx.cube, consolidated=False)
+    zones = xr.open_zarr(ctx.zones, consolidated=False)
+    grid = _grid_of(cube)
+    f = ctx._files()
+    years = (int(cube.time.dt.year.min()), int(cube.time.dt.year.max()))
+    obs = read_abcflux(ctx.sites, grid=grid, zones=zones, years=years,
+                       methods=f.methods if f else None,
+                       max_gap_fill=f.max_gap_fill if f else None,
+                       exclude_disturbed=f.exclude_disturbed if f else False)
+    table, report = extract_training_table(obs, cube, grid)
+    write_training_table(table, ctx.table.parent)
+    report.to_csv(ctx.table.parent / "extract_report.csv", index=False)
+    return {"site_months": len(table), "sites": int(table["site_id"].nunique())}
+
+
+def _train(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.training import resolve_profile, run_training
+
+    tr = ctx.config.training
+    bundle = run_training(ctx.table, ctx.out, profile=resolve_profile(tr.profile),
+                          fluxes=tr.fluxes, seed=tr.seed, progress=ctx.config.progress)
+    return {"fluxes": list(bundle.card["fluxes"])}
+
+
+def _train_settings(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.training import resolve_profile
+
+    tr = ctx.config.training
+    return {"profile": resolve_profile(tr.profile).model_dump(mode="json"),
+            "fluxes": list(tr.fluxes), "seed": tr.seed}
+
+
+def _upscale(ctx: RunContext) -> dict[str, Any]:
+    import xarray as xr
+
+    from abz_dask.training import load_bundle
+    from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
+
+    u = ctx.config.upscale
+    cube = xr.open_zarr(ctx.cube, consolidated=False)
+    models = compile_bundle(load_bundle(ctx.models, cube=cube), n_bootstrap=u.n_bootstrap)
+    cfg = UpscaleConfig(start=u.start, end=u.end, tile=u.tile,
+                        bootstrap_sample=u.bootstrap_sample,
+                        store_replicates=u.store_replicates, seed=u.seed)
+    tiles = run_upscale(ctx.cube, ctx.zones, ctx.fluxes, models, cfg,
+                        progress=ctx.config.progress)
+    tiles.to_csv(ctx.out / "upscale_tiles.csv", index=False)
+    return {"tiles": len(tiles), "cpu_s": float(tiles["cpu_s"].sum()),
+            "forest_row_evals": int(tiles["forest_row_evals"].sum())}
+
+
+def _budgets(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.pipeline import compare_budgets
+    from abz_dask.upscale import budget_table
+
+    b = ctx.config.budgets
+    est = budget_table(ctx.fluxes, b.start_year, b.end_year)
+    if est.empty or int(est["n_years"].iloc[0]) == 0:
+        raise ValueError(f"budgets: no whole year of {ctx.fluxes} lies in "
+                         f"{b.start_year}..{b.end_year}")
+    truth = ctx.truth_budgets
+    tab = compare_budgets(est, truth, b.start_year, b.end_year) if truth and truth.exists() \
+        else est
+    out = ctx.out / "budgets.csv"
+    tmp = out.with_name(out.name + ".tmp")
+    tab.to_csv(tmp, index=False)
+    tmp.replace(out)
+    return {"rows": len(tab), "n_years": int(est["n_years"].iloc[0])}
+
+
+def _budget_inputs(ctx: RunContext) -> list[str | Path]:
+    t = ctx.truth_budgets
+    extra: list[str | Path] = [t] if ctx._files() is not None and t is not None else []
+    return ["upscale", *(["twin"] if ctx._files() is None else []), *extra]
+
+
+STAGES: list[Stage] = [
+    Stage("twin", _twin, _twin_outputs,
+          settings=lambda ctx: ctx.config.input.model_dump(mode="json"),
+          inputs=lambda ctx: [], clean=lambda ctx: [ctx.twin_dir],
+          applies=lambda config: isinstance(config.input, TwinInput)),
+    Stage("extract", _extract,
+          outputs=lambda ctx: [ctx.table, ctx.table.parent / "extract_report.csv"],
+          settings=lambda ctx: (ctx.config.input.model_dump(
+              mode="json", include={"methods", "max_gap_fill", "exclude_disturbed"})
+              if ctx._files() else {}),
+          inputs=lambda ctx: ctx.source),
+    Stage("train", _train, outputs=lambda ctx: [ctx.models / "card.json"],
+          settings=_train_settings, inputs=lambda ctx: ["extract"],
+          clean=lambda ctx: [ctx.models]),
+    Stage("upscale", _upscale, outputs=lambda ctx: [ctx.fluxes],
+          settings=lambda ctx: ctx.config.upscale.model_dump(mode="json"),
+          inputs=lambda ctx: ["train", *ctx.source],
+          clean=lambda ctx: [ctx.fluxes, ctx.out / "upscale_tiles.csv"]),
+    Stage("budgets", _budgets, outputs=lambda ctx: [ctx.out / "budgets.csv"],
+          settings=lambda ctx: ctx.config.budgets.model_dump(mode="json"),
+          inputs=_budget_inputs),
+]
+
+
+def register_stage(stage: Stage, *, after: str | None = None) -> None:
+    """Add a stage to :data:`STAGES` (at the end, or right after the stage named ``after``)."""
+    if any(s.name == stage.name for s in STAGES):
+        raise ValueError(f"a stage named {stage.name!r} is already registered")
+    if after is None:
+        STAGES.append(stage)
+        return
+    names = [s.name for s in STAGES]
+    if after not in names:
+        raise ValueError(f"no stage named {after!r}; stages: {names}")
+    STAGES.insert(names.index(after) + 1, stage)
+
+
+def budgets_frame(result: RunResult) -> pd.DataFrame:
+    """The budgets table a run wrote."""
+    return pd.read_csv(result.out / "budgets.csv")
