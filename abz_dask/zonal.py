@@ -79,13 +79,29 @@ class ZoneLayer:
 
 
 def open_flux_store(store: str | Path | xr.Dataset) -> xr.Dataset:
-    """Open a flux store (``fluxes.zarr``) lazily, or pass a Dataset through."""
+    """Open a flux store (``fluxes.zarr``) lazily, or pass a Dataset through.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the store does not exist.
+    ValueError
+        If its tile ledger (``fluxes.zarr.done/``) lists fewer tiles than the store has (an
+        upscaling run still going or killed).
+    """
     if isinstance(store, xr.Dataset):
         return store
     p = Path(store)
     if not p.exists():
         raise FileNotFoundError(f"flux store {p} does not exist")
-    return xr.open_zarr(p, consolidated=False)
+    ds = xr.open_zarr(p, consolidated=False)
+    ledger = p.with_name(p.name + ".done")
+    if ledger.is_dir() and "tile_id" in ds.sizes:
+        done = len([q for q in ledger.iterdir() if not q.name.startswith(".")])
+        if done < ds.sizes["tile_id"]:
+            raise ValueError(f"flux store {p} is unfinished: {done} of {ds.sizes['tile_id']} "
+                             f"tiles in {ledger}; rerun the upscaling stage to complete it")
+    return ds
 
 
 def store_grid(ds: xr.Dataset) -> Grid:
