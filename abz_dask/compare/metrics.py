@@ -1,0 +1,163 @@
+"""Map and budget comparisons of the upscaled NEE with other products (seed-spec §4.13).
+
+All inputs are annual NEE maps on our grid, ``(year, y, x)`` in g C m⁻² yr⁻¹ (source positive),
+e.g. :func:`~abz_dask.compare.products.to_annual` of a product regridded with
+:func:`~abz_dask.compare.regrid.regrid_to_grid`, or the annual sums of ``fluxes.zarr``.
+
+* :func:`subtract_fire` — inversions see fire emissions; the paper removes them before comparing.
+* :func:`map_correlation` — Pearson r (and its two-sided p) over the domain's pixels of two maps.
+* :func:`compare_maps` — r of the mean maps and of the Theil–Sen trend maps
+  (:func:`abz_dask.trends.trend`, Zhang prewhitening as everywhere in the package) over the
+  common years, plus per-domain budgets and their ratios (domains of
+  :func:`abz_dask.budgets.domain_weights`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from abz_dask.budgets import domain_weights
+from abz_dask.trends import trend
+
+__all__ = ["annual_flux", "budgets", "compare_maps", "map_correlation", "mean_map",
+           "subtract_fire", "trend_map"]
+
+
+def annual_flux(monthly: xr.DataArray) -> xr.DataArray:
+    """Annual sums ``(year, y, x)`` of a monthly ``(time, y, x)`` flux; incomplete years dropped."""
+    from abz_dask.compare.products import to_annual
+
+    return to_annual(monthly)
+
+
+def subtract_fire(nee: xr.DataArray, fire_emissions: xr.DataArray) -> xr.DataArray:
+    """NEE without fire: ``nee − fire`` on the years both cover.
+
+    Parameters
+    ----------
+    nee : xr.DataArray
+        Annual ``(year, y, x)`` NEE including fire emissions (g C m⁻² yr⁻¹), e.g. an inversion.
+    fire_emissions : xr.DataArray
+        Annual ``(year, y, x)`` fire emissions (g C m⁻² yr⁻¹, positive); NaN counts as no fire.
+
+    Returns
+    -------
+    xr.DataArray
+        On the common years only (years without fire data are dropped rather than left
+        uncorrected).
+    """
+    years = np.intersect1d(nee["year"].values, fire_emissions["year"].values)
+    if years.size == 0:
+        raise ValueError(f"no common years between the product ({nee['year'].values.min()}–"
+                         f"{nee['year'].values.max()}) and the fire emissions")
+    fe = fire_emissions.sel(year=years).fillna(0.0)
+    out = nee.sel(year=years) - fe.assign_coords(y=nee["y"], x=nee["x"])
+    out.attrs = {**nee.attrs, "fire_removed": 1}
+    out.name = nee.name
+    return out
+
+
+def mean_map(annual: xr.DataArray, years: np.ndarray | None = None) -> xr.DataArray:
+    """Mean annual map over ``years`` (all years by default)."""
+    a = annual if years is None else annual.sel(year=years)
+    return a.mean("year")
+
+
+def trend_map(annual: xr.DataArray, years: np.ndarray | None = None) -> xr.Dataset:
+    """Theil–Sen slope (g C m⁻² yr⁻², ``trend``) and Mann–Kendall p (``sig``) per pixel."""
+    a = annual if years is None else annual.sel(year=years)
+    if a.chunks is not None:
+        a = a.chunk({"year": -1})
+    return trend(a, dim="year", method="zhang")[["trend", "sig"]]
+
+
+def map_correlation(a: xr.DataArray, b: xr.DataArray, mask: xr.DataArray | None = None
+                    ) -> dict[str, float]:
+    """Pearson r of two maps over the pixels where both are finite (and ``mask`` is true).
+
+    Returns
+    -------
+    dict
+        ``r``, ``p`` (two-sided, :func:`scipy.stats.pearsonr`) and ``n`` pixels.
+    """
+    av = np.asarray(a.values, float).ravel()
+    bv = np.asarray(b.values, float).ravel()
+    ok = np.isfinite(av) & np.isfinite(bv)
+    if mask is not None:
+        ok &= np.asarray(mask.values, bool).ravel()
+    n = int(ok.sum())
+    if n < 3 or np.ptp(av[ok]) == 0 or np.ptp(bv[ok]) == 0:
+        return {"r": float("nan"), "p": float("nan"), "n": n}
+    res = stats.pearsonr(av[ok], bv[ok])
+    return {"r": float(res.statistic), "p": float(res.pvalue), "n": n}
+
+
+def budgets(annual: xr.DataArray, zones: xr.Dataset, cell_area: float,
+            years: np.ndarray | None = None) -> pd.Series:
+    """Mean annual budget (Tg C yr⁻¹) per domain; NaN pixels contribute nothing."""
+    a = annual if years is None else annual.sel(year=years)
+    w = domain_weights(zones, cell_area).astype(np.float64)
+    w = w.assign_coords(y=a["y"], x=a["x"])
+    b = (xr.dot(a.fillna(0.0).astype(np.float64), w, dim=("y", "x")) * 1e-12).mean("year")
+    return b.compute().to_series()
+
+
+def compare_maps(reference: xr.DataArray, products: dict[str, xr.DataArray], zones: xr.Dataset,
+                 cell_area: float, *, mask: xr.DataArray | None = None,
+                 min_trend_years: int = 5) -> pd.DataFrame:
+    """Correlations of mean and trend maps and budget ratios of products vs a reference.
+
+    Parameters
+    ----------
+    reference : xr.DataArray
+        Annual ``(year, y, x)`` NEE of the reference (the upscaled product).
+    products : dict of str to xr.DataArray
+        Annual NEE maps of the other products on the same grid.
+    zones : xr.Dataset
+        Zone layers of the grid (domains and land fraction).
+    cell_area : float
+        Grid cell area (m²).
+    mask : xr.DataArray, optional
+        Pixels used in the correlations (default: ``zones.abz`` with land).
+    min_trend_years : int
+        Trend maps are only correlated when at least this many common years exist.
+
+    Returns
+    -------
+    DataFrame
+        One row per product and domain: ``product, first_year, last_year, n_years,
+        r_mean, p_mean, n_pixels, r_trend, p_trend, domain, reference_tg_c_yr,
+        product_tg_c_yr, ratio`` (product / reference budget over the common years).
+    """
+    if mask is None:
+        mask = (zones["abz"].astype(bool) & (zones["land_fraction"] > 0)).compute()
+    mask = mask.assign_coords(y=reference["y"], x=reference["x"])
+    rows = []
+    for name, prod in products.items():
+        prod = prod.assign_coords(y=reference["y"], x=reference["x"])
+        years = np.intersect1d(reference["year"].values, prod["year"].values)
+        if years.size == 0:
+            raise ValueError(f"product {name!r} shares no year with the reference")
+        ref_y = reference.sel(year=years).compute()
+        prod_y = prod.sel(year=years).compute()
+        cm = map_correlation(mean_map(ref_y), mean_map(prod_y), mask)
+        if years.size >= min_trend_years:
+            tr = map_correlation(trend_map(ref_y)["trend"].compute(),
+                                 trend_map(prod_y)["trend"].compute(), mask)
+        else:
+            tr = {"r": float("nan"), "p": float("nan")}
+        b_ref = budgets(ref_y, zones, cell_area)
+        b_prod = budgets(prod_y, zones, cell_area)
+        for dom in b_ref.index:
+            rows.append({"product": name, "first_year": int(years[0]),
+                         "last_year": int(years[-1]), "n_years": int(years.size),
+                         "r_mean": cm["r"], "p_mean": cm["p"], "n_pixels": cm["n"],
+                         "r_trend": tr["r"], "p_trend": tr["p"], "domain": str(dom),
+                         "reference_tg_c_yr": float(b_ref[dom]),
+                         "product_tg_c_yr": float(b_prod[dom]),
+                         "ratio": float(b_prod[dom] / b_ref[dom]) if b_ref[dom] != 0
+                         else float("nan")})
+    return pd.DataFrame(rows)
