@@ -8,4 +8,7 @@ helpers for commands live in :mod:`abz_dask.commands.common`.
 from __future__ import annotations
 
 #: Command modules registered on the ``abz-dask`` application, in help order.
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = (
+    "abz_dask.commands.run",
+    "abz_dask.commands.build_cube",
+)

@@ -240,6 +240,6 @@ def load_config(path: str | Path) -> tuple[BuildConfig, Path]:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     try:
-        return BuildConfig.model_validate(raw), path.resolve().parent
+        return BuildConfig.model_validate(raw), path.absolute().parent
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e

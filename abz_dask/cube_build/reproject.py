@@ -148,7 +148,7 @@ def _pixel_coords(geom: Geometry, x: np.ndarray, y: np.ndarray) -> tuple[np.ndar
         width = geom.transform.a * geom.shape[1]
         if abs(width) >= 359.0:
             x = x0 + np.mod(x - x0, 360.0)
-    col, row = inv * (x, y)
+    col, row = inv @ (x, y)
     return np.asarray(row), np.asarray(col)
 
 
@@ -202,7 +202,7 @@ def tile_map(geom: Geometry, grid: Grid, tile: Tile) -> TileMap:
     for a in range(r0, r1, step):
         b = min(a + step, r1)
         jj, ii = np.meshgrid(np.arange(c0, c1) + 0.5, np.arange(a, b) + 0.5)
-        px, py = t * (jj.ravel(), ii.ravel())
+        px, py = t @ (jj.ravel(), ii.ravel())
         gx2, gy2 = back.transform(np.asarray(px), np.asarray(py))
         gcol = np.floor((np.asarray(gx2) + hw) / res) - tile.col0
         grow = np.floor((hw - np.asarray(gy2)) / res) - tile.row0

@@ -93,7 +93,7 @@ class _Target:
 def _target(grid: Grid, crs: CRS, transform: Affine, shape: tuple[int, int]) -> _Target:
     ny, nx = shape
     jj, ii = np.meshgrid(np.arange(nx) + 0.5, np.arange(ny) + 0.5)
-    x, y = transform * (jj, ii)
+    x, y = transform @ (jj, ii)
     fwd = Transformer.from_crs(crs, grid.crs, always_xy=True)
     gx, gy = fwd.transform(np.asarray(x), np.asarray(y))
     row, col = grid.index_of(np.asarray(gx), np.asarray(gy))
@@ -206,7 +206,7 @@ def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res:
         vals = ll.sample(arr[i])
         if ndvi_gap and i == gap_month:
             vals[box] = np.nan
-        doy = c.dayofyear
+        doy = c.day_of_year
         res.files.append(_write_tif(out / "ndvi" / f"MOD13_ndvi_{c.year}{doy:03d}.tif",
                                     _encode(vals, dtype, scale, nodata), ll, nodata))
     preds["ndvi"] = _spec("ndvi/MOD13_ndvi_{year}{doy:03d}.tif", "8day", scale=scale,

@@ -1,0 +1,329 @@
+"""build-cube: round trip through exported twin files, layout, training/upscale, validation.
+
+A 100-km twin (2001–2003) is exported as GeoTIFF / NetCDF / CSV (abz_dask.twin.export) and the
+cube is rebuilt from those files. Export and rebuild both use the grid's cell-centre rule, so
+the rebuilt values differ from the twin's only by the export encoding (quantisation of the
+integer-scaled files), by the annual layers being yearly means of the twin's monthly values, and
+in the cells of the planted NDVI gap (filled by the gap filler). The tolerances below are those
+errors, derived independently of the builder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+
+from abz_dask.cube_build import (
+    CRSError,
+    DuplicateTimeError,
+    ExtentError,
+    LegendError,
+    MissingFileError,
+    RangeError,
+    TimeGapError,
+    UnitsError,
+    build_cube,
+    load_config,
+    make_plan,
+)
+from abz_dask.predictors import PREDICTORS
+
+#: Encoding error of each exported variable (half a quantisation step; float32 exports: 0).
+QUANT = {"srad": 0.05, "tair": 0.005, "ndvi": 5e-5, "soil_moisture": 5e-5, "soil_ph": 0.005,
+         "tree_cover": 0.05, "nontree_cover": 0.05, "nonveg_cover": 0.05}
+ANNUAL = ("tree_cover", "nontree_cover", "nonveg_cover")
+#: Linear-in-time filling of one missing month of NDVI (a seasonal variable) may be off by up
+#: to about half its month-to-month change; the twin's largest monthly NDVI step is < 0.3.
+NDVI_FILL_TOL = 0.15
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from abz_dask.twin import generate_twin
+    from abz_dask.twin.export import export_twin
+
+    root = tmp_path_factory.mktemp("build_cube")
+    layout = generate_twin(root / "twin", resolution="100km", start="2001-01", end="2003-12",
+                           seed=3, n_sites=120, progress=False)
+    exp = export_twin(layout, root / "export", lonlat_res=0.5)
+    res = build_cube(exp.config, root / "built" / "cube.zarr", progress=False)
+    return {"root": root, "layout": layout, "export": exp, "result": res}
+
+
+def _open(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path, consolidated=False)
+
+
+def test_layout_identical_to_twin(built: dict[str, Any]) -> None:
+    twin = _open(built["layout"].cube)
+    cube = _open(built["result"].cube)
+    assert set(cube.data_vars) == set(twin.data_vars)
+    assert set(cube.data_vars) - {"spatial_ref"} == {p.name for p in PREDICTORS
+                                                     if p.kind != "calendar"}
+    for name in set(twin.data_vars) - {"spatial_ref"}:
+        a, b = twin[name], cube[name]
+        assert a.dims == b.dims, name
+        assert a.dtype == b.dtype, name
+        assert a.chunks == b.chunks, name
+        for k in ("long_name", "units", "abz_kind", "categorical"):
+            assert a.attrs[k] == b.attrs[k], (name, k)
+    for c in ("x", "y", "time"):
+        np.testing.assert_array_equal(cube[c].values, twin[c].values)
+    assert cube["spatial_ref"].attrs["crs_wkt"] == twin["spatial_ref"].attrs["crs_wkt"]
+    assert cube.attrs["grid_name"] == twin.attrs["grid_name"] == "100km"
+    assert cube.attrs["grid_resolution_m"] == twin.attrs["grid_resolution_m"]
+    assert not Path(str(built["result"].cube) + ".tmp").exists()
+
+
+def test_round_trip_within_resampling_error(built: dict[str, Any]) -> None:
+    twin = _open(built["layout"].cube)
+    cube = _open(built["result"].cube)
+    month, lost = built["export"].ndvi_gap
+    for name in set(twin.data_vars) - {"spatial_ref"}:
+        a = twin[name].values.astype(np.float64)
+        b = cube[name].values.astype(np.float64)
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b), err_msg=name)
+        tol = QUANT.get(name, 0.0) + 1e-5 * np.nanmax(np.abs(a))
+        err = np.abs(a - b)
+        if name in ANNUAL:
+            # yearly mean vs monthly value: at most the within-year range of the twin's months
+            yr = twin.time.dt.year.values
+            rng = np.empty_like(a)
+            for y in np.unique(yr):
+                s = yr == y
+                rng[s] = a[s].max(axis=0) - a[s].min(axis=0)  # NaN outside the domain
+            assert np.nanmax(err - rng) <= tol, name
+            continue
+        if name == "ndvi":
+            gap = np.zeros(a.shape, bool)
+            gap[month] = lost
+            assert np.nanmax(err[~gap]) <= tol, name
+            assert np.nanmax(err[gap]) <= NDVI_FILL_TOL
+            continue
+        assert np.nanmax(err) <= tol, name
+
+
+def test_gap_report_counts_planted_cells(built: dict[str, Any]) -> None:
+    _month, lost = built["export"].ndvi_gap
+    assert lost.sum() > 10
+    rep = built["result"].report
+    assert rep == {"ndvi": {"linear": int(lost.sum()), "climatology": 0, "unfilled": 0}}
+    attrs = _open(built["result"].cube)["ndvi"].attrs
+    assert attrs["gapfilled_linear"] == int(lost.sum())
+
+
+def test_built_cube_runs_through_training_and_upscale(built: dict[str, Any]) -> None:
+    from abz_dask.abcflux import read_abcflux
+    from abz_dask.extract import extract_training_table
+    from abz_dask.grid import Grid
+    from abz_dask.training import load_bundle, run_training
+    from abz_dask.upscale import UpscaleConfig, budget_table, compile_bundle, run_upscale
+
+    layout, root = built["layout"], built["root"]
+    cube_path = built["result"].cube
+    cube = _open(cube_path)
+    zones = _open(layout.zones)
+    grid = Grid.from_preset("100km")
+    obs = read_abcflux(layout.sites, grid=grid, zones=zones, years=(2001, 2003))
+    table, _ = extract_training_table(obs, cube, grid)
+    profile = {"base": "light", "tuning_trees": 8, "final_trees": 20, "bootstrap_trees": 8,
+               "n_bootstrap": 2, "importance_repeats": 0, "pdp_points": 0, "n_folds": 3}
+    run_training(table, root / "run", profile=profile, fluxes=("NEE",), seed=1, progress=False)
+    bundle = load_bundle(root / "run" / "models", cube=cube)
+    models = compile_bundle(bundle)
+    budgets = {}
+    for label, path in (("built", cube_path), ("twin", layout.cube)):
+        out = root / f"fluxes_{label}.zarr"
+        run_upscale(path, layout.zones, out, models,
+                    UpscaleConfig(start="2002-01", end="2002-12"), progress=False)
+        budgets[label] = budget_table(out, 2002, 2002).set_index(["domain", "flux"])
+    est = budgets["built"]["estimate_tg_c_yr"]
+    ref = budgets["twin"]["estimate_tg_c_yr"]
+    assert np.isfinite(est).all()
+    # same models on two cubes that differ only by the resampling error above
+    rel = (est - ref).abs() / ref.abs().clip(lower=1.0)
+    assert (rel < 0.03).all(), pd.concat([est, ref], axis=1)
+
+
+def test_resume_from_ledger(built: dict[str, Any], tmp_path: Path) -> None:
+    from abz_dask.cube_build.build import _build_tile, _template, run_plan
+    from abz_dask.store import TileLedger, create_store, iter_tiles
+
+    cfg, root = load_config(built["export"].config)
+    cfg = cfg.model_copy(update={"end": "2001-12"})  # one year: a third of the work
+    plan = make_plan(cfg, root)
+    out = tmp_path / "cube.zarr"
+    tmp = out.with_name("cube.zarr.tmp")
+    create_store(_template(plan), tmp, check_attrs=("build_config_token",))
+    first = next(iter_tiles(plan.grid.shape, plan.tile))
+    _build_tile(plan, first, tmp)  # a run killed after its first tile
+    assert TileLedger(tmp).done(first)
+    res = run_plan(plan, out, progress=False)
+    assert res.resumed_tiles == 1 and res.n_tiles == len(list(iter_tiles(plan.grid.shape,
+                                                                          plan.tile)))
+    ref = _open(built["result"].cube).isel(time=slice(0, 12))
+    got = _open(out)
+    for name in ("srad", "vegtype", "tree_cover", "soil_moisture"):
+        np.testing.assert_array_equal(got[name].values, ref[name].values)
+    assert res.report == {"ndvi": {"linear": 0, "climatology": 0, "unfilled": 0}}
+
+
+# ------------------------------------------------------------------------------------------
+# validation: one test per kind of error
+
+
+def _variant(built: dict[str, Any], tmp_path: Path, own: tuple[str, ...] = ()) -> Path:
+    """A copy of the export (symlinked folders; ``own`` ones copied) and its config path."""
+    src = built["export"].root
+    dst = tmp_path / "variant"
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name in own:
+            if p.is_dir():
+                shutil.copytree(p, dst / p.name)
+            else:
+                shutil.copy(p, dst / p.name)
+        else:
+            (dst / p.name).symlink_to(p)
+    return dst / "build-cube.yaml"
+
+
+def _edit(cfg: Path, fn: Any) -> Path:
+    d = yaml.safe_load(cfg.read_text())
+    fn(d)
+    cfg.unlink()
+    cfg.write_text(yaml.safe_dump(d))
+    return cfg
+
+
+def _plan(cfg: Path) -> Any:
+    c, root = load_config(cfg)
+    return make_plan(c, root)
+
+
+def test_missing_file_for_a_month(built: dict[str, Any], tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path, own=("srad",))
+    (cfg.parent / "srad" / "srad_200205.tif").unlink()
+    with pytest.raises(MissingFileError, match=r"srad: no file for month\(s\) 2002-05"):
+        _plan(cfg)
+
+
+def test_file_without_crs(built: dict[str, Any], tmp_path: Path) -> None:
+    import rasterio
+
+    cfg = _variant(built, tmp_path, own=("static",))
+    f = cfg.parent / "static" / "cti.tif"
+    with rasterio.open(f) as s:
+        data, tr = s.read(1), s.transform
+    f.unlink()
+    with rasterio.open(f, "w", driver="GTiff", height=data.shape[0], width=data.shape[1],
+                       count=1, dtype=data.dtype, transform=tr) as d:
+        d.write(data, 1)
+    with pytest.raises(CRSError, match=r"cti: .*cti\.tif .*has no CRS"):
+        _plan(cfg)
+    # the configuration may supply it
+    _edit(cfg, lambda d: d["predictors"]["cti"].update(crs="EPSG:4326"))
+    _plan(cfg)
+
+
+def test_extent_that_cannot_be_reprojected(built: dict[str, Any], tmp_path: Path) -> None:
+    import rasterio
+    from affine import Affine
+
+    cfg = _variant(built, tmp_path, own=("static",))
+    f = cfg.parent / "static" / "cti.tif"
+    with rasterio.open(f) as s:
+        data, crs = s.read(1), s.crs
+    f.unlink()
+    with rasterio.open(f, "w", driver="GTiff", height=data.shape[0], width=data.shape[1],
+                       count=1, dtype=data.dtype, crs=crs,
+                       transform=Affine(0.5, 0, -180, 0, -0.5, -10.0)) as d:  # southern ocean
+        d.write(data, 1)
+    with pytest.raises(ExtentError, match=r"cti: .*cti\.tif .*does not overlap the 100km grid"):
+        _plan(cfg)
+
+
+def test_wrong_units(built: dict[str, Any], tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path, own=("static",))
+    f = cfg.parent / "static" / "soc.nc"
+    ds = xr.load_dataset(f)
+    ds["soc"].attrs["units"] = "kg m-2"
+    f.unlink()
+    ds.to_netcdf(f)
+    with pytest.raises(UnitsError, match=r"soc: .*soc\.nc variable 'soc' has units 'kg m-2', "
+                       r"expected 't ha-1'"):
+        _plan(cfg)
+
+
+def test_out_of_range_after_scaling_leaves_nothing(built: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path)
+    _edit(cfg, lambda d: d["predictors"]["srad"].update(scale=10.0, valid_range=[0, 500]))
+    out = tmp_path / "cube.zarr"
+    with pytest.raises(RangeError, match=r"srad: \d+ value\(s\) in .*srad_\d{6}\.tif band 1 "
+                       r"outside valid_range \[0, 500\]"):
+        build_cube(cfg, out, progress=False)
+    assert not out.exists()  # only the .tmp store (resumable) holds partial tiles
+
+
+def test_codes_not_in_legend(built: dict[str, Any], tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path)
+    _edit(cfg, lambda d: d["predictors"]["vegtype"].update(legend=[21, 30, 31]))
+    plan = _plan(cfg)
+    from abz_dask.cube_build.build import _Resampler
+    from abz_dask.store import Tile
+
+    vp = next(v for v in plan.variables if v.name == "vegtype")
+    with pytest.raises(LegendError, match=r"vegtype: codes \[.*70.*\] in .*vegtype\.tif band 1 "
+                       r"are not in the declared legend \[21, 30, 31\]"):
+        _Resampler(plan, Tile(0, 90, 0, 90)).variable(vp)
+
+
+def test_duplicated_timestamps(built: dict[str, Any], tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path, own=("srad",))
+    shutil.copy(cfg.parent / "srad" / "srad_200203.tif", cfg.parent / "srad" / "srad_200203b.tif")
+    _edit(cfg, lambda d: d["predictors"]["srad"].update(files="srad/srad_{year}{month:02d}*.tif"))
+    with pytest.raises(DuplicateTimeError, match=r"srad: duplicated timestamp 2002-03-01 .*"
+                       r"srad_200203\.tif and .*srad_200203b\.tif"):
+        _plan(cfg)
+
+
+def test_time_gap(built: dict[str, Any], tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path, own=("snow_cover",))
+    f = cfg.parent / "snow_cover" / "snow_cover_8day.nc"
+    ds = xr.load_dataset(f)
+    ds = ds.isel(time=[i for i in range(ds.sizes["time"]) if i != 50])  # drop one composite
+    f.unlink()
+    ds.to_netcdf(f)
+    with pytest.raises(TimeGapError, match=r"snow_cover: 8day series jumps from 2002-01-25 to "
+                       r"2002-02-10 \(16 days\) in .*snow_cover_8day\.nc"):
+        _plan(cfg)
+
+
+def test_missing_year_rule(built: dict[str, Any], tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path, own=("covers",))
+    (cfg.parent / "covers" / "tree_cover_2003.tif").unlink()
+    plan = _plan(cfg)  # missing_year: previous
+    vp = next(v for v in plan.variables if v.name == "tree_cover")
+    assert {e.path.name for s in vp.steps[24:] for e in s} == {"tree_cover_2002.tif"}
+    _edit(cfg, lambda d: d["predictors"]["tree_cover"].update(missing_year="error"))
+    with pytest.raises(MissingFileError, match=r"tree_cover: no file for year 2003"):
+        _plan(cfg)
+
+
+def test_config_refuses_unknown_keys_and_missing_predictors(built: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    cfg = _variant(built, tmp_path)
+    _edit(cfg, lambda d: d["predictors"]["srad"].update(scael=0.1))
+    with pytest.raises(ValueError, match="scael"):
+        load_config(cfg)
+    _edit(cfg, lambda d: (d["predictors"]["srad"].pop("scael"), d["predictors"].pop("soc")))
+    with pytest.raises(ValueError, match=r"\['soc'\] have no source"):
+        load_config(cfg)
