@@ -16,9 +16,10 @@ the grid and replaces the layer of the same name (:func:`abz_dask.zones.replace_
 Attribute values map to codes through ``values`` in the configuration, else through the layer's
 CF ``flag_meanings`` (case-insensitive, spaces and dashes read as ``_``, e.g. ``"Tundra"`` → 1
 for ``biome``; :data:`abz_dask.zones.REGION_ALIASES` apply), else as integer codes. A value that
-maps to no code raises :class:`~abz_dask.cube_build.validate.LegendError` naming the file, the
-attribute and the value. Lon/lat polygons are densified to 0.1° before projection (a straight
-lon/lat edge is curved in polar LAEA).
+maps to no code (and no ``other`` code is set) raises
+:class:`~abz_dask.cube_build.validate.LegendError` naming the file, the attribute and the value.
+Lon/lat polygons are densified to 0.1° before projection (a straight lon/lat edge is curved in
+polar LAEA).
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def _codes(values: list[Any], spec: ZoneSpec, name: str, attrs: dict[str, Any], 
             code = int(float(v))
         except (TypeError, ValueError):
             code = None
+        if spec.other is not None:
+            out.append(spec.other)
+            continue
         if code is None or (spec.values is not None) or (flags and code not in flags):
             legend = sorted(lookup) if lookup else flags
             raise LegendError(f"{name}: value {v!r} of attribute {spec.attribute!r} in {path} "

@@ -327,3 +327,103 @@ def test_config_refuses_unknown_keys_and_missing_predictors(built: dict[str, Any
     _edit(cfg, lambda d: (d["predictors"]["srad"].pop("scael"), d["predictors"].pop("soc")))
     with pytest.raises(ValueError, match=r"\['soc'\] have no source"):
         load_config(cfg)
+
+
+# ------------------------------------------------------------------------------------------
+# units of the pipeline, against analytic answers
+
+
+def test_gapfill_linear_and_climatology() -> None:
+    from abz_dask.cube_build import fill_gaps
+
+    months = np.tile(np.arange(1, 13), 3)
+    t = np.arange(36, dtype=float)
+    series = np.stack([2.0 + 0.5 * t, 10 * np.sin(2 * np.pi * t / 12) + 0.1 * t], axis=1)
+    gappy = series.copy()
+    gappy[[5, 6], 0] = np.nan  # 2-month interior gap: linear is exact for a linear series
+    gappy[14:20, 1] = np.nan  # 6-month gap: climatology of the other two years
+    gappy[0, 1] = np.nan  # leading gap: climatology
+    filled, rep = fill_gaps(gappy[:, :, None], months, max_gap=2)
+    np.testing.assert_allclose(filled[[5, 6], 0, 0], series[[5, 6], 0])
+    for i in [0, *range(14, 20)]:
+        others = [j for j in range(36) if months[j] == months[i] and j != i
+                  and np.isfinite(gappy[j, 1])]
+        assert filled[i, 1, 0] == pytest.approx(series[others, 1].mean())
+    assert rep == {"linear": 2, "climatology": 7, "unfilled": 0}
+    allnan = np.full((36, 1), np.nan)
+    out, rep = fill_gaps(allnan, months)
+    assert np.isnan(out).all() and rep == {"linear": 0, "climatology": 0, "unfilled": 0}
+
+
+def test_decoding_sentinels_thresholds_recode_scale(tmp_path: Path) -> None:
+    import rasterio
+    from affine import Affine
+
+    from abz_dask.cube_build.config import SourceSpec
+    from abz_dask.cube_build.sources import open_source
+
+    raw = np.array([[-20000, -5, 0, 1, 90, 41, 7, 255]], dtype="int16")
+    f = tmp_path / "a.tif"
+    with rasterio.open(f, "w", driver="GTiff", height=1, width=8, count=1, dtype="int16",
+                       crs="EPSG:4326", transform=Affine(1, 0, 0, 0, -1, 60), nodata=255) as d:
+        d.write(raw, 1)
+    spec = SourceSpec(files="a.tif", temporal="static", scale=0.5, offset=1.0, nodata=[7],
+                      nodata_below=-10000)
+    with open_source(f, spec, "x") as r:
+        got = r.read((0, 1), (0, 8))
+    want = np.array([np.nan, -1.5, 1.0, 1.5, 46.0, 21.5, np.nan, np.nan])
+    np.testing.assert_array_equal(got[0], want)
+    spec = SourceSpec(files="a.tif", temporal="static", categorical=True, legend=[1, 30, 160],
+                      recode={90: 30, 41: 160}, nodata_at_or_below=0)
+    with open_source(f, spec, "x") as r:
+        got = r.read((0, 1), (0, 8))
+    np.testing.assert_array_equal(got[0], [np.nan, np.nan, np.nan, 1, 30, 160, 7, np.nan])
+
+
+def test_coarse_source_is_sampled_bilinearly(tmp_path: Path) -> None:
+    """A source coarser than the grid: cells without a pixel centre get the bilinear value,
+    exact for a field linear in lon/lat away from the antimeridian."""
+    import rasterio
+    from affine import Affine
+
+    from abz_dask.cube_build.config import SourceSpec
+    from abz_dask.cube_build.reproject import tile_map
+    from abz_dask.cube_build.sources import open_source
+    from abz_dask.grid import Grid
+    from abz_dask.store import Tile
+
+    res = 2.0  # 2-degree pixels onto the 25-km grid
+    lon = -180 + (np.arange(180) + 0.5) * res
+    lat = 90 - (np.arange(22) + 0.5) * res
+    field = (0.3 * lat[:, None] + 0.01 * lon[None, :]).astype("float32")
+    f = tmp_path / "coarse.tif"
+    with rasterio.open(f, "w", driver="GTiff", height=22, width=180, count=1, dtype="float32",
+                       crs="EPSG:4326", transform=Affine(res, 0, -180, 0, -res, 90)) as d:
+        d.write(field, 1)
+    grid = Grid.from_preset("25km")
+    tile = Tile(100, 140, 100, 140)  # well inside, away from pole and antimeridian
+    spec = SourceSpec(files="coarse.tif", temporal="static")
+    with open_source(f, spec, "x") as r:
+        tm = tile_map(r.geometry, grid, tile)
+        got = tm.apply(lambda rows, cols: r.read(rows, cols), mode=False)
+    assert tm.sample_cell.size > 0.5 * 40 * 40  # most cells hold no pixel centre
+    y, x = grid.subset(tile.row0, tile.row1, tile.col0, tile.col1)
+    from abz_dask.grid import _lonlat_block
+
+    glon, glat = _lonlat_block(y[:, None], x[None, :])
+    expect = 0.3 * glat + 0.01 * glon
+    sampled = np.zeros(got.size, bool)
+    sampled[tm.sample_cell] = True
+    np.testing.assert_allclose(got.ravel()[sampled], expect.ravel()[sampled], atol=1e-4)
+    # cells holding pixel centres average them: within half a pixel's gradient of the truth
+    assert np.max(np.abs(got.ravel()[~sampled] - expect.ravel()[~sampled])) < 0.3 * res
+
+
+def test_paper_example_config_is_valid() -> None:
+    from abz_dask.cube_build.config import BuildConfig
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "build-cube-paper-1km.yaml"
+    cfg = BuildConfig.model_validate(yaml.safe_load(path.read_text()))
+    assert cfg.grid == "1km" and cfg.predictors["ndvi"].scale == 1e-4
+    assert cfg.predictors["vegtype"].recode == {1: 31, 90: 30, 41: 160}
+    assert cfg.predictors["soil_temp"].offset == -273.15

@@ -83,6 +83,12 @@ class SourceSpec(BaseModel):
     scale: float = Field(1.0, description="value = raw * scale + offset (after CF decoding).")
     offset: float = 0.0
     nodata: list[float] = Field(default_factory=list, description="Raw sentinel values.")
+    nodata_below: float | None = Field(
+        None, description="Raw values strictly below this are no data (e.g. -10000).")
+    nodata_at_or_below: float | None = Field(
+        None, description="Raw values at or below this are no data (e.g. 0).")
+    recode: dict[int, int] | None = Field(
+        None, description="Categorical: raw code -> code, applied before the legend check.")
     valid_range: tuple[float, float] | None = Field(
         None, description="Allowed range after scaling; values outside are an error.")
     units: str | None = Field(None, description="Units after scaling; must be the catalogue's.")
@@ -122,6 +128,8 @@ class ZoneSpec(BaseModel):
     band: int = Field(1, ge=1, description="Band of a raster zone file.")
     values: dict[str, int] | None = Field(
         None, description="Attribute value -> layer code (default: the layer's flag names).")
+    other: int | None = Field(
+        None, description="Code for attribute values missing from 'values' (default: error).")
     method: Literal["centre", "fraction"] = Field(
         "centre", description="centre: cell-centre rule; fraction: covered fraction of each "
         "cell (land/lake/ice fractions).")

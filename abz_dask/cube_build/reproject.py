@@ -15,8 +15,9 @@ Method (per output tile, per source georeferencing):
    sampled at the cell centre instead: bilinear for ``average`` (nearest when a neighbour is
    missing), nearest for ``mode``.
 
-Memory per tile: the strip (≤ STRIP_PIXELS float64) plus one int32 pair per source pixel that
-falls inside the tile — bounded by the tile and independent of the size of the source file.
+Memory per tile: one strip (≤ STRIP_PIXELS float64 values) plus, per source pixel whose centre
+falls inside the tile, 12 bytes (two int32 indices and a float32 weight) — set by the output tile
+and the source pixel size, never by the size of the source file.
 """
 
 from __future__ import annotations
@@ -208,12 +209,12 @@ def tile_map(geom: Geometry, grid: Grid, tile: Tile) -> TileMap:
         grow = np.floor((hw - np.asarray(gy2)) / res) - tile.row0
         inside = np.isfinite(gcol) & np.isfinite(grow) & (gcol >= 0) & (gcol < tx) \
             & (grow >= 0) & (grow < ty)
-        pix = np.flatnonzero(inside).astype(np.int64)
-        cell = (grow[inside] * tx + gcol[inside]).astype(np.int64)
+        pix = np.flatnonzero(inside).astype(np.int32)
+        cell = (grow[inside] * tx + gcol[inside]).astype(np.int32)
         if geographic:
-            w = np.cos(np.deg2rad(np.asarray(py)[inside])).clip(1e-6, None)
+            w = np.cos(np.deg2rad(np.asarray(py)[inside])).clip(1e-6, None).astype(np.float32)
         else:
-            w = np.ones(pix.size)
+            w = np.ones(pix.size, np.float32)
         strips.append(_Strip((a, b), pix, cell, w))
         covered[cell] = True
     missing = np.flatnonzero(~covered)

@@ -342,6 +342,16 @@ class Reader:
         out = raw.astype(np.float64)
         for s in self.sentinels:
             out[raw == s if not np.isnan(s) else np.isnan(out)] = np.nan
+        spec = self.spec
+        with np.errstate(invalid="ignore"):
+            if spec.nodata_below is not None:
+                out[out < spec.nodata_below] = np.nan
+            if spec.nodata_at_or_below is not None:
+                out[out <= spec.nodata_at_or_below] = np.nan
+        if spec.recode:
+            src = out.copy()
+            for a, b in spec.recode.items():
+                out[src == a] = b
         out = out * self.file_scale + self.file_offset
         return out * self.spec.scale + self.spec.offset
 

@@ -100,8 +100,8 @@ def _target(grid: Grid, crs: CRS, transform: Affine, shape: tuple[int, int]) -> 
     return _Target(crs, transform, shape, row, col, row >= 0)
 
 
-def _lonlat_target(grid: Grid, res: float) -> _Target:
-    south = np.floor(grid.south - 1.0)
+def _lonlat_target(grid: Grid, res: float, south: float | None = None) -> _Target:
+    south = np.floor(grid.south - 1.0) if south is None else south
     ny = round((90.0 - south) / res)
     nx = round(360.0 / res)
     return _target(grid, CRS.from_epsg(4326), Affine(res, 0, -180.0, 0, -res, 90.0), (ny, nx))
@@ -149,7 +149,8 @@ def _spec(files: str, temporal: str, **kw: Any) -> dict[str, Any]:
 
 
 def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res: float = 0.5,
-                polar_res: float | None = None, ndvi_gap: bool = True) -> ExportResult:
+                polar_res: float | None = None, lonlat_south: float | None = None,
+                ndvi_gap: bool = True) -> ExportResult:
     """Write the twin's predictors as GeoTIFF / NetCDF / CSV files and a build-cube config.
 
     Parameters
@@ -162,6 +163,9 @@ def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res:
         Pixel size (degrees) of the lon/lat exports.
     polar_res : float, optional
         Pixel size (m) of the EPSG:3413 export (default: a quarter of the grid cell).
+    lonlat_south : float, optional
+        Southern edge (degrees) of the lon/lat exports (default: 1° south of the grid's circle;
+        -90 writes global files).
     ndvi_gap : bool
         Blank the NDVI composites of one month in a lon/lat box (a planted gap).
 
@@ -176,7 +180,7 @@ def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res:
     grid = Grid(float(cube.attrs["grid_resolution_m"]), str(cube.attrs["grid_name"]))
     time = pd.DatetimeIndex(cube.time.values)
     years = sorted(set(time.year))
-    ll = _lonlat_target(grid, lonlat_res)
+    ll = _lonlat_target(grid, lonlat_res, lonlat_south)
     res = ExportResult(out, out / "build-cube.yaml")
     preds: dict[str, Any] = {}
 
