@@ -167,17 +167,32 @@ def open_cluster(spec: ClusterSection) -> Iterator[ClusterSession]:
 
     if kind == "gateway":
         gw_mod = _import("dask_gateway", "gateway")
-        with gw_mod.Gateway(address=spec.address) as gateway, \
-                gateway.new_cluster(**spec.options) as cluster:
-            n = _scale(cluster, spec, default=2)
-            with cluster.get_client(set_as_default=True) as client:
-                _wait(client, n, spec, "dask-gateway cluster")
-                yield ClusterSession(kind, client, cluster,
-                                     f"dask-gateway cluster {cluster.name} at "
-                                     f"{gateway.address}")
+        gateway = gw_mod.Gateway(address=spec.address)
+        try:
+            cluster = gateway.new_cluster(**spec.options)
+            try:
+                n = _scale(cluster, spec, default=2)
+                with cluster.get_client(set_as_default=True) as client:
+                    _wait(client, n, spec, "dask-gateway cluster")
+                    yield ClusterSession(kind, client, cluster,
+                                         f"dask-gateway cluster {cluster.name} at "
+                                         f"{gateway.address}")
+            finally:
+                cluster.shutdown()
+                _closed(cluster.gateway)
+        finally:
+            gateway.close()
+            _closed(gateway)
         return
 
     raise ValueError(f"unknown cluster kind {kind!r}")  # pragma: no cover - validated
+
+
+def _closed(gateway: Any) -> None:
+    """Make a closed ``dask_gateway.Gateway`` ignore further ``close()`` calls: its
+    ``__del__`` closes again and raises once the loop runner has stopped (dask-gateway
+    2026.3 with distributed 2026.8)."""
+    gateway.close = lambda *args, **kwargs: None
 
 
 def _job_ids(cluster: Any) -> list[str]:
