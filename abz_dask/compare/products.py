@@ -24,6 +24,7 @@ Reading is lazy: values stay dask-backed (one chunk per 12 time steps) until com
 
 from __future__ import annotations
 
+import calendar as _calendar
 import itertools
 import re
 from dataclasses import dataclass
@@ -239,7 +240,9 @@ def _days_in_year(year: int, calendar: str) -> int:
         return 366
     if calendar == "360_day":
         return 360
-    return 366 if pd.Timestamp(year, 12, 31).dayofyear == 366 else 365
+    if calendar == "julian":
+        return 366 if year % 4 == 0 else 365
+    return 366 if _calendar.isleap(year) else 365
 
 
 def _monthly_factor(spec: UnitSpec, dim: np.ndarray, path: Path, variable: str) -> np.ndarray:
