@@ -272,7 +272,7 @@ def _jobqueue_yaml(dest: Path, slurm: dict[str, str]) -> Path:
         "cores": 1, "processes": 1, "memory": "2GiB", "python": sys.executable,
         "queue": slurm["partition"], "walltime": "00:30:00",
         "local-directory": str(dest / "worker-space"), "log-directory": str(dest / "logs"),
-        "scheduler-options": {"host": "127.0.0.1"},
+        "scheduler-options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
         "worker-extra-args": ["--lifetime", "25m", "--lifetime-stagger", "1m"]})
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "jobqueue.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
