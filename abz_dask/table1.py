@@ -391,7 +391,9 @@ def _biomes_partition(zones: xr.Dataset) -> bool:
 
 
 def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 2020,
-                 fire_start: int = 2002, strict: bool = True) -> Table1:
+                 fire_start: int = 2002, strict: bool = True,
+                 store: xr.Dataset | None = None, truth_store: xr.Dataset | None = None
+                 ) -> Table1:
     """Compute Table 1 (estimate and planted truth) of a run folder.
 
     Parameters
@@ -405,6 +407,9 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
         First year of the NEE + fire column (fire data permitting).
     strict : bool
         Raise :class:`IdentityError` when an identity check fails.
+    store, truth_store : xarray.Dataset, optional
+        The opened (possibly loaded) flux store and truth, instead of opening them from the
+        run folder (the report loads small stores once for all its analyses).
 
     Returns
     -------
@@ -413,7 +418,7 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
     from abz_dask.abcflux import read_abcflux
 
     paths = run if isinstance(run, RunPaths) else RunPaths.discover(run)
-    ds = open_flux_store(paths.fluxes)
+    ds = store if store is not None else open_flux_store(paths.fluxes)
     zones = xr.open_zarr(paths.zones, consolidated=False).load()
     grid = store_grid(ds)
     years = np.unique(ds["time"].dt.year.values)
@@ -424,6 +429,8 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
     fire_b = None
     if paths.fire is not None:
         fire = xr.open_zarr(paths.fire, consolidated=False)
+        if fire.nbytes < 1e9:  # annual rasters: small next to the monthly maps
+            fire = fire.load()
         fire_b = fire_domain_budgets(fire, zones, grid.cell_area)
     reps = central = None
     if "zone_sums" in ds:
@@ -441,8 +448,9 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
         notes["in_situ"] = (f"{paths.sites.name}: complete site-years of the whole record "
                             f"({int(obs['site_id'].nunique())} sites)")
     truth = None
-    if paths.truth is not None:
-        tds = xr.open_zarr(paths.truth, consolidated=False)
+    if truth_store is not None or paths.truth is not None:
+        tds = (truth_store if truth_store is not None
+               else xr.open_zarr(paths.truth, consolidated=False))
         truth = domain_table(tds, zones, grid.cell_area, start=start, end=end,
                              fire_budgets=fire_b, fire_start=fire_start, fluxes=fluxes)
         if "in_situ_mean" in est:
