@@ -126,7 +126,7 @@ class TrainingSection(_Section):
             try:
                 resolve_profile(v)
             except ValidationError as e:
-                raise ValueError(_flat(e, prefix="profile")) from None
+                raise ValueError(_flat(e)) from None
         return v
 
 
@@ -224,6 +224,14 @@ class RunConfig(_Section):
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     progress: bool = Field(default=True, description="Show progress bars.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("input"), dict) \
+                and "kind" not in data["input"]:
+            data = {**data, "input": {"kind": "twin", **data["input"]}}
+        return data
+
     def resolved(self, base: Path) -> RunConfig:
         """A copy with relative paths made absolute against ``base`` (the YAML's folder)."""
 
@@ -245,7 +253,10 @@ class RunConfig(_Section):
 def _flat(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        parts = [str(p) for p in (prefix, *e["loc"]) if p != ""]
+        if len(parts) > 1 and parts[0] == "input" and parts[1] in ("twin", "files"):
+            del parts[1]  # the union member's tag is not a key of the file
+        loc = ".".join(parts)
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r}")
         elif e["type"] == "missing":
