@@ -9,7 +9,10 @@ from __future__ import annotations
 
 #: Command modules registered on the ``abz-dask`` application, in help order.
 MODULES: tuple[str, ...] = (
+    "abz_dask.commands.stages",
     "abz_dask.commands.run",
+    "abz_dask.commands.trends",
     "abz_dask.commands.build_cube",
     "abz_dask.commands.compare",
+    "abz_dask.commands.report",
 )
