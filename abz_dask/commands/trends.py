@@ -1,0 +1,97 @@
+"""``abz-dask trends``: trend maps (Zarr) and trend tables (CSV) of a run folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from abz_dask.commands.common import fail, local_cluster
+
+__all__ = ["register", "trends"]
+
+
+def trends(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (holds fluxes.zarr and twin/)")],
+    fluxes: Annotated[Path | None, typer.Option(
+        help="Flux store [default: RUN_DIR/fluxes.zarr]")] = None,
+    zones: Annotated[Path | None, typer.Option(
+        help="Zone layers [default: RUN_DIR/twin/zones.zarr]")] = None,
+    cube: Annotated[Path | None, typer.Option(
+        help="Predictor cube for greening / predictor trends "
+             "[default: RUN_DIR/twin/cube.zarr if present]")] = None,
+    fire: Annotated[Path | None, typer.Option(
+        help="Fire store for NEE + fire [default: RUN_DIR/twin/fire.zarr if present]")] = None,
+    truth: Annotated[Path | None, typer.Option(
+        help="Planted truth to compare with [default: RUN_DIR/twin/truth.zarr if present]")]
+    = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder [default: RUN_DIR/trends]")] = None,
+    start: Annotated[int, typer.Option(help="First year")] = 2001,
+    end: Annotated[int, typer.Option(help="Last year")] = 2020,
+    method: Annotated[str, typer.Option(help="Prewhitening: zhang, yuepilon or none")]
+    = "zhang",
+    preserve_range: Annotated[bool, typer.Option(
+        help="zyp preserve.range.for.sig.test")] = True,
+    alpha: Annotated[float, typer.Option(help="Significance level")] = 0.05,
+    predictors: Annotated[str, typer.Option(
+        help="Comma-separated cube variables whose annual-mean trends are mapped")]
+    = "tair,snow_cover,soil_moisture,ndvi",
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace outputs made with other settings")] = False,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+) -> None:
+    """Per-pixel and budget trends (zyp.zhang), overlay, greening and shoulder seasons.
+
+    Writes OUT/trend_maps.zarr (and truth_trend_maps.zarr for a twin), trend_shares.csv,
+    overlay_shares.csv, greening.csv, budget_trends.csv and truth_comparison.csv. A rerun with
+    the same settings finishes only what is missing.
+    """
+    from abz_dask.analyses import TrendConfig, TrendInputs, run_trends
+    from abz_dask.analyses.run import prepare_output
+
+    t0 = time.perf_counter()
+    names = tuple(p.strip() for p in predictors.split(",") if p.strip())
+    try:
+        cfg = TrendConfig(start=start, end=end, method=method, preserve_range=preserve_range,
+                          alpha=alpha, predictors=names)
+        inputs = TrendInputs.from_run_dir(run_dir, fluxes=fluxes, zones=zones, cube=cube,
+                                          fire=fire, truth=truth)
+        for given, got in ((cube, inputs.cube), (fire, inputs.fire), (truth, inputs.truth)):
+            if given is not None and got is None:
+                raise FileNotFoundError(f"store {given} does not exist")
+        dest = out or Path(run_dir) / "trends"
+        prepare_output(inputs, dest, cfg, overwrite=overwrite)  # refuse before any cluster
+        with local_cluster(workers):
+            res = run_trends(inputs, dest, cfg, progress=progress, echo=typer.echo)
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e))
+    _summary(res.tables)
+    typer.echo(f"trend outputs in {res.out} ({time.perf_counter() - t0:.1f} s)")
+
+
+def _summary(tables: dict[str, object]) -> None:
+    """Print the NEE share and budget-trend lines of the ABZ domain."""
+    import pandas as pd
+
+    sh = tables.get("trend_shares")
+    if isinstance(sh, pd.DataFrame) and len(sh):
+        sel = sh[(sh["variable"] == "NEE") & (sh["domain"] == "abz")]
+        for _, r in sel.iterrows():
+            typer.echo(f"{r['source']:>8}: ABZ area with significant NEE trend: "
+                       f"{100 * r['share_sig_negative']:.1f} % increasing uptake, "
+                       f"{100 * r['share_sig_positive']:.1f} % increasing emissions")
+    bt = tables.get("budget_trends")
+    if isinstance(bt, pd.DataFrame) and len(bt):
+        sel = bt[(bt["season"] == "annual") & (bt["domain"] == "abz")]
+        for _, r in sel.iterrows():
+            typer.echo(f"{r['source']:>8}: ABZ {r['flux']} budget trend "
+                       f"{r['trend_tg_c_per_yr']:+.2f} Tg C yr-2 (p = {r['sig']:.3g})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``trends`` to the ``abz-dask`` application."""
+    app.command("trends")(trends)
