@@ -72,6 +72,9 @@ def main() -> None:
         print(f"{name:7s} export {_size_mb(exp):8.1f} MB on disk, one srad file "
               f"{one.stat().st_size / 1024:7.1f} KB compressed; build {wall:6.1f} s, "
               f"peak RSS {peak:7.1f} MB", flush=True)
+    imp = subprocess.Popen([sys.executable, "-c", "import abz_dask.cli, abz_dask.cube_build"])
+    _, _, ru = os.wait4(imp.pid, 0)
+    print(f"imports alone (abz_dask.cli + cube_build): peak RSS {ru.ru_maxrss / 1024:.1f} MB")
     b = peaks["base"]
     print(f"peak_base_mb={b:.1f} peak_finer_mb={peaks['finer']:.1f} "
           f"ratio_finer={peaks['finer'] / b:.3f} peak_global_mb={peaks['global']:.1f} "

@@ -9,8 +9,9 @@ predictors ``(time, y, x)`` float32 in chunks ``(12, tile, tile)``, ``static`` `
 float32, ``co2`` ``(time,)``; attributes ``long_name``, ``units``, ``abz_kind``,
 ``categorical``; the grid's CRS as a ``spatial_ref`` coordinate.
 
-Memory per task: the tile's resampling maps and one predictor's ``(time, tile, tile)`` float64
-stack (gap filling needs the whole series of a cell).
+Memory per task: the tile's resampling maps, one 12-month ``(12, tile, tile)`` block, and for
+gap-filled predictors the whole ``(time, tile, tile)`` float32 series of the tile (gap filling
+needs every month of a cell; 240 months of a 512² tile = 250 MB — choose ``tile`` accordingly).
 """
 
 from __future__ import annotations
@@ -104,15 +105,16 @@ class _Resampler:
         return tm.apply(lambda rows, cols: r.read(rows, cols, e.index), mode=spec.categorical,
                         legend=spec.legend, check=check)
 
-    def variable(self, v: VarPlan) -> np.ndarray:
+    def variable(self, v: VarPlan, t0: int = 0, t1: int | None = None) -> np.ndarray:
+        """Months ``[t0, t1)`` of a time variable ``(t, ny, nx)`` float32, or a static layer."""
         readers: dict[Path, Reader] = {}
         try:
             if v.kind == "static":
-                return self.one(v, v.steps[0][0], readers)
-            nt = len(self.plan.time)
-            out = np.full((nt, *self.tile.shape), np.nan)
+                return self.one(v, v.steps[0][0], readers).astype(np.float32)
+            t1 = len(self.plan.time) if t1 is None else t1
+            out = np.full((t1 - t0, *self.tile.shape), np.nan, np.float32)
             done: dict[tuple[Path, int | None], np.ndarray] = {}
-            for i, entries in enumerate(v.steps):
+            for i, entries in enumerate(v.steps[t0:t1]):
                 acc = np.zeros(self.tile.shape)
                 cnt = np.zeros(self.tile.shape)
                 for e in entries:
@@ -134,10 +136,23 @@ class _Resampler:
                 r.close()
 
 
+#: GDAL raster block cache (MB) while building: GDAL's default (5 % of RAM) would keep growing
+#: with the amount of source data read.
+GDAL_CACHE_MB = 16
+
+
 def _build_tile(plan: BuildPlan, tile: Tile, store: Path) -> dict[str, Any]:
+    import rasterio
+
     ledger = TileLedger(store)
     if ledger.done(tile):
         return {"resumed": True, **ledger.read(tile)}
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _build_tile_in_env(plan, tile, store, ledger)
+
+
+def _build_tile_in_env(plan: BuildPlan, tile: Tile, store: Path, ledger: TileLedger
+                       ) -> dict[str, Any]:
     rs = _Resampler(plan, tile)
     ys, xs = tile.slices
     report: dict[str, dict[str, int]] = {}
@@ -145,12 +160,16 @@ def _build_tile(plan: BuildPlan, tile: Tile, store: Path) -> dict[str, Any]:
     for v in plan.variables:
         if v.series is not None:
             continue
-        arr = rs.variable(v)
-        if v.spec.gapfill is not None:
-            arr, rep = fill_gaps(arr, months, v.spec.gapfill.max_gap)
+        if v.kind == "static":
+            write_region(store, v.name, rs.variable(v), (ys, xs))
+        elif v.spec.gapfill is not None:  # gap filling needs the whole series of the tile
+            arr, rep = fill_gaps(rs.variable(v), months, v.spec.gapfill.max_gap)
             report[v.name] = rep
-        index = (ys, xs) if arr.ndim == 2 else (slice(None), ys, xs)
-        write_region(store, v.name, arr.astype(np.float32), index)
+            write_region(store, v.name, arr.astype(np.float32), (slice(None), ys, xs))
+        else:  # one 12-month chunk at a time
+            for t0 in range(0, len(plan.time), 12):
+                t1 = min(t0 + 12, len(plan.time))
+                write_region(store, v.name, rs.variable(v, t0, t1), (slice(t0, t1), ys, xs))
     ledger.mark(tile, {"gapfill": report})
     return {"resumed": False, "gapfill": report}
 

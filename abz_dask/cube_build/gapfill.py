@@ -36,19 +36,33 @@ def fill_gaps(values: np.ndarray, months: np.ndarray, max_gap: int = 2
     Returns
     -------
     ndarray, dict
-        Filled copy (float64) and ``{"linear": n, "climatology": n, "unfilled": n}``
-        (cell-months).
+        Filled copy (float32 stays float32, else float64) and
+        ``{"linear": n, "climatology": n, "unfilled": n}`` (cell-months).
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = np.asarray(values)
     shape = v.shape
     nt = shape[0]
-    flat = v.reshape(nt, -1).copy()
+    flat = v.reshape(nt, -1).astype(np.result_type(v.dtype, np.float32))  # a copy
+    report = {"linear": 0, "climatology": 0, "unfilled": 0}
+    for c0 in range(0, flat.shape[1], _CELLS):  # cell blocks bound the index arrays
+        rep = _fill_block(flat[:, c0:c0 + _CELLS], np.asarray(months), max_gap)
+        for k, n in rep.items():
+            report[k] += n
+    return flat.reshape(shape), report
+
+
+_CELLS = 8192
+
+
+def _fill_block(flat: np.ndarray, months: np.ndarray, max_gap: int) -> dict[str, int]:
+    """Fill ``flat`` (time, cells) in place."""
+    nt = flat.shape[0]
     valid = np.isfinite(flat)
     any_valid = valid.any(axis=0)
     gaps = ~valid & any_valid[None, :]
     report = {"linear": 0, "climatology": 0, "unfilled": 0}
     if not gaps.any():
-        return flat.reshape(shape), report
+        return report
     t = np.arange(nt)[:, None]
     prev = np.where(valid, t, -1)
     prev = np.maximum.accumulate(prev, axis=0)
@@ -65,7 +79,6 @@ def fill_gaps(values: np.ndarray, months: np.ndarray, max_gap: int = 2
         report["linear"] = int(lin.sum())
     rest = gaps & ~lin
     if rest.any():
-        months = np.asarray(months)
         clim = np.full((12, flat.shape[1]), np.nan)
         for m in range(1, 13):
             sel = months == m
@@ -81,4 +94,4 @@ def fill_gaps(values: np.ndarray, months: np.ndarray, max_gap: int = 2
         ok = np.isfinite(fillv)
         report["climatology"] = int(ok.sum())
         report["unfilled"] = int((~ok).sum())
-    return flat.reshape(shape), report
+    return report

@@ -36,7 +36,7 @@ from abz_dask.store import Tile
 __all__ = ["STRIP_PIXELS", "TileMap", "check_overlap", "tile_map"]
 
 #: Largest number of source pixels read at once.
-STRIP_PIXELS = 1 << 20
+STRIP_PIXELS = 1 << 18
 
 
 @dataclass

@@ -39,6 +39,8 @@ __all__ = ["Entry", "Geometry", "Reader", "discover", "is_netcdf", "open_source"
 
 _FIELD = re.compile(r"\{(year|month|day|doy)(?::0?(\d)d)?\}")
 _NC_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5")
+#: HDF5 chunk cache per open NetCDF variable (bytes).
+NC_CHUNK_CACHE_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -259,10 +261,14 @@ class Reader:
 
     # -- NetCDF
     def _open_nc(self) -> None:
+        import netCDF4
         import xarray as xr
 
+        # HDF5 chunk cache of files opened from now on (process-wide setting): bounded, so
+        # memory does not grow with the size of the file
+        netCDF4.set_chunk_cache(NC_CHUNK_CACHE_BYTES)
         ds = xr.open_dataset(self.path, engine="netcdf4", mask_and_scale=False,
-                             decode_times=False)
+                             decode_times=False, cache=False)
         self._nc = ds
         self.variable = _nc_variable(ds, self.spec, self.name, self.path)
         var = ds[self.variable]

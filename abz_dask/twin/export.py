@@ -236,7 +236,8 @@ def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res:
                                                  "standard_name": "longitude"})})
     path = out / "snow_cover" / "snow_cover_8day.nc"
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(path, encoding={"snow_cover": {"_FillValue": np.float32(-1.0), "zlib": True}})
+    ds.to_netcdf(path, encoding={"snow_cover": {"_FillValue": np.float32(-1.0), "zlib": True,
+                                                "chunksizes": (1, *stack.shape[1:])}})
     res.files.append(path)
     preds["snow_cover"] = _spec("snow_cover/snow_cover_8day.nc", "8day", variable="snow_cover",
                                 valid_range=[0.0, 1.0])
@@ -261,7 +262,8 @@ def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds["sm"].attrs["scale_factor"] = 1e-4
     ds.to_netcdf(path, encoding={"sm": {"zlib": True, "dtype": "int16",
-                                        "_FillValue": np.int16(-32767)}})
+                                        "_FillValue": np.int16(-32767),
+                                        "chunksizes": (1, *raw.shape[1:])}})
     res.files.append(path)
     preds["soil_moisture"] = _spec("soil_moisture/soil_moisture_monthly_epsg3413.nc", "monthly",
                                    variable="sm", valid_range=[0.0, 1.0])
