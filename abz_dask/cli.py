@@ -72,9 +72,10 @@ def demo(
     typer.echo("stage times: " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items())
                + f"; total {wall:.1f} s")
     p = res.projection
-    typer.echo(f"forest throughput {p['forest_rows_per_core_s']:,.0f} rows/core-s -> full 1-km "
-               f"product (20 bootstraps, f={bootstrap_sample:g}): "
-               f"{p['core_hours_1km']:,.0f} core-hours")
+    typer.echo(f"forest throughput {p['tree_rows_per_core_s'] / 500:,.0f} rows/core-s per "
+               f"500-tree forest (measured {p['forest_rows_per_core_s']:,.0f} with "
+               f"{p['mean_trees_measured']:.0f}-tree forests) -> full 1-km product (3 fluxes, "
+               f"20 bootstraps, f={bootstrap_sample:g}): {p['core_hours_1km']:,.0f} core-hours")
 
 
 def _print_budgets(tab: object) -> None:

@@ -82,6 +82,17 @@ class Grid:
             raise ValueError(f"unknown grid resolution {name!r}; choose one of {sorted(PRESETS)}")
         return cls(PRESETS[name], name)
 
+    @classmethod
+    def of_dataset(cls, ds: xr.Dataset | xr.DataArray) -> Grid:
+        """The grid a store was written on (its ``grid_resolution_m`` / ``grid_name`` attributes,
+        else the spacing of ``x``); raises ``ValueError`` when the shape does not match."""
+        res = float(ds.attrs.get("grid_resolution_m", abs(float(ds.x[1] - ds.x[0]))))
+        grid = cls(res, str(ds.attrs.get("grid_name", "custom")))
+        if grid.shape != (ds.sizes["y"], ds.sizes["x"]):
+            raise ValueError(f"a {res:g} m polar grid has shape {grid.shape}, the dataset has "
+                             f"({ds.sizes['y']}, {ds.sizes['x']})")
+        return grid
+
     @cached_property
     def n_half(self) -> int:
         """Cells between the pole and the grid edge along an axis."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import xarray as xr
@@ -16,7 +17,11 @@ import xarray as xr
 from abz_dask.grid import Grid
 from abz_dask.twin import TwinLayout, generate_twin
 
-__all__ = ["DemoResult", "compare_budgets", "run_demo", "upscale_stage"]
+if TYPE_CHECKING:
+    from abz_dask.training import TrainingProfile
+
+__all__ = ["DemoResult", "compare_budgets", "extract_stage", "run_demo", "train_stage",
+           "upscale_stage"]
 
 
 @dataclass
@@ -48,6 +53,43 @@ def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: in
     cols = ["domain", "flux", "estimate_tg_c_yr", "truth_tg_c_yr", "rel_error",
             "boot_sd_tg_c_yr"]
     return tab[cols].reset_index(drop=True)
+
+
+def extract_stage(cube_path: Path, zones_path: Path, sites_csv: Path, **read_options: object
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read an ABCflux CSV (validated against the grid and the cube's years) and extract the
+    predictors at its site-months.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        The training table and the per-flux report of dropped rows.
+    """
+    from abz_dask.abcflux import read_abcflux
+    from abz_dask.extract import extract_training_table
+
+    cube = xr.open_zarr(cube_path, consolidated=False)
+    zones = xr.open_zarr(zones_path, consolidated=False)
+    grid = Grid.of_dataset(cube)
+    years = (int(cube.time.dt.year.min()), int(cube.time.dt.year.max()))
+    obs = read_abcflux(sites_csv, grid=grid, zones=zones, years=years,
+                       **read_options)  # type: ignore[arg-type]
+    return extract_training_table(obs, cube, grid)
+
+
+def train_stage(cube_path: Path, zones_path: Path, sites_csv: Path, out: Path, *,
+                profile: str | TrainingProfile = "light",
+                fluxes: tuple[str, ...] = ("NEE", "GPP", "Reco"),
+                seed: int = 448, progress: bool = True) -> object:
+    """Extraction + training: writes ``out/training/`` and ``out/models/`` (see
+    :func:`abz_dask.training.run_training`); returns the model bundle."""
+    from abz_dask.training import run_training
+
+    table, report = extract_stage(cube_path, zones_path, sites_csv)
+    (out / "training").mkdir(parents=True, exist_ok=True)
+    report.to_csv(out / "training" / "extraction_report.csv")
+    return run_training(table, out, profile=profile, fluxes=fluxes, seed=seed,
+                        progress=progress)
 
 
 def upscale_stage(layout: TwinLayout, models_dir: Path, out: Path, *, bootstrap_sample: float,
@@ -86,9 +128,6 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = 0,
     progress : bool
         Show progress bars.
     """
-    from abz_dask.abcflux import read_abcflux
-    from abz_dask.extract import extract_training_table
-    from abz_dask.training import run_training
     from abz_dask.upscale import budget_table, project_core_hours
 
     out = Path(out)
@@ -96,17 +135,11 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = 0,
     t0 = time.perf_counter()
     layout = generate_twin(out / "twin", resolution=resolution, seed=seed, progress=progress)
     timings["twin_s"] = time.perf_counter() - t0
-    grid = Grid.from_preset(resolution)
     models_dir = out / "models"
     t0 = time.perf_counter()
     if not (models_dir / "card.json").exists():
-        cube = xr.open_zarr(layout.cube, consolidated=False)
-        zones = xr.open_zarr(layout.zones, consolidated=False)
-        obs = read_abcflux(layout.sites, grid=grid, zones=zones,
-                           years=(int(cube.time.dt.year.min()), int(cube.time.dt.year.max())))
-        table, _report = extract_training_table(obs, cube, grid)
-        run_training(table, out, profile=profile, fluxes=("NEE", "GPP", "Reco"), seed=seed,
-                     progress=progress)
+        train_stage(layout.cube, layout.zones, layout.sites, out, profile=profile, seed=seed,
+                    progress=progress)
     timings["train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tiles = upscale_stage(layout, models_dir, out / "fluxes.zarr",

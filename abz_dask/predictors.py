@@ -15,8 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CATEGORICAL", "PREDICTORS", "PREDICTOR_NAMES", "BOOTSTRAP_PREDICTORS", "Predictor",
-           "VEG_CLASSES", "FLUXES"]
+__all__ = [
+    "BOOTSTRAP_PREDICTORS",
+    "CATEGORICAL",
+    "FLUXES",
+    "PREDICTORS",
+    "PREDICTOR_NAMES",
+    "VEG_CLASSES",
+    "Predictor",
+]
 
 Kind = Literal["monthly", "annual", "series", "static", "calendar"]
 

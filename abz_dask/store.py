@@ -132,6 +132,9 @@ def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrit
         if np.issubdtype(var.dtype, np.floating):
             enc["_FillValue"] = np.nan
         encoding[name] = enc
+    # text labels as Zarr v3 variable-length UTF-8 (fixed-length UTF-32 has no v3 spec yet)
+    text = {k: v.astype(object) for k, v in template.coords.items() if v.dtype.kind == "U"}
+    template = template.assign_coords(text)
     template.to_zarr(path, mode="w", compute=False, encoding=encoding, zarr_format=3,
                      consolidated=False)
     return True

@@ -132,7 +132,7 @@ def _twin_tile(layout: TwinLayout, grid: Grid, tile: Tile, time: pd.DatetimeInde
     ledger = TileLedger(layout.cube)
     if ledger.done(tile):
         return tile.key
-    zones = xr.open_zarr(layout.zones, consolidated=False)
+    zones = xr.open_zarr(layout.zones, consolidated=False, chunks=None)
     b = _block(zones, grid, tile)
     ys, xs = tile.slices
     stat = static_predictors(b, seed)

@@ -21,17 +21,20 @@ from abz_dask.progress import active_client
 from abz_dask.upscale.blocks import block_rows, scatter_rows
 from abz_dask.upscale.models import CompiledModel, ModelSet, compile_bundle, ship
 from abz_dask.upscale.results import annual_budgets, budget_table, project_core_hours
-from abz_dask.upscale.tiles import UpscaleConfig, run_upscale, upscale_tile
+from abz_dask.upscale.tiles import UpscaleConfig, plan_upscale, run_upscale, upscale_tile
 
 __all__ = ["CompiledModel", "ModelSet", "UpscaleConfig", "annual_budgets", "budget_table",
-           "compile_bundle", "predict", "project_core_hours", "run_upscale", "ship",
+           "compile_bundle", "plan_upscale", "predict", "project_core_hours", "run_upscale", "ship",
            "upscale_tile"]
 
-_NAMES = [p.name for p in PREDICTORS if p.kind != "calendar"]
+_INPUTS = [p for p in PREDICTORS if p.kind != "calendar"]
+_NAMES = [p.name for p in _INPUTS]
 
 
 def _predict_block(model: CompiledModel, months: np.ndarray, *arrays: np.ndarray) -> np.ndarray:
-    data = dict(zip(_NAMES, arrays, strict=True))
+    # every input arrives broadcast to the block (time, y, x): undo it for series and statics
+    data = {p.name: a[:, 0, 0] if p.kind == "series" else a[0] if p.kind == "static" else a
+            for p, a in zip(_INPUTS, arrays, strict=True)}
     rows = block_rows(data, months[:, 0, 0])
     return scatter_rows(model.predict(rows.matrix), rows, np.float32)
 

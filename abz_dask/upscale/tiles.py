@@ -32,6 +32,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.delayed import Delayed
 
 from abz_dask.budgets import DOMAINS, domain_weights
 from abz_dask.grid import Grid
@@ -42,7 +43,7 @@ from abz_dask.twin.fields import cell_noise
 from abz_dask.upscale.blocks import block_rows, scatter_rows
 from abz_dask.upscale.models import ModelSet, ship
 
-__all__ = ["UpscaleConfig", "run_upscale", "upscale_tile"]
+__all__ = ["UpscaleConfig", "plan_upscale", "run_upscale", "upscale_tile"]
 
 
 @dataclass(frozen=True)
@@ -155,14 +156,18 @@ def _sample_weights(biome: np.ndarray, dom: np.ndarray, tile: Tile, f: float, se
 
 def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.DatetimeIndex,
                  models: ModelSet, cfg: UpscaleConfig) -> dict[str, Any]:
-    """Predict, reduce and write one tile (see module docstring). Idempotent."""
+    """Predict, reduce and write one tile (see module docstring). Idempotent.
+
+    Inputs are read with plain (non-dask) lazy indexing: a task never submits work of its own
+    to the cluster, and reads only the chunks of its tile.
+    """
     ledger = TileLedger(paths.out)
     if ledger.done(tile):
         return ledger.read(tile)
     t_start = _time.thread_time()
     ys, xs = tile.slices
-    cube = xr.open_zarr(paths.cube, consolidated=False)
-    zones = xr.open_zarr(paths.zones, consolidated=False).isel(y=ys, x=xs).load()
+    cube = xr.open_zarr(paths.cube, consolidated=False, chunks=None)
+    zones = xr.open_zarr(paths.zones, consolidated=False, chunks=None).isel(y=ys, x=xs).load()
     weights = domain_weights(zones, grid.cell_area, cfg.domains).values  # (dom, ny, nx)
     dom = weights.sum(axis=0) > 0
     expand = _sample_weights(zones["biome"].values, dom, tile, cfg.bootstrap_sample, cfg.seed)
@@ -175,6 +180,7 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
     years = np.unique(time.year)
     sd = np.full((nf, len(years), *tile.shape), np.nan, dtype=np.float32)
     evals = 0
+    tree_evals = 0
     invalid = 0
     for iy, yr in enumerate(years):
         k = np.flatnonzero(time.year == yr)
@@ -194,6 +200,7 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
         for fi, flux in enumerate(models.fluxes):
             cen = models.central[flux].predict(rows.matrix)
             evals += len(cen)
+            tree_evals += len(cen) * models.central[flux].forest.n_trees
             cmap = scatter_rows(cen, rows, np.float64)
             write_region(paths.out, flux, cmap.astype(np.float32), (slice(k[0], k[-1] + 1), ys, xs))
             filled = np.nan_to_num(cmap)
@@ -206,6 +213,7 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
             for b, rep in enumerate(models.bootstraps[flux]):
                 pred = rep.predict(rows.matrix[sub])
                 evals += len(pred)
+                tree_evals += len(pred) * rep.forest.n_trees
                 full = np.full(len(cen), np.nan)
                 full[sub] = pred
                 rmap = scatter_rows(full, rows, np.float64)
@@ -229,9 +237,39 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
             write_region(paths.out, f"{flux}_boot_sd", sd[fi], (slice(None), ys, xs))
     write_region(paths.out, "zone_sums", sums[None], (slice(index, index + 1),))
     info = {"cpu_s": _time.thread_time() - t_start, "forest_row_evals": evals,
+            "tree_row_evals": tree_evals,
             "domain_cells": int(dom.sum()), "invalid_domain_cell_months": invalid}
     ledger.mark(tile, info)
     return info
+
+
+def plan_upscale(cube_path: str | Path, zones_path: str | Path, out: str | Path,
+                 models: ModelSet, cfg: UpscaleConfig | None = None
+                 ) -> tuple[list[Tile], list[Delayed]]:
+    """Create (or reopen) the flux store and return the tiles and their lazy tasks.
+
+    The models are shipped once (:func:`~abz_dask.upscale.models.ship`): with a distributed
+    client every task refers to one broadcast future, so the graph does not grow with the
+    models. Nothing is predicted until the tasks are computed (see :func:`run_upscale`).
+    """
+    cfg = cfg or UpscaleConfig()
+    cube = xr.open_zarr(cube_path, consolidated=False)
+    try:
+        grid = Grid.of_dataset(cube)
+    except ValueError as e:
+        raise ValueError(f"{cube_path}: {e}") from None
+    time = _time_index(cube, cfg)
+    tile = cfg.tile or int(cube[next(p.name for p in PREDICTORS if p.kind == "monthly")]
+                          .encoding.get("chunks", (12, 64, 64))[-1])
+    tiles = list(iter_tiles(grid.shape, tile))
+    template = _template(grid, time, tiles, tile, models, cfg)
+    create_store(template, out, check_attrs=("models_token", "bootstrap_sample", "seed",
+                                             "domains"))
+    paths = _Paths(Path(cube_path), Path(zones_path), Path(out))
+    shipped = ship(models)
+    tasks = [dask.delayed(upscale_tile, pure=False)(paths, grid, i, t, time, shipped, cfg)
+             for i, t in enumerate(tiles)]
+    return tiles, tasks
 
 
 def run_upscale(cube_path: str | Path, zones_path: str | Path, out: str | Path,
@@ -257,23 +295,6 @@ def run_upscale(cube_path: str | Path, zones_path: str | Path, out: str | Path,
     DataFrame
         Per-tile timing and counts (``cpu_s``, ``forest_row_evals``, ...).
     """
-    cfg = cfg or UpscaleConfig()
-    cube = xr.open_zarr(cube_path, consolidated=False)
-    grid = Grid(float(cube.attrs.get("grid_resolution_m", abs(float(cube.x[1] - cube.x[0])))),
-                str(cube.attrs.get("grid_name", "custom")))
-    if grid.shape != (cube.sizes["y"], cube.sizes["x"]):
-        raise ValueError(f"{cube_path}: grid {grid.shape} does not match the cube's "
-                         f"({cube.sizes['y']}, {cube.sizes['x']})")
-    time = _time_index(cube, cfg)
-    tile = cfg.tile or int(cube[next(p.name for p in PREDICTORS if p.kind == "monthly")]
-                          .encoding.get("chunks", (12, 64, 64))[-1])
-    tiles = list(iter_tiles(grid.shape, tile))
-    template = _template(grid, time, tiles, tile, models, cfg)
-    create_store(template, out, check_attrs=("models_token", "bootstrap_sample", "seed",
-                                             "domains"))
-    paths = _Paths(Path(cube_path), Path(zones_path), Path(out))
-    shipped = ship(models)
-    tasks = [dask.delayed(upscale_tile, pure=False)(paths, grid, i, t, time, shipped, cfg)
-             for i, t in enumerate(tiles)]
+    tiles, tasks = plan_upscale(cube_path, zones_path, out, models, cfg)
     infos = compute_with_progress(tasks, "upscale tiles", enabled=progress)
     return pd.DataFrame([{"tile": t.key, **info} for t, info in zip(tiles, infos, strict=True)])
