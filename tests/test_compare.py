@@ -134,10 +134,17 @@ def test_run_compare_outputs(run: Path) -> None:
     assert 0.0 <= ms["domain_share_mess_negative"].iloc[0] <= 1.0
 
 
-def test_cli_compare_with_product(run: Path, tmp_path: Path) -> None:
+def test_cli_compare_with_product(run: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
     from typer.testing import CliRunner
 
+    import abz_dask.commands.compare as cmd
     from abz_dask.cli import app
+
+    # the command's wiring is under test here, not LocalCluster start-up (tests/test_clusters.py)
+    monkeypatch.setattr(cmd, "local_cluster", lambda workers: contextlib.nullcontext())
 
     r2 = tmp_path / "run"
     r2.mkdir()
@@ -146,7 +153,7 @@ def test_cli_compare_with_product(run: Path, tmp_path: Path) -> None:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, r2 / name)
     nc = next((r2 / "twin").glob("nep_Lmon_*.nc"))
     res = CliRunner().invoke(app, ["compare", str(r2), "--product", f"cmip6_x={nc}:nep",
-                                   "--workers", "1", "--n-sample", "500", "--no-figures"])
+                                   "--workers", "1", "--no-coverage", "--no-figures"])
     assert res.exit_code == 0, res.output
     m = pd.read_csv(r2 / "compare" / "comparison_metrics.csv")
     assert set(m["product"]) == {"cmip6_x", "twin_truth"}

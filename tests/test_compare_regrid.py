@@ -63,3 +63,34 @@ def test_nan_source_cells_are_excluded() -> None:
     finite = np.isfinite(out)
     assert finite.any() and (~finite).any()
     np.testing.assert_allclose(out[finite], 10.0, rtol=1e-6)
+
+
+def test_lazy_map_correlation_matches_scipy() -> None:
+    from scipy import stats
+
+    from abz_dask.compare.metrics import compare_maps
+
+    rng = np.random.default_rng(5)
+    shape = (6, 8, 9)
+    base = rng.normal(size=shape)
+    ref = xr.DataArray(base, dims=("year", "y", "x"),
+                       coords={"year": np.arange(2001, 2007), "y": np.arange(8.0),
+                               "x": np.arange(9.0)}).chunk({"y": 4})
+    other = ref + rng.normal(size=shape)
+    other[:, 0, 0] = np.nan
+    zones = xr.Dataset({"abz": (("y", "x"), np.ones((8, 9), bool)),
+                        "land_fraction": (("y", "x"), np.ones((8, 9))),
+                        "biome": (("y", "x"), np.ones((8, 9), np.int8)),
+                        "permafrost": (("y", "x"), np.zeros((8, 9), bool))},
+                       coords={"y": np.arange(8.0), "x": np.arange(9.0)})
+    t = compare_maps(ref, {"p": other}, zones, cell_area=1e6, min_trend_years=99)
+    a = ref.mean("year").values.ravel()
+    b = other.mean("year").values.ravel()
+    ok = np.isfinite(b)
+    want = stats.pearsonr(a[ok], b[ok])
+    row = t.set_index("domain").loc["abz"]
+    assert row["r_mean"] == pytest.approx(want.statistic, rel=1e-10)
+    assert row["p_mean"] == pytest.approx(want.pvalue, rel=1e-6)
+    assert row["n_pixels"] == ok.sum()
+    assert row["reference_tg_c_yr"] == pytest.approx(float(base.sum(axis=(1, 2)).mean()) * 1e-6)
+    assert np.isnan(row["r_trend"])

@@ -25,6 +25,8 @@ def compare(
     k: Annotated[int, typer.Option(help="Number of k-means environmental clusters")] = 8,
     n_sample: Annotated[int, typer.Option(help="Pixels sampled for the clusters")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the pixel sample and k-means")] = 0,
+    coverage: Annotated[bool, typer.Option(
+        help="Compute MESS extrapolation and k-means clusters")] = True,
     figures: Annotated[bool, typer.Option(help="Write the PNG figures")] = True,
     workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
 ) -> None:
@@ -44,7 +46,8 @@ def compare(
                 raise FileNotFoundError(f"product {s.name!r}: file not found: {s.path}")
         with local_cluster(workers):
             written = run_compare(run_dir, specs, years=(start, end), k=k, n_sample=n_sample,
-                                  seed=seed, figures=figures)
+                                  seed=seed, coverage=coverage,
+                                  figures=figures)
     except (ValueError, FileNotFoundError, KeyError) as e:
         fail(str(e))
     typer.echo(f"compare: {len(written)} outputs in {Path(run_dir) / 'compare'} "

@@ -105,10 +105,40 @@ def budgets(annual: xr.DataArray, zones: xr.Dataset, cell_area: float,
     return b.compute().to_series()
 
 
+def _lazy_corr(a: xr.DataArray, b: xr.DataArray, mask: xr.DataArray) -> dict[str, xr.DataArray]:
+    ok = np.isfinite(a) & np.isfinite(b) & mask
+    av = a.where(ok, 0.0).astype(np.float64)
+    bv = b.where(ok, 0.0).astype(np.float64)
+    return {"n": ok.sum(), "sa": av.sum(), "sb": bv.sum(), "saa": (av * av).sum(),
+            "sbb": (bv * bv).sum(), "sab": (av * bv).sum()}
+
+
+def _finish_corr(s: dict[str, float]) -> dict[str, float]:
+    """Pearson r from sums; two-sided p from the t distribution with n − 2 df (as pearsonr)."""
+    n = float(s["n"])
+    if n < 3:
+        return {"r": float("nan"), "p": float("nan"), "n": int(n)}
+    cov = s["sab"] - s["sa"] * s["sb"] / n
+    va = s["saa"] - s["sa"] ** 2 / n
+    vb = s["sbb"] - s["sb"] ** 2 / n
+    if va <= 0 or vb <= 0:
+        return {"r": float("nan"), "p": float("nan"), "n": int(n)}
+    r = float(np.clip(cov / np.sqrt(va * vb), -1.0, 1.0))
+    if abs(r) == 1.0:
+        return {"r": r, "p": 0.0, "n": int(n)}
+    t = r * np.sqrt((n - 2) / (1 - r * r))
+    return {"r": r, "p": float(2 * stats.t.sf(abs(t), n - 2)), "n": int(n)}
+
+
 def compare_maps(reference: xr.DataArray, products: dict[str, xr.DataArray], zones: xr.Dataset,
                  cell_area: float, *, mask: xr.DataArray | None = None,
                  min_trend_years: int = 5) -> pd.DataFrame:
     """Correlations of mean and trend maps and budget ratios of products vs a reference.
+
+    Everything is one lazy graph per product (mean maps, trend maps, correlation sums and
+    domain budgets) computed with a single :func:`dask.compute`, so memory stays bounded by
+    the chunks: the correlations are accumulated from sums (Σa, Σb, Σa², Σb², Σab, n) rather
+    than from materialised maps.
 
     Parameters
     ----------
@@ -132,25 +162,36 @@ def compare_maps(reference: xr.DataArray, products: dict[str, xr.DataArray], zon
         r_mean, p_mean, n_pixels, r_trend, p_trend, domain, reference_tg_c_yr,
         product_tg_c_yr, ratio`` (product / reference budget over the common years).
     """
+    import dask
+
     if mask is None:
-        mask = (zones["abz"].astype(bool) & (zones["land_fraction"] > 0)).compute()
+        mask = zones["abz"].astype(bool) & (zones["land_fraction"] > 0)
     mask = mask.assign_coords(y=reference["y"], x=reference["x"])
+    w = domain_weights(zones, cell_area).astype(np.float64)
+    w = w.assign_coords(y=reference["y"], x=reference["x"])
     rows = []
     for name, prod in products.items():
         prod = prod.assign_coords(y=reference["y"], x=reference["x"])
         years = np.intersect1d(reference["year"].values, prod["year"].values)
         if years.size == 0:
             raise ValueError(f"product {name!r} shares no year with the reference")
-        ref_y = reference.sel(year=years).compute()
-        prod_y = prod.sel(year=years).compute()
-        cm = map_correlation(mean_map(ref_y), mean_map(prod_y), mask)
+        ref_y = reference.sel(year=years)
+        prod_y = prod.sel(year=years)
+        graph: dict[str, object] = {
+            "mean": _lazy_corr(mean_map(ref_y), mean_map(prod_y), mask),
+            "b_ref": (xr.dot(ref_y.fillna(0.0).astype(np.float64), w, dim=("y", "x"))
+                      * 1e-12).mean("year"),
+            "b_prod": (xr.dot(prod_y.fillna(0.0).astype(np.float64), w, dim=("y", "x"))
+                       * 1e-12).mean("year")}
         if years.size >= min_trend_years:
-            tr = map_correlation(trend_map(ref_y)["trend"].compute(),
-                                 trend_map(prod_y)["trend"].compute(), mask)
-        else:
-            tr = {"r": float("nan"), "p": float("nan")}
-        b_ref = budgets(ref_y, zones, cell_area)
-        b_prod = budgets(prod_y, zones, cell_area)
+            graph["trend"] = _lazy_corr(trend_map(ref_y)["trend"], trend_map(prod_y)["trend"],
+                                        mask)
+        (res,) = dask.compute(graph)
+        cm = _finish_corr({k: float(v) for k, v in res["mean"].items()})
+        tr = (_finish_corr({k: float(v) for k, v in res["trend"].items()}) if "trend" in res
+              else {"r": float("nan"), "p": float("nan")})
+        b_ref = res["b_ref"].to_series()
+        b_prod = res["b_prod"].to_series()
         for dom in b_ref.index:
             rows.append({"product": name, "first_year": int(years[0]),
                          "last_year": int(years[-1]), "n_years": int(years.size),

@@ -49,7 +49,7 @@ def read_table3(path: str | Path | None = None) -> pd.DataFrame:
 
 def regional_table(maps: dict[str, xr.DataArray], zones: xr.Dataset, cell_area: float, *,
                    layer: str = "reccap2") -> pd.DataFrame:
-    """Mean ± spatial SD of NEE per region × approach.
+    """Mean ± spatial SD of NEE per region × approach (lazy, chunk-bounded reductions).
 
     Parameters
     ----------
@@ -67,39 +67,42 @@ def regional_table(maps: dict[str, xr.DataArray], zones: xr.Dataset, cell_area: 
     -------
     DataFrame
         ``approach, region, mean, sd, n_models, n_pixels`` (regions without valid pixels: NaN).
+        Per model and year: area-weighted mean ``Σwx/Σw`` and SD ``sqrt(Σwx²/Σw − mean²)``
+        over the region's valid pixels; the table averages them over models and years.
     """
-    labels = ZONE_LABELS[layer]
-    codes = np.asarray(zones[layer].values)
-    w_all = np.nan_to_num(np.asarray(zones["land_fraction"].values, float)) * cell_area
+    import dask
+
+    labels = {c: r for c, r in ZONE_LABELS[layer].items() if c != 0}
+    area = (zones["land_fraction"].fillna(0.0) * cell_area).astype(np.float64)
+    onehot = xr.concat([area.where(zones[layer] == c, 0.0) for c in labels], dim="region")
+    onehot = onehot.assign_coords(region=list(labels.values()))
+    onehot = onehot.drop_vars([c for c in onehot.coords if c not in ("region", "y", "x")])
     rows = []
     for name, m in maps.items():
         arr = m
         for d in ("model", "year"):
             if d not in arr.dims:
                 arr = arr.expand_dims(d)
-        arr = arr.transpose("model", "year", "y", "x").compute()
-        v = np.asarray(arr.values, float)
-        for code, region in labels.items():
-            if code == 0:
-                continue
-            sel = codes == code
-            w = np.where(sel, w_all, 0.0)
-            means, sds = [], []
-            npx = 0
-            for mi in range(v.shape[0]):
-                for yi in range(v.shape[1]):
-                    x = v[mi, yi]
-                    ok = sel & np.isfinite(x) & (w > 0)
-                    if not ok.any():
-                        continue
-                    npx = max(npx, int(ok.sum()))
-                    mu = np.average(x[ok], weights=w[ok])
-                    means.append(mu)
-                    sds.append(np.sqrt(np.average((x[ok] - mu) ** 2, weights=w[ok])))
+        arr = arr.assign_coords(y=onehot["y"], x=onehot["x"]).astype(np.float64)
+        ok = np.isfinite(arr)
+        x = arr.where(ok, 0.0)
+        s0 = xr.dot(ok.astype(np.float64), onehot, dim=("y", "x"))
+        s1 = xr.dot(x, onehot, dim=("y", "x"))
+        s2 = xr.dot(x * x, onehot, dim=("y", "x"))
+        npx = xr.dot(ok.astype(np.float64), (onehot > 0).astype(np.float64), dim=("y", "x"))
+        s0, s1, s2, npx = dask.compute(s0, s1, s2, npx)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mu = (s1 / s0).where(s0 > 0)
+            sd = np.sqrt(np.maximum(s2 / s0 - mu**2, 0.0)).where(s0 > 0)
+        for region in labels.values():
+            mr = mu.sel(region=region).values.ravel()
+            sr = sd.sel(region=region).values.ravel()
+            good = np.isfinite(mr)
             rows.append({"approach": name, "region": region,
-                         "mean": float(np.mean(means)) if means else np.nan,
-                         "sd": float(np.mean(sds)) if sds else np.nan,
-                         "n_models": int(v.shape[0]), "n_pixels": npx})
+                         "mean": float(mr[good].mean()) if good.any() else np.nan,
+                         "sd": float(sr[good].mean()) if good.any() else np.nan,
+                         "n_models": int(arr.sizes["model"]),
+                         "n_pixels": int(npx.sel(region=region).max())})
     return pd.DataFrame(rows)
 
 

@@ -35,6 +35,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -177,7 +178,7 @@ def _period(a: xr.DataArray, years: tuple[int, int]) -> xr.DataArray:
 
 def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, *,
                 years: tuple[int, int] = PAPER2_YEARS, k: int = 8, n_sample: int = 10_000,
-                seed: int = 0, figures: bool = True) -> dict[str, Path]:
+                seed: int = 0, coverage: bool = True, figures: bool = True) -> dict[str, Path]:
     """Run the comparison stage of a run folder (see the module docstring for the outputs).
 
     Parameters
@@ -190,6 +191,9 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
         Period of the paper-2 regional table and agreement maps.
     k, n_sample, seed : int
         k-means clusters, sampled pixels and seed.
+    coverage : bool
+        Compute MESS and the environmental clusters (needs the cube; MESS also the training
+        table).
     figures : bool
         Also write the PNG figures.
 
@@ -207,7 +211,7 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
     zl = zones[["abz", "land_fraction", "biome", "permafrost", "reccap2"]].load()
     domain = (zl["abz"].astype(bool) & (zl["land_fraction"] > 0))
     fluxes = xr.open_zarr(inp.fluxes, consolidated=False)
-    ref = to_annual(fluxes["NEE"]).persist()
+    ref = to_annual(fluxes["NEE"])
     if products is None:
         if inp.twin is None:
             raise ValueError(f"{run_dir}: no products given and no twin folder to derive them")
@@ -231,7 +235,7 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
         if spec.approach == "inversion" and fire is not None:
             a = subtract_fire(a, fire)
             fire_removed = True
-        annual[spec.name] = a.persist()
+        annual[spec.name] = a
         notes[spec.name] = {"approach": spec.approach, "file": str(spec.path),
                             "variable": p.attrs["source_variable"],
                             "units": p.attrs["source_units"], "fire_removed": fire_removed}
@@ -239,7 +243,7 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
     against = dict(annual)
     if inp.truth is not None:
         truth = to_annual(xr.open_zarr(inp.truth, consolidated=False)["NEE"])
-        against["twin_truth"] = truth.assign_coords(y=ref["y"], x=ref["x"]).persist()
+        against["twin_truth"] = truth.assign_coords(y=ref["y"], x=ref["x"])
     metrics = compare_maps(ref, against, zl, cell_area, mask=domain)
     metrics["approach"] = metrics["product"].map(
         lambda n: notes.get(n, {}).get("approach", "truth"))
@@ -291,54 +295,31 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
         _atomic_csv(pd.DataFrame([an]), written["regional_anova"])
         written["regional_tukey"] = out / "regional_tukey.csv"
         _atomic_csv(tukey_letters(tab), written["regional_tukey"], index=True)
-    agr = agreement_maps(stacked).compute()
-    w = (zl["land_fraction"].fillna(0) * cell_area).where(domain, 0.0)
-    rows = []
-    for appr in [*list(agr["approach"].values), "all_approaches"]:
-        sh = agr["all_approaches"] if appr == "all_approaches" else agr["share"].sel(
-            approach=appr)
-        for c in sh["class"].values:
-            s = sh.sel({"class": c})
-            ok = np.isfinite(s)
-            tot = float(w.where(ok, 0).sum())
-            rows.append({"approach": str(appr), "class": str(c),
-                         "area_share": float((s.fillna(0) * w).sum()) / tot if tot else np.nan})
-    written["agreement_summary"] = out / "agreement_summary.csv"
-    _atomic_csv(pd.DataFrame(rows), written["agreement_summary"])
-
+    agr = agreement_maps(stacked)
     # extrapolation and clusters
     layers: dict[str, xr.DataArray] = {
         "mean_nee": xr.concat([v.mean("model") for v in stacked.values()], dim="approach")
         .assign_coords(approach=list(stacked)),
         "share": agr["share"], "all_approaches": agr["all_approaches"]}
-    if inp.cube is not None:
+    mess_vars = ""
+    if coverage and inp.cube is not None:
         cube = xr.open_zarr(inp.cube, consolidated=False)
         if training is not None:
-            m = mess_map(cube, training, domain=domain).compute()
-            names = m.attrs["variables"].split(",")
-            neg = (m["mess"] < 0) & np.isfinite(m["mess"])
-            n_valid = int(np.isfinite(m["mess"]).sum())
-            mod = m["mod"].where(neg).values
-            counts = {n: int(np.sum(mod == i)) for i, n in enumerate(names)}
-            ms = pd.DataFrame({"variable": names, "n_pixels_most_dissimilar": list(
-                counts.values())})
-            ms["share_of_extrapolated"] = ms["n_pixels_most_dissimilar"] / max(int(neg.sum()), 1)
-            ms["domain_share_mess_negative"] = float(neg.sum()) / max(n_valid, 1)
-            ms["n_domain_pixels"] = n_valid
-            written["mess_summary"] = out / "mess_summary.csv"
-            _atomic_csv(ms, written["mess_summary"])
+            m = mess_map(cube, training, domain=domain)
             layers["mess"] = m["mess"]
             layers["mess_mod"] = m["mod"]
+            mess_vars = m.attrs["variables"]
         cl = environmental_clusters(cube, domain, k=k, n_sample=n_sample, seed=seed)
         written["cluster_centres"] = out / "cluster_centres.csv"
         _atomic_csv(cl.centres, written["cluster_centres"], index=True)
         written["cluster_vegtypes"] = out / "cluster_vegtypes.csv"
         _atomic_csv(cl.vegtype_share, written["cluster_vegtypes"], index=True)
-        layers["cluster"] = cl.cluster_map.compute()
+        layers["cluster"] = cl.cluster_map
     ds = xr.Dataset({k_: v.drop_vars([c for c in v.coords if c not in v.dims])
                      for k_, v in layers.items()})
     ds = ds.assign_coords(y=ref["y"].values, x=ref["x"].values)
-    ds.attrs.update({"grid_resolution_m": grid.resolution, "years": f"{years[0]}-{years[1]}"})
+    ds.attrs.update({"grid_resolution_m": grid.resolution, "years": f"{years[0]}-{years[1]}",
+                     "mess_variables": mess_vars})
     zpath = out / "maps.zarr"
     tmp = out / "maps.zarr.tmp"
     if tmp.exists():
@@ -351,6 +332,31 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
         shutil.rmtree(zpath)
     tmp.rename(zpath)
     written["maps"] = zpath
+    mz = xr.open_zarr(zpath, consolidated=False)
+    w = (zl["land_fraction"].fillna(0) * cell_area).where(domain, 0.0).astype(np.float64)
+    shares = xr.concat([mz["share"], mz["all_approaches"].expand_dims(
+        approach=["all_approaches"])], dim="approach")
+    num = xr.dot(shares.fillna(0.0), w, dim=("y", "x"))
+    den = xr.dot(np.isfinite(shares).astype(np.float64), w, dim=("y", "x"))
+    num, den = dask.compute(num, den)
+    frac = (num / den.where(den > 0)).to_series().rename("area_share").reset_index()
+    written["agreement_summary"] = out / "agreement_summary.csv"
+    _atomic_csv(frac[["approach", "class", "area_share"]], written["agreement_summary"])
+
+    if "mess" in mz:
+        names = mess_vars.split(",")
+        valid = np.isfinite(mz["mess"])
+        neg = (mz["mess"] < 0) & valid
+        counts = [((mz["mess_mod"] == i) & neg).sum() for i in range(len(names))]
+        n_valid, n_neg, *counts = dask.compute(valid.sum(), neg.sum(), *counts)
+        n_valid, n_neg = int(n_valid), int(n_neg)
+        ms = pd.DataFrame({"variable": names,
+                           "n_pixels_most_dissimilar": [int(c) for c in counts]})
+        ms["share_of_extrapolated"] = ms["n_pixels_most_dissimilar"] / max(n_neg, 1)
+        ms["domain_share_mess_negative"] = n_neg / max(n_valid, 1)
+        ms["n_domain_pixels"] = n_valid
+        written["mess_summary"] = out / "mess_summary.csv"
+        _atomic_csv(ms, written["mess_summary"])
     if figures:
         from abz_dask.compare.figures import comparison_figures
 
