@@ -427,3 +427,23 @@ def test_paper_example_config_is_valid() -> None:
     assert cfg.grid == "1km" and cfg.predictors["ndvi"].scale == 1e-4
     assert cfg.predictors["vegtype"].recode == {1: 31, 90: 30, 41: 160}
     assert cfg.predictors["soil_temp"].offset == -273.15
+
+
+def test_cli_build_cube(built: dict[str, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from abz_dask.cli import app
+
+    cfg = _variant(built, tmp_path, own=("srad",))
+    _edit(cfg, lambda d: d.update(end="2001-02"))  # two months keep it quick
+    out = tmp_path / "cube.zarr"
+    run = CliRunner().invoke(app, ["build-cube", str(cfg), "--out", str(out), "--workers", "0",
+                                   "--no-progress"])
+    assert run.exit_code == 0, run.output
+    assert "cube written to" in run.output and out.exists()
+    assert _open(out).sizes["time"] == 2
+    (cfg.parent / "srad" / "srad_200102.tif").unlink()
+    run = CliRunner().invoke(app, ["build-cube", str(cfg), "--out", str(tmp_path / "b.zarr"),
+                                   "--workers", "0"])
+    assert run.exit_code == 2
+    assert "srad: no file for month(s) 2001-02" in run.output
