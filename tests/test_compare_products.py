@@ -62,6 +62,7 @@ def test_cmip6_nep_noleap_sign_and_february(tmp_path: Path) -> None:
     ("umol CO2 m-2 s-1", 12.011e-6 * 31 * 86400),
     ("gC/m2/day", 31.0),
     ("g C m-2 month-1", 1.0),
+    ("PgC/m2/yr", 1e15 * 31 / 365),  # monthly mean rate per year (GCB inversion style)
 ])
 def test_monthly_unit_factors(tmp_path: Path, units: str, factor: float) -> None:
     time = pd.date_range("2003-01-01", periods=3, freq="MS")

@@ -16,8 +16,9 @@ Recognised units (case-insensitive; ``/m2/s`` and ``m-2 s-1`` spellings alike): 
 per time with mass ``kg``, ``g``, ``mg``, ``Tg``, ``Pg`` of carbon (``kg C``, ``gC``, or CMIP6's
 bare ``kg``, understood as carbon mass for carbon-flux variables) or amount ``mol``, ``mmol``,
 ``umol``/``µmol`` of CO2 (1 mol CO2 = 12.011 g C), time ``s``, ``d``/``day``, ``month``/``mon``,
-``yr``/``year``/``a``. Anything else raises a :class:`ValueError` naming the file, variable and
-units.
+``yr``/``year``/``a`` (a monthly value in per-year units is a mean rate over the month:
+× days in month / days in year). Anything else raises a :class:`ValueError` naming the file,
+variable and units.
 
 Reading is lazy: values stay dask-backed (one chunk per 12 time steps) until computed.
 """
@@ -183,16 +184,16 @@ def read_product(path: str | Path, variable: str | None = None, *, sign: str | N
     months = np.array([t.month for t in times])
     dim = np.asarray(v["time"].dt.days_in_month.values, dtype=float)
     freq = frequency or _frequency(path, times)
+    cal = str(getattr(v["time"].dt, "calendar", "standard"))
+    diy = np.array([_days_in_year(int(y), cal) for y in years], dtype=float)
     if freq == "monthly":
-        factor = _monthly_factor(spec, dim, path, variable)
+        factor = _monthly_factor(spec, dim, diy, path, variable)
         out = v * xr.DataArray(factor * sgn, dims="time")
         idx = pd.DatetimeIndex([pd.Timestamp(int(y), int(m), 1)
                                 for y, m in zip(years, months, strict=True)])
         out = out.assign_coords(time=idx)
         out.attrs["units"] = "g C m-2 month-1"
     elif freq == "annual":
-        cal = v["time"].dt.calendar if hasattr(v["time"].dt, "calendar") else "standard"
-        diy = np.array([_days_in_year(int(y), str(cal)) for y in years], dtype=float)
         factor = _annual_factor(spec, diy, path, variable)
         out = (v * xr.DataArray(factor * sgn, dims="time")).assign_coords(time=years)
         out = out.rename(time="year")
@@ -245,7 +246,8 @@ def _days_in_year(year: int, calendar: str) -> int:
     return 366 if _calendar.isleap(year) else 365
 
 
-def _monthly_factor(spec: UnitSpec, dim: np.ndarray, path: Path, variable: str) -> np.ndarray:
+def _monthly_factor(spec: UnitSpec, dim: np.ndarray, diy: np.ndarray, path: Path,
+                    variable: str) -> np.ndarray:
     g = spec.grams_c
     if spec.per == "s":
         return g * dim * 86400.0
@@ -253,9 +255,8 @@ def _monthly_factor(spec: UnitSpec, dim: np.ndarray, path: Path, variable: str) 
         return g * dim
     if spec.per == "month":
         return np.full_like(dim, g)
-    if spec.per == "yr":
-        raise ValueError(f"{path}: variable {variable!r} is monthly but in per-year units; "
-                         "a monthly total cannot be derived unambiguously")
+    if spec.per == "yr":  # a monthly mean rate per year: the month's share of the year
+        return g * dim / diy
     raise ValueError(f"{path}: variable {variable!r}: unsupported time unit {spec.per!r}")
 
 
