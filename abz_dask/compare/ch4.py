@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from pandas.core.groupby import SeriesGroupBy
 
 from abz_dask.compare.regional import region_anova
 
@@ -49,7 +50,7 @@ def read_ch4_synthesis(path: str | Path) -> pd.DataFrame:
     return out.dropna(subset=["flux"]).reset_index(drop=True)
 
 
-def _stats(g: pd.core.groupby.SeriesGroupBy) -> pd.DataFrame:
+def _stats(g: SeriesGroupBy) -> pd.DataFrame:
     return pd.DataFrame({"n": g.size(), "mean": g.mean(), "median": g.median(),
                          "sd": g.std(ddof=1), "q25": g.quantile(0.25), "q75": g.quantile(0.75)})
 

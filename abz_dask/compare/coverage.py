@@ -103,7 +103,8 @@ def mean_predictors(cube: xr.Dataset, names: tuple[str, ...] | list[str],
     layers = []
     for n in names:
         if n not in c:
-            raise ValueError(f"predictor {n!r} not in the cube (variables: {sorted(c.data_vars)})")
+            have = sorted(map(str, c.data_vars))
+            raise ValueError(f"predictor {n!r} not in the cube (variables: {have})")
         v = c[n]
         if "time" in v.dims:
             v = v.mean("time")

@@ -190,7 +190,7 @@ def regrid_to_grid(src: xr.DataArray, grid: Grid, *, tile: int | None = None,
                        lat_edges=lat_edges, lon_edges=lon_edges, s=s)
     coords: dict[str, Any] = {"y": grid.y, "x": grid.x}
     if not squeeze:
-        coords[tdim] = s2[tdim].values
+        coords[str(tdim)] = s2[tdim].values
     res = xr.DataArray(out, dims=(tdim, "y", "x"), coords=coords, name=src.name,
                        attrs={**src.attrs, "regrid_method": "area-weighted (supersampled "
                               "target cells)", "regrid_supersample": s})
