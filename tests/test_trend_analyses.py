@@ -307,7 +307,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     central = domain_sums(est, w).compute()
     sums = xr.concat([central * s for s in (1.0, 1.02, 0.97)], dim="model").assign_coords(
         model=np.arange(3))
-    store = est.chunk({"time": 12, "y": 30, "x": 30})
+    store = est.chunk({"time": 12, "y": 48, "x": 48})  # the twin cube's tiles, as the upscaler
     for v in store.variables.values():
         v.encoding = {}
     store["zone_sums"] = sums.expand_dims(tile_id=["all"]).transpose(

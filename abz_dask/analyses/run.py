@@ -47,6 +47,7 @@ from abz_dask.budgets import DOMAINS, domain_weights
 from abz_dask.grid import Grid
 from abz_dask.progress import compute_with_progress
 from abz_dask.trends import METHODS
+from abz_dask.upscale.results import annual_budgets
 
 __all__ = ["TrendConfig", "TrendInputs", "TrendResult", "flux_series", "predictor_series",
            "prepare_output", "run_trends"]
@@ -363,7 +364,10 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
         kw = {"method": cfg.method, "preserve_range": cfg.preserve_range, "alpha": cfg.alpha}
         annual = None
         for s in BUDGET_SEASONS:
-            b = seasonal_budgets(sums, s, start=cfg.start, end=cfg.end)
+            if s == "annual" and src == "estimate":  # the upscaler's own annual budgets
+                b = annual_budgets(fx).sel(year=slice(cfg.start, cfg.end))
+            else:
+                b = seasonal_budgets(sums, s, start=cfg.start, end=cfg.end)
             annual = b if s == "annual" else annual
             parts.append(budget_trend_table(b, season=s, **kw))  # type: ignore[arg-type]
         if fire is not None and annual is not None:
