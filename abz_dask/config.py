@@ -16,6 +16,8 @@ key and where it sits, a bad value names its field. Example (``deploy/configs/tw
     budgets:
       start_year: 2001
       end_year: 2004
+    report:
+      enabled: true                  # Table 1 + figures + report.html
     cluster:
       kind: local      # threads | local | address | slurm | pbs | kubernetes | gateway
       workers: 2
@@ -31,8 +33,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["BudgetsSection", "ClusterSection", "ConfigError", "FilesInput", "RunConfig",
-           "TrainingSection", "TwinInput", "UpscaleSection", "load_config"]
+__all__ = ["BudgetsSection", "ClusterSection", "ConfigError", "FilesInput", "ReportSection",
+           "RunConfig", "TrainingSection", "TwinInput", "UpscaleSection", "load_config",
+           "parse_config"]
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 FLUX_NAMES = ("NEE", "GPP", "Reco")
@@ -162,6 +165,16 @@ class BudgetsSection(_Section):
         return self
 
 
+class ReportSection(_Section):
+    """The report stage: Table 1, analyses and ``report.html``
+    (:func:`abz_dask.report.build_report`) over the budgets period."""
+
+    enabled: bool = Field(default=True, description="Write the report.")
+    fire_year: int | None = Field(
+        default=None, ge=1900, le=2200,
+        description="Year of the post-fire bias correction (default: the last fire year).")
+
+
 class AdaptSection(_Section):
     """Adaptive scaling bounds (``cluster.adapt(minimum=..., maximum=...)``)."""
 
@@ -221,6 +234,7 @@ class RunConfig(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     upscale: UpscaleSection = Field(default_factory=UpscaleSection)
     budgets: BudgetsSection = Field(default_factory=BudgetsSection)
+    report: ReportSection = Field(default_factory=ReportSection)
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     progress: bool = Field(default=True, description="Show progress bars.")
 

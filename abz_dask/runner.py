@@ -13,8 +13,10 @@ The identity of an earlier stage is its hash; of an external file its content ha
 modification time above 256 MB); of a Zarr store the content of its metadata documents
 (shapes, chunks, attributes — the provenance the stores carry).
 
-More stages are appended with :func:`register_stage` (one entry each). The runner never creates a
-cluster: stages run on the active scheduler (:mod:`abz_dask.clusters` creates one for the CLI).
+Stages: ``twin`` (twin input only), ``extract``, ``train``, ``upscale``, ``budgets``, ``report``
+(``report.enabled``). More stages are appended with :func:`register_stage` (one entry each).
+The runner never creates a cluster: stages run on the active scheduler (:mod:`abz_dask.clusters`
+creates one for the CLI).
 """
 
 from __future__ import annotations
@@ -399,6 +401,26 @@ def _budgets(ctx: RunContext) -> dict[str, Any]:
     return {"rows": len(tab), "n_years": int(est["n_years"].iloc[0])}
 
 
+def _report(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.report import build_report
+
+    f = ctx._files()
+    if f is not None:  # the report finds zones and sites in the run folder: link the inputs
+        for link, target in (("zones.zarr", f.zones), ("abcflux.csv", f.abcflux)):
+            q = ctx.out / link
+            if q.is_symlink() and q.resolve() != Path(target).resolve():
+                q.unlink()
+            if not q.exists():
+                q.symlink_to(Path(target).resolve())
+    b, r = ctx.config.budgets, ctx.config.report
+    rep = build_report(ctx.out, start=b.start_year, end=b.end_year, fire_year=r.fire_year)
+    return {"html": str(rep.path), "figures": list(rep.figure_names)}
+
+
+_REPORT_FILES = ("report.html", "report", "table1.csv", "table1.md", "table1_checks.csv",
+                 "table1_truth.csv")
+
+
 def _budget_inputs(ctx: RunContext) -> list[str | Path]:
     t = ctx.truth_budgets
     extra: list[str | Path] = [t] if ctx._files() is not None and t is not None else []
@@ -426,6 +448,13 @@ STAGES: list[Stage] = [
     Stage("budgets", _budgets, outputs=lambda ctx: [ctx.out / "budgets.csv"],
           settings=lambda ctx: ctx.config.budgets.model_dump(mode="json"),
           inputs=_budget_inputs),
+    Stage("report", _report, outputs=lambda ctx: [ctx.out / "report.html",
+                                                  ctx.out / "table1.csv"],
+          settings=lambda ctx: {**ctx.config.budgets.model_dump(mode="json"),
+                                **ctx.config.report.model_dump(mode="json")},
+          inputs=lambda ctx: ["budgets", "upscale", "train", *ctx.source],
+          clean=lambda ctx: [ctx.out / n for n in _REPORT_FILES],
+          applies=lambda config: config.report.enabled),
 ]
 
 

@@ -75,8 +75,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = _config(out)
     with open_cluster(cfg.cluster):
         res = run_pipeline(cfg)
-    assert res.status() == dict.fromkeys(("twin", "extract", "train", "upscale", "budgets"),
-                                         "ran")
+    assert res.status() == dict.fromkeys(
+        ("twin", "extract", "train", "upscale", "budgets", "report"), "ran")
+    assert (out / "report.html").stat().st_size > 0
     return out
 
 
@@ -101,7 +102,8 @@ def test_rerun_skips_and_changed_settings_rerun_downstream(reference: Path,
     res = run_pipeline(cfg)
     assert set(res.status().values()) == {"skipped"}
     before = (out / "budgets.csv").read_text()
-    cfg2 = _config(out, budgets={"start_year": 2002, "end_year": 2003})
+    cfg2 = _config(out, budgets={"start_year": 2002, "end_year": 2003},
+                   report={"enabled": False})
     res2 = run_pipeline(cfg2)
     assert res2.status() == {"twin": "skipped", "extract": "skipped", "train": "skipped",
                              "upscale": "skipped", "budgets": "ran"}
@@ -127,14 +129,20 @@ def _assert_same_store(run: Path, ref: Path) -> None:
 def test_local_cluster_bit_identical_to_threads(reference: Path, tmp_path: Path) -> None:
     cfg = _config(tmp_path / "local", input=_files_input(reference),
                   cluster={"kind": "local", "workers": 2})
+    assert cfg.report.enabled
     with open_cluster(cfg.cluster) as s:
         assert s.client is not None and s.n_workers == 2
         info = s.client.scheduler_info(n_workers=-1)
         assert info["address"].startswith("tcp://127.0.0.1:")
         assert all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
         res = run_pipeline(cfg)
-    assert res.status() == dict.fromkeys(("extract", "train", "upscale", "budgets"), "ran")
+    assert res.status() == dict.fromkeys(("extract", "train", "upscale", "budgets", "report"),
+                                         "ran")
     _assert_identical(tmp_path / "local", reference)
+    # the report of a files-input run: same estimates as the twin run's Table 1
+    t_loc = (tmp_path / "local" / "table1.csv").read_text().splitlines()
+    t_ref = (reference / "table1.csv").read_text().splitlines()
+    assert [r.split(",")[:6] for r in t_loc] == [r.split(",")[:6] for r in t_ref]
 
 
 # ------------------------------------------------------------------------------------ Slurm
@@ -285,6 +293,7 @@ def test_slurm_pipeline_identical(reference: Path, slurm: dict[str, str], tmp_pa
     out = tmp_path / "slurm"
     cfg = {"output": str(out), "input": _files_input(reference),
            "training": {"profile": PROFILE}, "budgets": {"start_year": 2001, "end_year": 2004},
+           "report": {"enabled": False},
            "cluster": {"kind": "slurm", "workers": 2, "wait_timeout": 240},
            "progress": False}
     cfg_path = tmp_path / "run.yaml"
@@ -385,7 +394,7 @@ def test_gateway_pipeline_identical(reference: Path, gateway: dict[str, str], tm
     import dask
 
     out = tmp_path / "gateway"
-    cfg = _config(out, input=_files_input(reference),
+    cfg = _config(out, input=_files_input(reference), report={"enabled": False},
                   cluster={"kind": "gateway", "address": gateway["address"], "workers": 2,
                            "wait_timeout": 240})
     auth = {"gateway.auth.type": "basic",
@@ -405,3 +414,25 @@ def test_gateway_pipeline_identical(reference: Path, gateway: dict[str, str], tm
 def test_cluster_section_rejects_adapt_for_local() -> None:
     with pytest.raises(ValueError, match="adapt"):
         ClusterSection(kind="local", adapt={"minimum": 1, "maximum": 2})  # type: ignore[arg-type]
+
+
+def test_address_connects_to_a_running_scheduler() -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1",
+                      dashboard_address=None) as lc:
+        spec = ClusterSection(kind="address", address=lc.scheduler_address)
+        with open_cluster(spec) as s:
+            assert s.cluster is None and s.n_workers == 1
+            assert s.client.scheduler.address == lc.scheduler_address
+            assert s.client.submit(sum, [1, 2]).result() == 3
+
+
+def test_kubernetes_needs_its_extra() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("dask_kubernetes") is not None:
+        pytest.skip("dask-kubernetes is installed; a KubeCluster needs a Kubernetes API")
+    with pytest.raises(RuntimeError, match=r"install abz_dask\[k8s\]"), \
+            open_cluster(ClusterSection(kind="kubernetes", workers=2)):
+        pass

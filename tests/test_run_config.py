@@ -73,7 +73,7 @@ def test_defaults_are_the_demo() -> None:
     assert (cfg.input.start, cfg.input.end) == ("1990-01", "2020-12")
     assert cfg.training.profile == "light" and cfg.training.fluxes == ("NEE", "GPP", "Reco")
     assert (cfg.budgets.start_year, cfg.budgets.end_year) == (2001, 2020)
-    assert cfg.cluster.kind == "local"
+    assert cfg.cluster.kind == "local" and cfg.report.enabled
 
 
 def test_load_config_resolves_paths_and_overrides_cluster(tmp_path: Path) -> None:
@@ -259,11 +259,11 @@ def test_identity_of_files_and_zarr_stores(tmp_path: Path) -> None:
 def test_register_stage_appends_or_inserts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "STAGES", list(runner.STAGES))
     names = [s.name for s in runner.STAGES]
-    assert names == ["twin", "extract", "train", "upscale", "budgets"]
-    extra = Stage("report", lambda ctx: {}, outputs=lambda ctx: [], settings=lambda ctx: {},
+    assert names == ["twin", "extract", "train", "upscale", "budgets", "report"]
+    extra = Stage("trends", lambda ctx: {}, outputs=lambda ctx: [], settings=lambda ctx: {},
                   inputs=lambda ctx: ["budgets"])
     register_stage(extra)
-    assert [s.name for s in runner.STAGES][-1] == "report"
+    assert [s.name for s in runner.STAGES][-1] == "trends"
     cube = Stage("build-cube", lambda ctx: {}, outputs=lambda ctx: [],
                  settings=lambda ctx: {}, inputs=lambda ctx: [])
     register_stage(cube, after="twin")
