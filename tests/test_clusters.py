@@ -419,7 +419,7 @@ def test_cluster_section_rejects_adapt_for_local() -> None:
 def test_address_connects_to_a_running_scheduler() -> None:
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1",
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as lc:
         spec = ClusterSection(kind="address", address=lc.scheduler_address)
         with open_cluster(spec) as s:
