@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from abz_dask.analyses import (
     OVERLAY_LEGEND,
+    TrendConfig,
     budget_trend_table,
     domain_sums,
     fire_budgets,
@@ -23,6 +24,7 @@ from abz_dask.analyses import (
     nee_plus_fire,
     overlay_categories,
     pixel_trends,
+    predictor_series,
     seasonal_budgets,
     seasonal_series,
     shares_table,
@@ -88,6 +90,30 @@ def test_seasonal_series_drops_incomplete_years_and_rejects_bad_input() -> None:
         seasonal_series(da, "DJF")
     with pytest.raises(ValueError, match="no year"):
         seasonal_series(da, start=2005)
+
+
+def test_predictor_series_any_predictor_and_season() -> None:
+    def fn(year, month, yy, xx):
+        return 0.3 * (year - 2001) * (1 + yy) + np.sin(month) + xx
+
+    da = _monthly(4, 6, range(2001, 2011), fn)
+    cube = xr.Dataset({"tair": da, "ndvi": da * 0.01, "soc": da.isel(time=0, drop=True)})
+    cfg = TrendConfig(start=2001, end=2010, predictors=("tair", "tair:spring"))
+    series = predictor_series(cube, cfg)
+    assert set(series) == {"ndvi_JJA", "tair_annual", "tair_spring"}
+    maps = pixel_trends(series, method="none").compute()
+    slope = np.broadcast_to(0.3 * (1 + np.arange(4))[:, None], (4, 6))
+    for v, k in (("tair_annual", 1.0), ("tair_spring", 1.0), ("ndvi_JJA", 0.01)):
+        np.testing.assert_allclose(maps[f"{v}_trend"].values, k * slope, rtol=1e-6)
+    np.testing.assert_allclose(series["tair_spring"].sel(year=2001).values,
+                               (np.sin(4) + np.sin(5)) / 2 + np.arange(6)[None, :]
+                               + 0 * np.arange(4)[:, None])
+    with pytest.raises(ValueError, match="no time dimension"):
+        predictor_series(cube, TrendConfig(predictors=("soc",)))
+    with pytest.raises(KeyError, match="nope"):
+        predictor_series(cube, TrendConfig(predictors=("nope",)))
+    with pytest.raises(ValueError, match="unknown season"):
+        TrendConfig(predictors=("tair:DJF",))
 
 
 # --------------------------------------------------------------------------- maps and shares
@@ -323,7 +349,7 @@ def trends_out(run_dir: Path) -> tuple[Path, str]:
 
     res = CliRunner().invoke(app, ["trends", str(run_dir), "--start", str(START), "--end",
                                    str(END), "--workers", "1", "--no-progress",
-                                   "--predictors", "tair,snow_cover"])
+                                   "--predictors", "tair,snow_cover:spring"])
     assert res.exit_code == 0, res.output
     return run_dir / "trends", res.output
 
@@ -337,7 +363,7 @@ def test_trends_command_writes_maps_and_tables(trends_out: tuple[Path, str]) -> 
     assert not list(out.glob("*.tmp"))
     maps = xr.open_zarr(out / "trend_maps.zarr", consolidated=False)
     for v in ("NEE", "GPP", "Reco", "NEE_fire", "NEE_JJA", "NEE_spring", "NEE_autumn",
-              "ndvi_JJA", "tair_annual", "snow_cover_annual"):
+              "ndvi_JJA", "tair_annual", "snow_cover_spring"):
         assert f"{v}_trend" in maps and f"{v}_sig" in maps, v
     assert maps["NEE_fire_trend"].attrs["first_year"] == 2002
     assert json.loads(maps["overlay"].attrs["legend"])["4"].startswith("emissions rising")
@@ -424,7 +450,7 @@ def test_trends_command_resumes_and_refuses_other_settings(
     (out / "greening.csv").unlink()
     res = CliRunner().invoke(app, ["trends", str(run_dir), "--start", str(START), "--end",
                                    str(END), "--workers", "1", "--no-progress",
-                                   "--predictors", "tair,snow_cover"])
+                                   "--predictors", "tair,snow_cover:spring"])
     assert res.exit_code == 0, res.output
     assert "skip" in res.output and (out / "greening.csv").exists()
     assert (out / "trend_maps.zarr" / "zarr.json").stat().st_mtime_ns == before

@@ -41,7 +41,7 @@ from abz_dask.analyses.budget_trends import (
 from abz_dask.analyses.compare import map_agreement
 from abz_dask.analyses.maps import finish_atomic, pixel_trends, write_zarr_atomic
 from abz_dask.analyses.overlay import overlay_categories, overlay_shares
-from abz_dask.analyses.series import nee_plus_fire, seasonal_series
+from abz_dask.analyses.series import nee_plus_fire, season_months, seasonal_series
 from abz_dask.analyses.shares import greening_overlap, shares_table, trend_area_shares
 from abz_dask.budgets import DOMAINS, domain_weights
 from abz_dask.grid import Grid
@@ -73,8 +73,11 @@ class TrendConfig:
     alpha : float
         Significance level.
     predictors : tuple of str
-        Cube variables whose annual mean trends are mapped (``<name>_annual``); the JJA NDVI
-        (``ndvi_JJA``) is always mapped when the cube is given.
+        Cube variables whose annual-mean trends are mapped (``<name>_annual``), or
+        ``"<name>:<season>"`` for the mean over a season of
+        :data:`~abz_dask.analyses.series.SEASONS` (``"snow_cover:spring"`` ->
+        ``snow_cover_spring``); the JJA NDVI (``ndvi_JJA``) is always mapped when the cube is
+        given.
     """
 
     start: int = 2001
@@ -85,6 +88,10 @@ class TrendConfig:
     predictors: tuple[str, ...] = ("tair", "snow_cover", "soil_moisture", "ndvi")
 
     def __post_init__(self) -> None:
+        for item in self.predictors:
+            _, _, season = item.partition(":")
+            if season:
+                season_months(season)  # raises on an unknown season
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not 0.0 < self.alpha < 1.0:
@@ -155,14 +162,16 @@ def predictor_series(cube: xr.Dataset, cfg: TrendConfig) -> dict[str, xr.DataArr
     if "ndvi" in cube:
         out["ndvi_JJA"] = seasonal_series(cube["ndvi"], "JJA", start=cfg.start, end=cfg.end,
                                           how="mean")
-    for p in cfg.predictors:
+    for item in cfg.predictors:
+        p, _, season = item.partition(":")
+        season = season or "annual"
         if p not in cube:
             raise KeyError(f"predictor {p!r} is not in the cube (has {sorted(cube.data_vars)})")
         if "time" not in cube[p].dims:
             raise ValueError(f"predictor {p!r} has no time dimension (a static layer has no "
                              "trend)")
-        out[f"{p}_annual"] = seasonal_series(cube[p], "annual", start=cfg.start, end=cfg.end,
-                                             how="mean")
+        out[f"{p}_{season}"] = seasonal_series(cube[p], season, start=cfg.start, end=cfg.end,
+                                               how="mean")
     return out
 
 

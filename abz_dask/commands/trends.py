@@ -37,7 +37,8 @@ def trends(
         help="zyp preserve.range.for.sig.test")] = True,
     alpha: Annotated[float, typer.Option(help="Significance level")] = 0.05,
     predictors: Annotated[str, typer.Option(
-        help="Comma-separated cube variables whose annual-mean trends are mapped")]
+        help="Comma-separated cube variables whose annual-mean trends are mapped; "
+             "NAME:SEASON (JJA, spring, autumn) for a seasonal mean")]
     = "tair,snow_cover,soil_moisture,ndvi",
     overwrite: Annotated[bool, typer.Option(
         help="Replace outputs made with other settings")] = False,
