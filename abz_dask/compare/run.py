@@ -26,6 +26,12 @@ Outputs (``RUN/compare/``):
 ``maps.zarr``
     Mean maps per approach, agreement shares, MESS and the cluster map, for the figures
     (:func:`abz_dask.compare.figures.comparison_figures`).
+
+Memory: every step is a lazy dask graph reduced chunk by chunk (correlations from sums, budgets
+and regional statistics as weighted dots, maps written to Zarr block by block); annual maps
+smaller than :data:`PERSIST_MAX_BYTES` are persisted once so that small runs do not repeat the
+regridding for each consumer. Only the pixel sample of the clusters and the zone layers used
+for masks are held in memory.
 """
 
 from __future__ import annotations
@@ -172,6 +178,15 @@ def _atomic_csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
     tmp.replace(path)
 
 
+#: Annual maps up to this size are persisted (computed once, kept in worker memory); larger
+#: ones (1-km runs) stay lazy and are recomputed per consumer, keeping memory chunk-bounded.
+PERSIST_MAX_BYTES = 256 * 2**20
+
+
+def _maybe_persist(a: xr.DataArray) -> xr.DataArray:
+    return a.persist() if a.nbytes <= PERSIST_MAX_BYTES else a
+
+
 def _period(a: xr.DataArray, years: tuple[int, int]) -> xr.DataArray:
     return a.sel(year=slice(years[0], years[1]))
 
@@ -211,7 +226,7 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
     zl = zones[["abz", "land_fraction", "biome", "permafrost", "reccap2"]].load()
     domain = (zl["abz"].astype(bool) & (zl["land_fraction"] > 0))
     fluxes = xr.open_zarr(inp.fluxes, consolidated=False)
-    ref = to_annual(fluxes["NEE"])
+    ref = _maybe_persist(to_annual(fluxes["NEE"]))
     if products is None:
         if inp.twin is None:
             raise ValueError(f"{run_dir}: no products given and no twin folder to derive them")
@@ -235,7 +250,7 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
         if spec.approach == "inversion" and fire is not None:
             a = subtract_fire(a, fire)
             fire_removed = True
-        annual[spec.name] = a
+        annual[spec.name] = _maybe_persist(a)
         notes[spec.name] = {"approach": spec.approach, "file": str(spec.path),
                             "variable": p.attrs["source_variable"],
                             "units": p.attrs["source_units"], "fire_removed": fire_removed}
@@ -243,7 +258,7 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
     against = dict(annual)
     if inp.truth is not None:
         truth = to_annual(xr.open_zarr(inp.truth, consolidated=False)["NEE"])
-        against["twin_truth"] = truth.assign_coords(y=ref["y"], x=ref["x"])
+        against["twin_truth"] = _maybe_persist(truth.assign_coords(y=ref["y"], x=ref["x"]))
     metrics = compare_maps(ref, against, zl, cell_area, mask=domain)
     metrics["approach"] = metrics["product"].map(
         lambda n: notes.get(n, {}).get("approach", "truth"))
