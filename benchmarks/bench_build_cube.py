@@ -9,7 +9,8 @@ peak RSS is the whole build):
 * ``global``: 0.25° lon/lat files covering 90°S–90°N — 4.3× the pixels of the lon/lat files
   (only the part over the grid is ever read).
 
-Peak RSS is ``ru_maxrss`` of the build process (``os.wait4``). The last line reads
+Peak RSS is the build process's own ``VmHWM`` (``/proc/self/status`` at exit; not the child's
+``ru_maxrss``, which inherits this process's RSS at fork). The last line reads
 ``peak_base_mb=<a> peak_finer_mb=<b> ratio_finer=<b/a> peak_global_mb=<c> ratio_global=<c/a>``.
 
 Usage::
@@ -20,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -32,18 +32,42 @@ def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
+#: Runs the CLI and writes the process's own high-water mark (VmHWM, kB) to argv[1] at exit.
+#: VmHWM belongs to the address space created by exec, unlike ``ru_maxrss`` of a child, which
+#: inherits the (large) RSS of this benchmark process at fork.
+_WRAPPER = """
+import atexit, sys
+out = sys.argv.pop(1)
+def _hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(out, "w").write(line.split()[1])
+atexit.register(_hwm)
+sys.argv[0] = "abz-dask"
+if sys.argv[1:]:
+    from abz_dask.cli import app
+    app()
+else:
+    import abz_dask.cli, abz_dask.cube_build, rasterio, netCDF4, xarray, zarr
+"""
+
+
+def _peak_mb(args: list[str], work: Path) -> tuple[float, float]:
+    hwm = work / "vmhwm.txt"
+    hwm.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    rc = subprocess.call([sys.executable, "-c", _WRAPPER, str(hwm), *args])
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"failed: abz-dask {' '.join(args)}")
+    return int(hwm.read_text()) / 1024.0, wall
+
+
 def _build(config: Path, out: Path) -> tuple[float, float]:
-    exe = Path(sys.executable).with_name("abz-dask")
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out.with_name(out.name + ".done"), ignore_errors=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([str(exe), "build-cube", str(config), "--out", str(out),
-                             "--workers", "0", "--no-progress"])
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"build-cube failed on {config}")
-    return ru.ru_maxrss / 1024.0, wall
+    return _peak_mb(["build-cube", str(config), "--out", str(out), "--workers", "0",
+                     "--no-progress"], out.parent)
 
 
 def main() -> None:
@@ -72,9 +96,9 @@ def main() -> None:
         print(f"{name:7s} export {_size_mb(exp):8.1f} MB on disk, one srad file "
               f"{one.stat().st_size / 1024:7.1f} KB compressed; build {wall:6.1f} s, "
               f"peak RSS {peak:7.1f} MB", flush=True)
-    imp = subprocess.Popen([sys.executable, "-c", "import abz_dask.cli, abz_dask.cube_build"])
-    _, _, ru = os.wait4(imp.pid, 0)
-    print(f"imports alone (abz_dask.cli + cube_build): peak RSS {ru.ru_maxrss / 1024:.1f} MB")
+    imp, _ = _peak_mb([], work)
+    print(f"imports alone (abz_dask.cli, cube_build, rasterio, netCDF4, xarray, zarr): peak RSS "
+          f"{imp:.1f} MB")
     b = peaks["base"]
     print(f"peak_base_mb={b:.1f} peak_finer_mb={peaks['finer']:.1f} "
           f"ratio_finer={peaks['finer'] / b:.3f} peak_global_mb={peaks['global']:.1f} "

@@ -34,6 +34,7 @@ def build_cube(
     from abz_dask.cube_build import CubeBuildError
     from abz_dask.cube_build import build_cube as run
 
+    _return_large_blocks()
     t0 = time.perf_counter()
     ctx = contextlib.nullcontext() if workers == 0 else local_cluster(workers)
     try:
@@ -46,6 +47,27 @@ def build_cube(
     for name, rep in res.report.items():
         typer.echo(f"gap filling {name}: " + ", ".join(f"{k} {n}" for k, n in rep.items())
                    + " cell-months")
+
+
+#: Allocations of at least this many bytes are mmapped by glibc, so freed source windows and
+#: decompression buffers go back to the OS instead of fragmenting the heap.
+MMAP_THRESHOLD = 1 << 20
+
+
+def _return_large_blocks() -> None:
+    """Fix glibc's mmap threshold in this process and in worker processes started later.
+
+    glibc raises the threshold dynamically up to 32 MB after large blocks are freed, after which
+    the many few-MB buffers of a build (decoded windows, HDF5/GDAL decompression) stay in the
+    heap; measured on the benchmark this kept ~40 MB more resident with 4x larger sources.
+    """
+    import ctypes
+    import os
+
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))  # worker processes
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (glibc); ignored elsewhere
 
 
 def register(app: typer.Typer) -> None:
