@@ -140,3 +140,14 @@ def test_write_user_zones_replaces_only_the_given_layers(tmp_path: Path,
     for name in ("abz", "land_fraction", "permafrost", "reccap2"):
         np.testing.assert_array_equal(z[name].values, base[name].values)
     assert not (tmp_path / "zones.zarr.tmp").exists()
+
+
+def test_other_code_for_unlisted_values(tmp_path: Path, lat: np.ndarray) -> None:
+    f = _write_vector(tmp_path / "pf.geojson", [_band(49, 60), _band(60, 90)], ["L", "C"])
+    spec = ZoneSpec(file=str(f), attribute="zone", values={"C": 1}, other=0)
+    lay = user_zone_layer(spec, "permafrost", GRID, tmp_path)
+    clear = np.abs(lat - 60) > 0.3
+    np.testing.assert_array_equal(lay[clear], (lat >= 60).astype(int)[clear])
+    with pytest.raises(LegendError, match=r"permafrost: value 'L'"):
+        user_zone_layer(ZoneSpec(file=str(f), attribute="zone", values={"C": 1}),
+                        "permafrost", GRID, tmp_path)
