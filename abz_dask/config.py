@@ -5,7 +5,7 @@ key and where it sits, a bad value names its field. Example (``deploy/configs/tw
 
     output: demo-run                 # run folder (relative paths: relative to the YAML file)
     input:
-      kind: twin                     # or: files (cube, zones, abcflux paths)
+      kind: twin      # or: files (cube, zones, abcflux), build (cube_config, abcflux)
       resolution: 100km
       start: 2001-01
       end: 2004-12
@@ -33,12 +33,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["BudgetsSection", "ClusterSection", "ConfigError", "FilesInput", "ReportSection",
-           "RunConfig", "TrainingSection", "TwinInput", "UpscaleSection", "load_config",
-           "parse_config"]
+__all__ = ["BudgetsSection", "BuildInput", "ClusterSection", "ConfigError", "FilesInput",
+           "ReportSection", "RunConfig", "TrainingSection", "TwinInput", "UpscaleSection",
+           "load_config", "parse_config"]
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-FLUX_NAMES = ("NEE", "GPP", "Reco")
+Flux = Literal["NEE", "GPP", "Reco"]
+FLUX_NAMES: tuple[Flux, ...] = ("NEE", "GPP", "Reco")
 CLUSTER_KINDS = ("threads", "local", "address", "slurm", "pbs", "kubernetes", "gateway")
 
 
@@ -90,12 +91,9 @@ class TwinInput(_Section):
         return self
 
 
-class FilesInput(_Section):
-    """Real (or previously built) inputs: predictor cube, zone layers, ABCflux CSV."""
+class _ReaderOptions(_Section):
+    """The ABCflux CSV and the reader's filters (shared by the real-input kinds)."""
 
-    kind: Literal["files"]
-    cube: Path = Field(description="Predictor cube (Zarr store).")
-    zones: Path = Field(description="Zone layers of the cube's grid (Zarr store).")
     abcflux: Path = Field(description="Site-month fluxes in the ABCflux v1 CSV format.")
     truth_budgets: Path | None = Field(
         default=None, description="Optional reference budgets CSV (year, domain, flux, "
@@ -107,13 +105,32 @@ class FilesInput(_Section):
     exclude_disturbed: bool = Field(default=False, description="Drop disturbed sites' rows.")
 
 
+class FilesInput(_ReaderOptions):
+    """Real (or previously built) inputs: predictor cube, zone layers, ABCflux CSV."""
+
+    kind: Literal["files"]
+    cube: Path = Field(description="Predictor cube (Zarr store).")
+    zones: Path = Field(description="Zone layers of the cube's grid (Zarr store).")
+
+
+class BuildInput(_ReaderOptions):
+    """Build the predictor cube from rasters first (the ``build-cube`` stage,
+    :func:`abz_dask.cube_build.build_cube`), then run on it."""
+
+    kind: Literal["build"]
+    cube_config: Path = Field(description="build-cube YAML configuration.")
+    zones: Path | None = Field(
+        default=None, description="Zone layers (Zarr); default: the zones the build-cube "
+        "config defines, else the built-in real-geodata layers of the cube's grid.")
+
+
 class TrainingSection(_Section):
     """The training stage (:func:`abz_dask.training.run_training`)."""
 
     profile: str | dict[str, Any] = Field(
         default="light", description="'light', 'paper', a profile YAML path, or a mapping of "
         "field overrides with an optional base (see abz_dask.training.profiles).")
-    fluxes: tuple[Literal["NEE", "GPP", "Reco"], ...] = Field(
+    fluxes: tuple[Flux, ...] = Field(
         default=FLUX_NAMES, min_length=1, description="Responses to model.")
     seed: int = Field(default=0, ge=0, description="Base seed of the forests.")
 
@@ -229,7 +246,7 @@ class RunConfig(_Section):
     """The whole run: input, stage settings, cluster and output folder."""
 
     output: Path = Field(description="Run folder (stage outputs and their records).")
-    input: Annotated[TwinInput | FilesInput, Field(discriminator="kind")] = Field(
+    input: Annotated[TwinInput | FilesInput | BuildInput, Field(discriminator="kind")] = Field(
         default_factory=TwinInput, description="Twin settings or real input paths.")
     training: TrainingSection = Field(default_factory=TrainingSection)
     upscale: UpscaleSection = Field(default_factory=UpscaleSection)
@@ -253,11 +270,15 @@ class RunConfig(_Section):
             return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
         upd: dict[str, Any] = {"output": fix(self.output)}
-        if isinstance(self.input, FilesInput):
-            upd["input"] = self.input.model_copy(update={
-                "cube": fix(self.input.cube), "zones": fix(self.input.zones),
-                "abcflux": fix(self.input.abcflux),
-                "truth_budgets": fix(self.input.truth_budgets)})
+        inp = self.input
+        if isinstance(inp, FilesInput | BuildInput):
+            paths = {"zones": fix(inp.zones), "abcflux": fix(inp.abcflux),
+                     "truth_budgets": fix(inp.truth_budgets)}
+            if isinstance(inp, FilesInput):
+                paths["cube"] = fix(inp.cube)
+            else:
+                paths["cube_config"] = fix(inp.cube_config)
+            upd["input"] = inp.model_copy(update=paths)
         tr = self.training
         if isinstance(tr.profile, str) and Path(tr.profile).suffix:
             upd["training"] = tr.model_copy(update={"profile": str(fix(Path(tr.profile)))})
@@ -268,7 +289,7 @@ def _flat(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         parts = [str(p) for p in (prefix, *e["loc"]) if p != ""]
-        if len(parts) > 1 and parts[0] == "input" and parts[1] in ("twin", "files"):
+        if len(parts) > 1 and parts[0] == "input" and parts[1] in ("twin", "files", "build"):
             del parts[1]  # the union member's tag is not a key of the file
         loc = ".".join(parts)
         if e["type"] == "extra_forbidden":

@@ -13,10 +13,11 @@ The identity of an earlier stage is its hash; of an external file its content ha
 modification time above 256 MB); of a Zarr store the content of its metadata documents
 (shapes, chunks, attributes — the provenance the stores carry).
 
-Stages: ``twin`` (twin input only), ``extract``, ``train``, ``upscale``, ``budgets``, ``report``
-(``report.enabled``). More stages are appended with :func:`register_stage` (one entry each).
-The runner never creates a cluster: stages run on the active scheduler (:mod:`abz_dask.clusters`
-creates one for the CLI).
+Stages: ``twin`` (twin input), ``build-cube`` (build input), ``extract``, ``train``,
+``upscale``, ``budgets``, ``report`` (``report.enabled``). More stages are appended with
+:func:`register_stage` (one entry each). The runner never creates a cluster: stages run on the
+active scheduler (:mod:`abz_dask.clusters` creates one for the CLI). A ``build-cube`` stage's
+identity is its YAML's content, not the rasters it names.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from abz_dask import __version__
-from abz_dask.config import FilesInput, RunConfig, TwinInput
+from abz_dask.config import BuildInput, FilesInput, RunConfig, TwinInput
 
 __all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "identity",
            "register_stage", "run_pipeline"]
@@ -60,20 +61,29 @@ class RunContext:
         """Folder of the generated twin (twin input only)."""
         return self.out / "twin"
 
-    def _files(self) -> FilesInput | None:
+    def _files(self) -> FilesInput | BuildInput | None:
         inp = self.config.input
-        return inp if isinstance(inp, FilesInput) else None
+        return inp if isinstance(inp, FilesInput | BuildInput) else None
+
+    @property
+    def inputs_dir(self) -> Path:
+        """Folder of the built cube and zones (build input only)."""
+        return self.out / "inputs"
 
     @property
     def cube(self) -> Path:
         """Predictor cube."""
         f = self._files()
+        if isinstance(f, BuildInput):
+            return self.inputs_dir / "cube.zarr"
         return f.cube if f else self.twin_dir / "cube.zarr"
 
     @property
     def zones(self) -> Path:
         """Zone layers."""
         f = self._files()
+        if isinstance(f, BuildInput):
+            return f.zones or self.inputs_dir / "zones.zarr"
         return f.zones if f else self.twin_dir / "zones.zarr"
 
     @property
@@ -90,9 +100,14 @@ class RunContext:
 
     @property
     def source(self) -> list[str | Path]:
-        """Input identities of the data: the twin stage, or the three input files."""
-        return ["twin"] if isinstance(self.config.input, TwinInput) else [
-            self.cube, self.zones, self.sites]
+        """Input identities of the data: the twin stage, the three input files, or the
+        build-cube stage and the ABCflux CSV."""
+        inp = self.config.input
+        if isinstance(inp, TwinInput):
+            return ["twin"]
+        if isinstance(inp, BuildInput):
+            return ["build-cube", *([inp.zones] if inp.zones else []), self.sites]
+        return [self.cube, self.zones, self.sites]
 
     @property
     def table(self) -> Path:
@@ -325,6 +340,28 @@ def _twin_outputs(ctx: RunContext) -> list[Path]:
                             "abcflux_twin.csv", "truth_budgets.csv")]
 
 
+def _build_cube(ctx: RunContext) -> dict[str, Any]:
+    import xarray as xr
+
+    from abz_dask.cube_build import build_cube
+
+    inp = ctx.config.input
+    assert isinstance(inp, BuildInput)
+    ctx.inputs_dir.mkdir(parents=True, exist_ok=True)
+    zones_out = ctx.inputs_dir / "zones.zarr"
+    res = build_cube(inp.cube_config, ctx.cube, zones_out=zones_out,
+                     progress=ctx.config.progress)
+    if inp.zones is None and not zones_out.exists():
+        from abz_dask.zones import build_zones
+
+        grid = _grid_of(xr.open_zarr(ctx.cube, consolidated=False))
+        tmp = zones_out.with_name(zones_out.name + ".tmp")
+        build_zones(grid).to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        tmp.rename(zones_out)
+    return {"cube": str(ctx.cube), "zones": str(ctx.zones), "tiles": res.n_tiles,
+            "resumed_tiles": res.resumed_tiles}
+
+
 def _extract(ctx: RunContext) -> dict[str, Any]:
     import xarray as xr
 
@@ -406,7 +443,7 @@ def _report(ctx: RunContext) -> dict[str, Any]:
 
     f = ctx._files()
     if f is not None:  # the report finds zones and sites in the run folder: link the inputs
-        for link, target in (("zones.zarr", f.zones), ("abcflux.csv", f.abcflux)):
+        for link, target in (("zones.zarr", ctx.zones), ("abcflux.csv", f.abcflux)):
             q = ctx.out / link
             if q.is_symlink() and q.resolve() != Path(target).resolve():
                 q.unlink()
@@ -432,6 +469,12 @@ STAGES: list[Stage] = [
           settings=lambda ctx: ctx.config.input.model_dump(mode="json"),
           inputs=lambda ctx: [], clean=lambda ctx: [ctx.twin_dir],
           applies=lambda config: isinstance(config.input, TwinInput)),
+    Stage("build-cube", _build_cube, outputs=lambda ctx: [ctx.cube, ctx.zones],
+          settings=lambda ctx: {"zones_given": getattr(ctx.config.input, "zones", None)
+                                is not None},
+          inputs=lambda ctx: [getattr(ctx.config.input, "cube_config", Path())],
+          clean=lambda ctx: [ctx.inputs_dir],
+          applies=lambda config: isinstance(config.input, BuildInput)),
     Stage("extract", _extract,
           outputs=lambda ctx: [ctx.table, ctx.table.parent / "extract_report.csv"],
           settings=lambda ctx: (ctx.config.input.model_dump(

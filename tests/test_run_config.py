@@ -259,15 +259,15 @@ def test_identity_of_files_and_zarr_stores(tmp_path: Path) -> None:
 def test_register_stage_appends_or_inserts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "STAGES", list(runner.STAGES))
     names = [s.name for s in runner.STAGES]
-    assert names == ["twin", "extract", "train", "upscale", "budgets", "report"]
+    assert names == ["twin", "build-cube", "extract", "train", "upscale", "budgets", "report"]
     extra = Stage("trends", lambda ctx: {}, outputs=lambda ctx: [], settings=lambda ctx: {},
                   inputs=lambda ctx: ["budgets"])
     register_stage(extra)
     assert [s.name for s in runner.STAGES][-1] == "trends"
-    cube = Stage("build-cube", lambda ctx: {}, outputs=lambda ctx: [],
+    cube = Stage("mask", lambda ctx: {}, outputs=lambda ctx: [],
                  settings=lambda ctx: {}, inputs=lambda ctx: [])
     register_stage(cube, after="twin")
-    assert [s.name for s in runner.STAGES][:2] == ["twin", "build-cube"]
+    assert [s.name for s in runner.STAGES][:3] == ["twin", "mask", "build-cube"]
     with pytest.raises(ValueError, match="already registered"):
         register_stage(extra)
     with pytest.raises(ValueError, match="no stage named 'nope'"):
@@ -287,3 +287,45 @@ def test_files_input_stages_identify_the_input_files(tmp_path: Path) -> None:
                                          tmp_path / "s.csv"]
     assert by["upscale"].inputs(ctx)[0] == "train"
     assert ctx.truth_budgets is None
+
+
+def test_build_input_builds_the_cube_then_extracts(tmp_path: Path) -> None:
+    """build-cube stage on rasters exported from a twin: the cube is rebuilt, the zones are the
+    grid's built-in layers (identical to the twin's, which come from the same geodata), and
+    the extract stage finds the twin's sites in the rebuilt cube."""
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
+    from abz_dask.twin import generate_twin
+    from abz_dask.twin.export import export_twin
+
+    layout = generate_twin(tmp_path / "twin", resolution="100km", start="2001-01",
+                           end="2002-12", seed=1, n_sites=40, progress=False)
+    exp = export_twin(layout, tmp_path / "export", lonlat_res=1.0)
+    cfg = parse_config({"output": str(tmp_path / "run"),
+                        "input": {"kind": "build", "cube_config": str(exp.config),
+                                  "abcflux": str(layout.sites)},
+                        "progress": False})
+    stages = [s for s in runner.STAGES if s.name in ("build-cube", "extract")]
+    res = run_pipeline(cfg, stages=stages)
+    assert res.status() == {"build-cube": "ran", "extract": "ran"}
+    out = tmp_path / "run"
+    built = xr.open_zarr(out / "inputs" / "cube.zarr", consolidated=False)
+    twin_cube = xr.open_zarr(layout.cube, consolidated=False)
+    assert set(twin_cube.data_vars) <= set(built.variables)
+    assert built.sizes == twin_cube.sizes
+    z_built = xr.open_zarr(out / "inputs" / "zones.zarr", consolidated=False)
+    z_twin = xr.open_zarr(layout.zones, consolidated=False)
+    for v in ("land_fraction", "abz", "biome"):
+        assert np.array_equal(z_built[v].values, z_twin[v].values, equal_nan=True), v
+    table = pd.read_parquet(out / "training" / "training_table.parquet")
+    from abz_dask.abcflux import read_abcflux
+
+    obs = read_abcflux(layout.sites)
+    assert set(table["site_id"]) <= set(obs["site_id"])
+    assert len(table) > 0.5 * len(obs)  # most site-months find all predictors in the cube
+    rec = json.loads((out / "build-cube.stage.json").read_text())
+    assert list(rec["inputs"]) == [str(exp.config)]
+    assert run_pipeline(cfg, stages=stages).status() == {"build-cube": "skipped",
+                                                         "extract": "skipped"}
