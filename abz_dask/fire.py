@@ -105,7 +105,7 @@ def read_raster(path: str | Path, variable: str | None = None, *,
         if variable is None:
             if len(names) != 1:
                 raise ValueError(f"{p}: pass variable=, one of {names}")
-            variable = names[0]
+            variable = str(names[0])
         if variable not in ds:
             raise ValueError(f"{p}: no variable {variable!r}; variables: {names}")
         da = ds[variable]
@@ -378,10 +378,13 @@ class BiasModel:
     def predict(self, month: int, years_since_fire: np.ndarray) -> np.ndarray:
         """Predicted bias (g C m⁻² month⁻¹) for a month (0 where the model is missing)."""
         r = self.table.set_index("month")
-        if month not in r.index or not np.isfinite(r.loc[month, "intercept"]):
-            return np.zeros_like(np.asarray(years_since_fire, float))
-        return r.loc[month, "intercept"] + r.loc[month, "slope"] * np.asarray(
-            years_since_fire, float)
+        ysf = np.asarray(years_since_fire, float)
+        if month not in r.index:
+            return np.zeros_like(ysf)
+        a, b = float(r.loc[month, "intercept"]), float(r.loc[month, "slope"])  # type: ignore[arg-type]
+        if not np.isfinite(a):
+            return np.zeros_like(ysf)
+        return a + b * ysf
 
 
 def fit_postfire_bias(cv: pd.DataFrame, *, months: Sequence[int] = tuple(range(1, 13)),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -231,7 +232,7 @@ def _zone_fire_budgets(fire: xr.Dataset, lay: object, cell_area: xr.DataArray,
         raise ValueError(f"fire store has no variable {variable!r}")
     out = zonal_totals(fire[variable], lay, cell_area) * TG  # type: ignore[arg-type]
     out.attrs["units"] = "Tg C yr-1"
-    return out
+    return cast(xr.DataArray, out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -238,11 +239,11 @@ def fire_domain_budgets(fire: xr.Dataset, zones: xr.Dataset, cell_area: float,
     cell = cell.drop_vars([c for c in cell.coords if c not in ("y", "x")])
     tot = domain_totals(fire[variable], zones, cell, domains) * TG
     tot.attrs["units"] = "Tg C yr-1"
-    return tot
+    return cast(xr.DataArray, tot)
 
 
 def _areas(zones: xr.Dataset, area: xr.DataArray, domains: dict[str, str]) -> pd.Series:
-    a = domain_totals(xr.ones_like(area), zones, area, domains).compute()
+    a = cast(xr.DataArray, domain_totals(xr.ones_like(area), zones, area, domains).compute())
     return pd.Series(a.values / 1e12, index=list(domains), name="area_mkm2")
 
 
@@ -289,7 +290,7 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
     doms = dict(domains or DOMAINS)
     area = pixel_area(zones, cell_area)
     sel = monthly[list(fluxes)].sel(time=slice(str(start), f"{end}-12-31"))
-    map_tot = (domain_totals(sel, zones, area, doms) * TG).compute()
+    map_tot = cast(xr.Dataset, (domain_totals(sel, zones, area, doms) * TG).compute())
     years_full = season_budgets(map_tot[fluxes[0]])["year"].values
     map_ann = map_tot.groupby("time.year").sum().sel(year=years_full)
     areas = _areas(zones, area, doms)
@@ -554,7 +555,8 @@ def write_table1(run: str | Path, out_dir: str | Path | None = None, **kw: objec
     out.mkdir(parents=True, exist_ok=True)
     _atomic(out / "table1.csv", lambda p: t1.estimate.to_csv(p, index=False))
     if t1.truth is not None:
-        _atomic(out / "table1_truth.csv", lambda p: t1.truth.to_csv(p, index=False))  # type: ignore[union-attr]
+        truth = t1.truth
+        _atomic(out / "table1_truth.csv", lambda p: truth.to_csv(p, index=False))
     _atomic(out / "table1_checks.csv", lambda p: t1.checks.to_csv(p, index=False))
     _atomic(out / "table1.md", lambda p: p.write_text(table1_markdown(t1)))
     return t1

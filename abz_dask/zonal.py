@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -133,7 +134,7 @@ def _mask(zones: xr.Dataset, within: str | None) -> xr.DataArray | None:
         m = zones.eval(within) if within not in zones else zones[within]
     except Exception as e:  # pandas eval raises many types
         raise ValueError(f"cannot evaluate within={within!r} on the zones Dataset: {e}") from e
-    return m.fillna(False).astype(bool)
+    return cast(xr.DataArray, m).fillna(False).astype(bool)
 
 
 def zone_layer(zones: xr.Dataset, layer: str | xr.DataArray, *,
@@ -211,7 +212,7 @@ def zone_layer(zones: xr.Dataset, layer: str | xr.DataArray, *,
                     names = {int(v): f"{layer}_{int(v)}" for v in vals if v >= 0}
             default_drop = [c for c, n in names.items() if n in ("none", "outside_abz")]
     else:
-        known = sorted([v for v in zones.data_vars if zones[v].dims == ("y", "x")]
+        known = sorted([str(v) for v in zones.data_vars if zones[v].dims == ("y", "x")]
                        + list(COMBINED))
         raise ValueError(f"unknown zone layer {layer!r}; choose one of {known} or pass a "
                          "label raster")
@@ -248,6 +249,7 @@ def zonal_totals(data: xr.DataArray | xr.Dataset, layer: ZoneLayer, area: xr.Dat
     from flox.xarray import xarray_reduce
 
     w = area.astype(np.float64)
+    weighted: xr.DataArray | xr.Dataset
     if isinstance(data, xr.Dataset):
         weighted = data.map(lambda v: v.astype(np.float64).fillna(0.0) * w)
     else:
@@ -261,7 +263,7 @@ def zonal_totals(data: xr.DataArray | xr.Dataset, layer: ZoneLayer, area: xr.Dat
 
 def zone_area(layer: ZoneLayer, area: xr.DataArray) -> xr.DataArray:
     """Area (m²) of every zone, ``(zone,)``, computed."""
-    a = zonal_totals(xr.ones_like(area), layer, area).compute()
+    a = cast(xr.DataArray, zonal_totals(xr.ones_like(area), layer, area).compute())
     a.name = "area_m2"
     a.attrs["units"] = "m2"
     return a
@@ -373,7 +375,7 @@ def _replicate_budgets(ds: xr.Dataset, flux: str, layer: ZoneLayer, area: xr.Dat
     name = f"{flux}_replicates"
     if name not in ds:
         return None
-    return annual_zonal_budgets(ds[name], layer, area)
+    return cast(xr.DataArray, annual_zonal_budgets(ds[name], layer, area))
 
 
 def zonal_budget_table(store: str | Path | xr.Dataset, zones: xr.Dataset,

@@ -47,6 +47,9 @@ def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
                help="Year of the post-fire bias correction [default: last fire year]")] = None,
            out: Annotated[Path | None, typer.Option(
                help="HTML file [default: RUN_DIR/report.html]")] = None,
+           compare: Annotated[bool, typer.Option(
+               help="Run the comparison stage first if RUN_DIR/compare has no figures")]
+           = False,
            workers: Workers = None) -> None:
     """Write the self-contained HTML report (Table 1, analyses, figures) of a run folder."""
     from abz_dask.report import build_report
@@ -55,7 +58,8 @@ def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
     t0 = time.perf_counter()
     try:
         with _scheduler(workers):
-            rep = build_report(run_dir, start=start, end=end, fire_year=fire_year, out=out)
+            rep = build_report(run_dir, start=start, end=end, fire_year=fire_year, out=out,
+                               compare=compare)
     except (FileNotFoundError, ValueError, IdentityError) as e:
         fail(str(e))
     typer.echo(f"report written to {rep.path} ({rep.path.stat().st_size / 1e6:.1f} MB) in "

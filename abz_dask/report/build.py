@@ -270,7 +270,8 @@ def _external_figures(root: Path) -> dict[str, Path]:
 
 
 def build_report(run: str | Path, *, start: int = 2001, end: int = 2020,
-                 fire_year: int | None = None, out: str | Path | None = None) -> Report:
+                 fire_year: int | None = None, out: str | Path | None = None,
+                 compare: bool = False) -> Report:
     """Compute every analysis of a run folder and write ``report.html`` (+ tables).
 
     Parameters
@@ -284,6 +285,10 @@ def build_report(run: str | Path, *, start: int = 2001, end: int = 2020,
         Year of the post-fire bias correction (default: the last fire year ≤ ``end``).
     out : path, optional
         The HTML file (default ``RUN/report.html``).
+    compare : bool
+        Run the comparison stage first (:func:`abz_dask.compare.run_compare`, the twin's
+        comparison products by default) when ``RUN/compare/`` holds no figures yet; its PNGs
+        are embedded whenever they exist.
 
     Returns
     -------
@@ -305,6 +310,12 @@ def build_report(run: str | Path, *, start: int = 2001, end: int = 2020,
     tdir.mkdir(exist_ok=True)
     for name, df in tables.items():
         df.to_csv(tdir / f"{name}.csv", index=False)
+    if compare and not any((root / "compare").glob("*.png")):
+        from abz_dask.compare import run_compare
+
+        t0 = time.perf_counter()
+        run_compare(root)
+        timings["compare"] = time.perf_counter() - t0
     external = _external_figures(root)
     t0 = time.perf_counter()
     text = render_html(root, t1, tables, figs, external)

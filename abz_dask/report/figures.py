@@ -4,6 +4,8 @@ and the seasonal amplitude."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -67,7 +69,7 @@ def fig_budget_series(series: xr.Dataset, trends: pd.DataFrame,
             c = _COLOURS[s]
             lab = s
             if (s, d) in t.index:
-                r = t.loc[(s, d)]
+                r = cast(pd.Series, t.loc[(s, d)])
                 lab += f" ({r['slope_per_yr']:+.1f} Tg C yr⁻², P = {r['p_value']:.3f})"
             ax.plot(yr, b, color=c, lw=1.5, label=lab)
             ax.fill_between(yr, b - sd, b + sd, color=c, alpha=0.2, lw=0)
@@ -142,7 +144,7 @@ def fig_seasonal_amplitude(per_year: pd.DataFrame, change: pd.DataFrame) -> Figu
     ax = fig.subplots()
     ch = change.set_index("domain")
     for d, g in per_year.groupby("domain", sort=False):
-        c = ch.loc[d, "change"] if d in ch.index else np.nan
+        c = float(ch.loc[d, "change"]) if d in ch.index else np.nan  # type: ignore[index, arg-type]
         ax.plot(g["year"], g["amplitude_tg_c_month"], marker="o", ms=3,
                 label=f"{d} (change {100 * c:+.0f} %)" if np.isfinite(c) else str(d))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
