@@ -200,10 +200,15 @@ def _on_chunks(series: dict[str, xr.DataArray], ref: xr.Dataset) -> dict[str, xr
 
     Only the reduced ``(year, y, x)`` series are rechunked, never the monthly inputs.
     """
+    cy, cx = _spatial_chunks(ref)
+    return {k: v.chunk({"year": -1, "y": cy, "x": cx}) for k, v in series.items()}
+
+
+def _spatial_chunks(ref: xr.Dataset) -> tuple[int, int]:
+    """Spatial chunk (tile) of the flux store's monthly maps."""
     var = ref[next(f for f in FLUXES if f in ref)]
     chunks = var.encoding.get("chunks") or (var.chunksizes["y"][0], var.chunksizes["x"][0])
-    cy, cx = int(chunks[-2]), int(chunks[-1])
-    return {k: v.chunk({"year": -1, "y": cy, "x": cx}) for k, v in series.items()}
+    return int(chunks[-2]), int(chunks[-1])
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
@@ -294,12 +299,15 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
 
     fx = _open(inputs.fluxes)
     grid = _grid_of(fx)
-    zones = _open(inputs.zones).load()
+    zones = _open(inputs.zones)
     if (zones.sizes["y"], zones.sizes["x"]) != (fx.sizes["y"], fx.sizes["x"]):
         raise ValueError(f"zones {inputs.zones} ({zones.sizes['y']}x{zones.sizes['x']}) and "
                          f"fluxes {inputs.fluxes} ({fx.sizes['y']}x{fx.sizes['x']}) differ")
-    weights = domain_weights(zones, grid.cell_area, _domains_of(fx))
-    lf = zones["land_fraction"]
+    # lazy, on the flux store's tiles: weight maps are never embedded in a task graph
+    cy, cx = _spatial_chunks(fx)
+    weights = domain_weights(zones, grid.cell_area, _domains_of(fx)).chunk(
+        {"domain": -1, "y": cy, "x": cx})
+    lf = zones["land_fraction"].chunk({"y": cy, "x": cx})
     fire = _open(inputs.fire) if inputs.fire is not None else None
     cube = _open(inputs.cube) if inputs.cube is not None else None
     truth = _open(inputs.truth) if inputs.truth is not None else None
@@ -332,6 +340,7 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
     tmaps = (xr.open_zarr(truth_path, consolidated=False, chunks=_TABLE_CHUNKS)
              if truth_path is not None else None)
     sources = {"estimate": maps, **({"truth": tmaps} if tmaps is not None else {})}
+    weights = weights.chunk(_TABLE_CHUNKS)
 
     def table(name: str, make: Callable[[], pd.DataFrame]) -> None:
         path = out / f"{name}.csv"
