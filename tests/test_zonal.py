@@ -194,3 +194,26 @@ def test_chunk_bounded_graph(store: xr.Dataset, zones: xr.Dataset) -> None:
                              zonal.pixel_area(zones, grid.cell_area))
     np.testing.assert_allclose(out.values, ref.values, rtol=1e-9)
     assert isinstance(pd.Index(out["zone_name"].values), pd.Index)
+
+
+def test_graph_building_computes_nothing(store: xr.Dataset, zones: xr.Dataset) -> None:
+    from conftest import raise_if_dask_computes
+
+    grid = zonal.store_grid(store)
+    area = zonal.pixel_area(zones, grid.cell_area)
+    lay = zonal.zone_layer(zones, "reccap2")
+    with raise_if_dask_computes():
+        ann = zonal.annual_zonal_budgets(store[["NEE", "GPP"]], lay, area)
+        dom = zonal.domain_totals(store["Reco"], zones, area)
+        reps = zonal.domain_budgets(store)
+    assert ann["NEE"].chunks and dom.chunks and reps.chunks
+
+
+def test_unfinished_store_is_refused(run100: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "fluxes.zarr"
+    shutil.copytree(run100 / "fluxes.zarr", dst)
+    (tmp_path / "fluxes.zarr.done").mkdir()  # ledger with 0 of 1 tiles
+    with pytest.raises(ValueError, match="unfinished: 0 of 1 tiles"):
+        zonal.open_flux_store(dst)
+    (tmp_path / "fluxes.zarr.done" / "all").write_text("{}")
+    assert "NEE" in zonal.open_flux_store(dst)
