@@ -34,7 +34,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["BudgetsSection", "BuildInput", "ClusterSection", "ConfigError", "FilesInput",
-           "ReportSection", "RunConfig", "TrainingSection", "TwinInput", "UpscaleSection",
+           "ReportSection", "RunConfig", "TrainingSection", "TrendsSection", "TwinInput",
+           "UpscaleSection",
            "load_config", "parse_config"]
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -182,6 +183,21 @@ class BudgetsSection(_Section):
         return self
 
 
+class TrendsSection(_Section):
+    """The trends stage: per-pixel and budget trends over the budgets period
+    (:func:`abz_dask.analyses.run_trends`, zyp-exact Theil–Sen / Mann–Kendall)."""
+
+    enabled: bool = Field(default=True, description="Compute the trends.")
+    method: Literal["zhang", "yuepilon", "none"] = Field(
+        default="zhang", description="Prewhitening of the zyp trend test.")
+    preserve_range: bool = Field(default=True, description="zyp preserve.range.for.sig.test.")
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Significance level.")
+    predictors: tuple[str, ...] = Field(
+        default=("tair", "snow_cover", "soil_moisture", "ndvi"),
+        description="Cube variables whose annual-mean trends are mapped (NAME:SEASON for a "
+        "seasonal mean).")
+
+
 class ReportSection(_Section):
     """The report stage: Table 1, analyses and ``report.html``
     (:func:`abz_dask.report.build_report`) over the budgets period."""
@@ -251,6 +267,7 @@ class RunConfig(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     upscale: UpscaleSection = Field(default_factory=UpscaleSection)
     budgets: BudgetsSection = Field(default_factory=BudgetsSection)
+    trends: TrendsSection = Field(default_factory=TrendsSection)
     report: ReportSection = Field(default_factory=ReportSection)
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     progress: bool = Field(default=True, description="Show progress bars.")

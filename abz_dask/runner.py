@@ -14,10 +14,10 @@ modification time above 256 MB); of a Zarr store the content of its metadata doc
 (shapes, chunks, attributes — the provenance the stores carry).
 
 Stages: ``twin`` (twin input), ``build-cube`` (build input), ``extract``, ``train``,
-``upscale``, ``budgets``, ``report`` (``report.enabled``). More stages are appended with
-:func:`register_stage` (one entry each). The runner never creates a cluster: stages run on the
-active scheduler (:mod:`abz_dask.clusters` creates one for the CLI). A ``build-cube`` stage's
-identity is its YAML's content, not the rasters it names.
+``upscale``, ``budgets``, ``trends`` and ``report`` (``trends.enabled``, ``report.enabled``).
+More stages are appended with :func:`register_stage` (one entry each). The runner never
+creates a cluster: stages run on the active scheduler (:mod:`abz_dask.clusters` creates one for
+the CLI). A ``build-cube`` stage's identity is its YAML's content, not the rasters it names.
 """
 
 from __future__ import annotations
@@ -438,6 +438,21 @@ def _budgets(ctx: RunContext) -> dict[str, Any]:
     return {"rows": len(tab), "n_years": int(est["n_years"].iloc[0])}
 
 
+def _trends(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.analyses import TrendConfig, TrendInputs, run_trends
+
+    b, t = ctx.config.budgets, ctx.config.trends
+    twin = ctx._files() is None
+    opt = {n: ctx.twin_dir / f"{n}.zarr" for n in ("fire", "truth")} if twin else {}
+    inputs = TrendInputs(fluxes=ctx.fluxes, zones=ctx.zones, cube=ctx.cube,
+                         **{k: (v if v.exists() else None) for k, v in opt.items()})
+    cfg = TrendConfig(start=b.start_year, end=b.end_year, method=t.method,
+                      preserve_range=t.preserve_range, alpha=t.alpha, predictors=t.predictors)
+    res = run_trends(inputs, ctx.out / "trends", cfg, overwrite=True,
+                     progress=ctx.config.progress)
+    return {"maps": str(res.maps), "tables": sorted(res.tables)}
+
+
 def _report(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.report import build_report
 
@@ -491,6 +506,12 @@ STAGES: list[Stage] = [
     Stage("budgets", _budgets, outputs=lambda ctx: [ctx.out / "budgets.csv"],
           settings=lambda ctx: ctx.config.budgets.model_dump(mode="json"),
           inputs=_budget_inputs),
+    Stage("trends", _trends, outputs=lambda ctx: [ctx.out / "trends" / "trend_maps.zarr",
+                                                  ctx.out / "trends" / "budget_trends.csv"],
+          settings=lambda ctx: {**ctx.config.budgets.model_dump(mode="json"),
+                                **ctx.config.trends.model_dump(mode="json")},
+          inputs=lambda ctx: ["upscale", *ctx.source], clean=lambda ctx: [ctx.out / "trends"],
+          applies=lambda config: config.trends.enabled),
     Stage("report", _report, outputs=lambda ctx: [ctx.out / "report.html",
                                                   ctx.out / "table1.csv"],
           settings=lambda ctx: {**ctx.config.budgets.model_dump(mode="json"),

@@ -76,8 +76,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with open_cluster(cfg.cluster):
         res = run_pipeline(cfg)
     assert res.status() == dict.fromkeys(
-        ("twin", "extract", "train", "upscale", "budgets", "report"), "ran")
+        ("twin", "extract", "train", "upscale", "budgets", "trends", "report"), "ran")
     assert (out / "report.html").stat().st_size > 0
+    assert (out / "trends" / "budget_trends.csv").stat().st_size > 0
     return out
 
 
@@ -103,7 +104,7 @@ def test_rerun_skips_and_changed_settings_rerun_downstream(reference: Path,
     assert set(res.status().values()) == {"skipped"}
     before = (out / "budgets.csv").read_text()
     cfg2 = _config(out, budgets={"start_year": 2002, "end_year": 2003},
-                   report={"enabled": False})
+                   trends={"enabled": False}, report={"enabled": False})
     res2 = run_pipeline(cfg2)
     assert res2.status() == {"twin": "skipped", "extract": "skipped", "train": "skipped",
                              "upscale": "skipped", "budgets": "ran"}
@@ -127,7 +128,7 @@ def _assert_same_store(run: Path, ref: Path) -> None:
 
 
 def test_local_cluster_bit_identical_to_threads(reference: Path, tmp_path: Path) -> None:
-    cfg = _config(tmp_path / "local", input=_files_input(reference),
+    cfg = _config(tmp_path / "local", input=_files_input(reference), trends={"enabled": False},
                   cluster={"kind": "local", "workers": 2})
     assert cfg.report.enabled
     with open_cluster(cfg.cluster) as s:
@@ -293,7 +294,7 @@ def test_slurm_pipeline_identical(reference: Path, slurm: dict[str, str], tmp_pa
     out = tmp_path / "slurm"
     cfg = {"output": str(out), "input": _files_input(reference),
            "training": {"profile": PROFILE}, "budgets": {"start_year": 2001, "end_year": 2004},
-           "report": {"enabled": False},
+           "trends": {"enabled": False}, "report": {"enabled": False},
            "cluster": {"kind": "slurm", "workers": 2, "wait_timeout": 240},
            "progress": False}
     cfg_path = tmp_path / "run.yaml"
@@ -394,7 +395,8 @@ def test_gateway_pipeline_identical(reference: Path, gateway: dict[str, str], tm
     import dask
 
     out = tmp_path / "gateway"
-    cfg = _config(out, input=_files_input(reference), report={"enabled": False},
+    cfg = _config(out, input=_files_input(reference), trends={"enabled": False},
+                  report={"enabled": False},
                   cluster={"kind": "gateway", "address": gateway["address"], "workers": 2,
                            "wait_timeout": 240})
     auth = {"gateway.auth.type": "basic",

@@ -51,6 +51,9 @@ def test_unknown_keys_are_errors_naming_the_key(data: dict[str, Any], expect: st
     ({"upscale": {"bootstrap_sample": 1.5}}, "upscale.bootstrap_sample", "1.5"),
     ({"upscale": {"tile": 2}}, "upscale.tile", "2"),
     ({"budgets": {"start_year": 2010, "end_year": 2001}}, "end_year 2001", "2010"),
+    ({"trends": {"method": "sen"}}, "trends.method", "sen"),
+    ({"trends": {"alpha": 1.5}}, "trends.alpha", "1.5"),
+    ({"report": {"fire_year": 1800}}, "report.fire_year", "1800"),
     ({"cluster": {"kind": "yarn"}}, "cluster.kind", "yarn"),
     ({"cluster": {"kind": "address"}}, "needs cluster.address", "address"),
     ({"cluster": {"kind": "local", "workers": 0}}, "cluster.workers", "0"),
@@ -73,7 +76,7 @@ def test_defaults_are_the_demo() -> None:
     assert (cfg.input.start, cfg.input.end) == ("1990-01", "2020-12")
     assert cfg.training.profile == "light" and cfg.training.fluxes == ("NEE", "GPP", "Reco")
     assert (cfg.budgets.start_year, cfg.budgets.end_year) == (2001, 2020)
-    assert cfg.cluster.kind == "local" and cfg.report.enabled
+    assert cfg.cluster.kind == "local" and cfg.report.enabled and cfg.trends.enabled
 
 
 def test_load_config_resolves_paths_and_overrides_cluster(tmp_path: Path) -> None:
@@ -259,11 +262,12 @@ def test_identity_of_files_and_zarr_stores(tmp_path: Path) -> None:
 def test_register_stage_appends_or_inserts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "STAGES", list(runner.STAGES))
     names = [s.name for s in runner.STAGES]
-    assert names == ["twin", "build-cube", "extract", "train", "upscale", "budgets", "report"]
-    extra = Stage("trends", lambda ctx: {}, outputs=lambda ctx: [], settings=lambda ctx: {},
+    assert names == ["twin", "build-cube", "extract", "train", "upscale", "budgets", "trends",
+                     "report"]
+    extra = Stage("extra", lambda ctx: {}, outputs=lambda ctx: [], settings=lambda ctx: {},
                   inputs=lambda ctx: ["budgets"])
     register_stage(extra)
-    assert [s.name for s in runner.STAGES][-1] == "trends"
+    assert [s.name for s in runner.STAGES][-1] == "extra"
     cube = Stage("mask", lambda ctx: {}, outputs=lambda ctx: [],
                  settings=lambda ctx: {}, inputs=lambda ctx: [])
     register_stage(cube, after="twin")
