@@ -149,7 +149,9 @@ def zone_layer(zones: xr.Dataset, layer: str | xr.DataArray, *,
     layer : str or xarray.DataArray
         A variable of ``zones`` (``biome``, ``continent``, ``key_region``, ``reccap2``, ``igbp``,
         ``abz``, ``permafrost``), a combined layer (``key_region_biome``, ``continent_biome``) or
-        a user's integer label raster on the grid (``(y, x)``; negative or NaN = no zone).
+        a user's integer label raster on the grid (``(y, x)``; negative or NaN = no zone;
+        user polygons: rasterise them with :func:`abz_dask.user_zones.rasterize_polygons`
+        and pass ``drop_codes=[0]``).
     names : mapping, optional
         Code -> name. Default: the CF ``flag_meanings`` of the layer (codes named ``none`` or
         ``outside_abz`` are dropped), ``{1: layer}`` for boolean layers, ``zone_<code>`` for a

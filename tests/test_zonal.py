@@ -217,3 +217,24 @@ def test_unfinished_store_is_refused(run100: Path, tmp_path: Path) -> None:
         zonal.open_flux_store(dst)
     (tmp_path / "fluxes.zarr.done" / "all").write_text("{}")
     assert "NEE" in zonal.open_flux_store(dst)
+
+
+def test_user_polygons_rasterised(store: xr.Dataset, zones: xr.Dataset) -> None:
+    """Two half-planes as user polygons: their budgets add up to the ABZ budget."""
+    from shapely.geometry import box
+
+    from abz_dask.user_zones import rasterize_polygons
+
+    grid = zonal.store_grid(store)
+    w = grid.half_width
+    lab = rasterize_polygons([box(-w, -w, 0, w), box(0, -w, w, w)], [1, 2], grid)
+    raster = xr.DataArray(lab, dims=("y", "x"), name="halves")
+    lay = zonal.zone_layer(zones, raster, names={1: "west", 2: "east"})
+    area = zonal.pixel_area(zones, grid.cell_area)
+    halves = zonal.annual_zonal_budgets(store["NEE"], lay, area).compute()
+    whole = zonal.domain_budgets(store).sel(flux="NEE", model=0, domain="abz").compute()
+    np.testing.assert_allclose(halves.sum("zone").values, whole.values, rtol=1e-6)
+    west = (zones["x"].values < 0)[None, :] & zones["abz"].values
+    ann = np.nan_to_num(store["NEE"].values.astype(float)).reshape(4, 12, *west.shape).sum(1)
+    ref = (ann * area.values * west).sum(axis=(1, 2)) * 1e-12
+    np.testing.assert_allclose(halves.sel(zone=1).values, ref, rtol=1e-9)
