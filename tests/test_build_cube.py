@@ -147,7 +147,8 @@ def test_built_cube_runs_through_training_and_upscale(built: dict[str, Any]) -> 
     est = budgets["built"]["estimate_tg_c_yr"]
     ref = budgets["twin"]["estimate_tg_c_yr"]
     assert np.isfinite(est).all()
-    # same models on two cubes that differ only by the resampling error above
+    # same models on two cubes that differ only by the errors above (annual-mean covers in fire
+    # cells, the filled NDVI gap); measured 0.01-2.4 % per domain, bound 3 % (empirical)
     rel = (est - ref).abs() / ref.abs().clip(lower=1.0)
     assert (rel < 0.03).all(), pd.concat([est, ref], axis=1)
 
