@@ -18,6 +18,7 @@ from abz_dask.report.maps import (
     TREND_BREAKS,
     TREND_LABELS,
     class_map,
+    extent_km,
     polar_axes,
 )
 
@@ -160,9 +161,10 @@ def fig_burned(history: xr.Dataset, zones: xr.Dataset, period: str) -> Figure:
     fig = Figure(figsize=(5.2, 4.8))
     ax = fig.subplots()
     last = history["last_burn"].transpose("y", "x")
-    mesh = ax.pcolormesh(last["x"].values / 1e3, last["y"].values / 1e3,
-                         np.ma.masked_invalid(np.asarray(last.values, float)), cmap="YlOrRd",
-                         shading="nearest", rasterized=True)
+    x, y = last["x"].values / 1e3, last["y"].values / 1e3
+    mesh = ax.imshow(np.ma.masked_invalid(np.asarray(last.values, float)), cmap="YlOrRd",
+                     extent=extent_km(x, y), origin="upper" if y[0] > y[-1] else "lower",
+                     interpolation="nearest")
     fig.colorbar(mesh, ax=ax, shrink=0.75, label="year of last burn")
     polar_axes(ax, zones)
     ax.set_title(f"burned pixels {period}", fontsize=9)

@@ -27,6 +27,13 @@ TREND_LABELS = ("< −2", "−1.9…−1.0", "−0.9…0", "0.1…1.0", "1.1…2
 CLASS_COLOURS = ("#00441b", "#41ab5d", "#c7e9c0", "#fdd0a2", "#f16913", "#7f2704")
 
 
+def extent_km(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """``imshow`` extent (km) of cell-centre coordinates (km) of a regular grid."""
+    dx, dy = abs(x[1] - x[0]), abs(y[1] - y[0])
+    return (float(x.min() - dx / 2), float(x.max() + dx / 2), float(y.min() - dy / 2),
+            float(y.max() + dy / 2))
+
+
 def polar_axes(ax: Axes, zones: xr.Dataset | None, *, south: float = 49.0) -> None:
     """Style an axis as a polar map: equal aspect, no ticks, land outline and 49°N circle."""
     ax.set_aspect("equal")
@@ -73,8 +80,9 @@ def class_map(fig: Figure, ax: Axes, field: xr.DataArray, breaks: Sequence[float
     norm = BoundaryNorm(bounds, cmap.N)
     f = field.transpose("y", "x")
     x, y = f["x"].values / 1e3, f["y"].values / 1e3
-    ax.pcolormesh(x, y, np.ma.masked_invalid(np.asarray(f.values, float)), cmap=cmap,
-                         norm=norm, shading="nearest", rasterized=True)
+    ax.imshow(np.ma.masked_invalid(np.asarray(f.values, float)), cmap=cmap, norm=norm,
+              extent=extent_km(x, y), origin="upper" if y[0] > y[-1] else "lower",
+              interpolation="nearest")
     if stipple is not None:
         s = np.asarray(stipple.transpose("y", "x").values, bool)
         yy, xx = np.nonzero(s)
