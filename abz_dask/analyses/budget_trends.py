@@ -65,7 +65,7 @@ def seasonal_budgets(sums: xr.DataArray, season: str | Sequence[int] = "annual",
         ``time`` replaced by ``year``.
     """
     months = season_months(season)
-    years = whole_years(sums["time"].values, months, start, end)
+    years = whole_years(pd.DatetimeIndex(sums["time"].values), months, start, end)
     if len(years) == 0:
         raise ValueError(f"no year in {start}..{end} has all months {list(months)} "
                          "in the domain sums")

@@ -100,12 +100,12 @@ def write_zarr_atomic(ds: xr.Dataset, path: str | Path, *, compute: bool = True
         if np.issubdtype(var.dtype, np.floating):
             enc["_FillValue"] = np.nan
         encoding[str(name)] = enc
-    delayed = ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding,
-                         compute=compute)
     if compute:
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
         finish_atomic(path)
         return None
-    return delayed
+    return ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding,
+                      compute=False)
 
 
 def finish_atomic(path: str | Path) -> None:

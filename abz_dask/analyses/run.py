@@ -122,11 +122,11 @@ class TrendInputs:
                    "truth": run / "twin" / "truth.zarr"}
         default.update({k: v for k, v in paths.items() if v is not None})
         for k in ("fluxes", "zones"):
-            if not Path(default[k]).exists():  # type: ignore[arg-type]
+            if not Path(default[k]).exists():
                 raise FileNotFoundError(f"{k} store {default[k]} does not exist")
         opt = {k: (Path(v) if v is not None and Path(v).exists() else None)
                for k, v in default.items() if k not in ("fluxes", "zones")}
-        return cls(fluxes=Path(default["fluxes"]), zones=Path(default["zones"]),  # type: ignore[arg-type]
+        return cls(fluxes=Path(default["fluxes"]), zones=Path(default["zones"]),
                    **opt)
 
 
@@ -146,7 +146,8 @@ def flux_series(fluxes: xr.Dataset, cfg: TrendConfig, *, fire: xr.Dataset | None
     out: dict[str, xr.DataArray] = {}
     for f in FLUXES:
         if f not in fluxes:
-            raise KeyError(f"flux dataset has no variable {f!r} (has {sorted(fluxes.data_vars)})")
+            have = sorted(map(str, fluxes.data_vars))
+            raise KeyError(f"flux dataset has no variable {f!r} (has {have})")
         out[f] = seasonal_series(fluxes[f], "annual", start=cfg.start, end=cfg.end)
     for s in NEE_SEASONS:
         out[f"NEE_{s}"] = seasonal_series(fluxes["NEE"], s, start=cfg.start, end=cfg.end)
@@ -166,7 +167,8 @@ def predictor_series(cube: xr.Dataset, cfg: TrendConfig) -> dict[str, xr.DataArr
         p, _, season = item.partition(":")
         season = season or "annual"
         if p not in cube:
-            raise KeyError(f"predictor {p!r} is not in the cube (has {sorted(cube.data_vars)})")
+            have = sorted(map(str, cube.data_vars))
+            raise KeyError(f"predictor {p!r} is not in the cube (has {have})")
         if "time" not in cube[p].dims:
             raise ValueError(f"predictor {p!r} has no time dimension (a static layer has no "
                              "trend)")

@@ -64,7 +64,7 @@ def trend_area_shares(maps: xr.Dataset, variables: Sequence[str], weights: xr.Da
         for f in ("trend", "sig"):
             if f"{v}_{f}" not in maps:
                 raise KeyError(f"trend maps have no variable {v}_{f!s} "
-                               f"(have {sorted(maps.data_vars)})")
+                               f"(have {sorted(map(str, maps.data_vars))})")
         tr, p = _strip(maps[f"{v}_trend"]), _strip(maps[f"{v}_sig"])
         valid = tr.notnull() & p.notnull()
         sig = valid & (p < alpha)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -74,7 +75,7 @@ def trends(
     typer.echo(f"trend outputs in {res.out} ({time.perf_counter() - t0:.1f} s)")
 
 
-def _summary(tables: dict[str, object]) -> None:
+def _summary(tables: Mapping[str, object]) -> None:
     """Print the NEE share and budget-trend lines of the ABZ domain."""
     import pandas as pd
 
