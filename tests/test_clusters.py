@@ -422,7 +422,7 @@ def test_address_connects_to_a_running_scheduler() -> None:
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as lc:
+                      dashboard_address="127.0.0.1:0") as lc:
         spec = ClusterSection(kind="address", address=lc.scheduler_address)
         with open_cluster(spec) as s:
             assert s.cluster is None and s.n_workers == 1
