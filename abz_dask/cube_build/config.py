@@ -65,8 +65,9 @@ class GapFillSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["linear"] = Field(
-        "linear", description="Interior gaps of at most max_gap months: linear in time.")
-    max_gap: int = Field(2, ge=1, description="Longest gap (months) filled linearly; longer "
+        default="linear", description="Interior gaps of at most max_gap months: linear in time.")
+    max_gap: int = Field(
+        default=2, ge=1, description="Longest gap (months) filled linearly; longer "
                          "gaps and gaps at the ends get the seasonal climatology.")
 
 
@@ -77,30 +78,34 @@ class SourceSpec(BaseModel):
 
     files: str = Field(description="Glob pattern with {year}/{month}/{day}/{doy} fields, "
                        "relative to the configuration file.")
-    variable: str | None = Field(None, description="NetCDF variable (default: the only "
+    variable: str | None = Field(default=None, description="NetCDF variable (default: the only "
                                  "data variable with two spatial dimensions).")
-    band: int = Field(1, ge=1, description="GeoTIFF band (1-based).")
-    scale: float = Field(1.0, description="value = raw * scale + offset (after CF decoding).")
+    band: int = Field(default=1, ge=1, description="GeoTIFF band (1-based).")
+    scale: float = Field(
+        default=1.0, description="value = raw * scale + offset (after CF decoding).")
     offset: float = 0.0
     nodata: list[float] = Field(default_factory=list, description="Raw sentinel values.")
     nodata_below: float | None = Field(
-        None, description="Raw values strictly below this are no data (e.g. -10000).")
+        default=None, description="Raw values strictly below this are no data (e.g. -10000).")
     nodata_at_or_below: float | None = Field(
-        None, description="Raw values at or below this are no data (e.g. 0).")
+        default=None, description="Raw values at or below this are no data (e.g. 0).")
     recode: dict[int, int] | None = Field(
-        None, description="Categorical: raw code -> code, applied before the legend check.")
+        default=None, description="Categorical: raw code -> code, applied before the legend check.")
     valid_range: tuple[float, float] | None = Field(
-        None, description="Allowed range after scaling; values outside are an error.")
-    units: str | None = Field(None, description="Units after scaling; must be the catalogue's.")
+        default=None, description="Allowed range after scaling; values outside are an error.")
+    units: str | None = Field(
+        default=None, description="Units after scaling; must be the catalogue's.")
     temporal: Temporal
     missing_year: Literal["error", "previous", "next", "nearest"] = Field(
-        "error", description="Annual layers: which year to use when a year has no file.")
+        default="error", description="Annual layers: which year to use when a year has no file.")
     categorical: bool = False
     resampling: Literal["average", "mode"] | None = Field(
-        None, description="average (continuous, default) or mode (categorical, default).")
-    legend: list[int] | None = Field(None, description="Allowed codes of a categorical layer.")
+        default=None, description="average (continuous, default) or mode (categorical, default).")
+    legend: list[int] | None = Field(
+        default=None, description="Allowed codes of a categorical layer.")
     gapfill: GapFillSpec | None = None
-    crs: str | None = Field(None, description="CRS for files that carry none (e.g. EPSG:4326).")
+    crs: str | None = Field(
+        default=None, description="CRS for files that carry none (e.g. EPSG:4326).")
 
     @model_validator(mode="after")
     def _check(self) -> SourceSpec:
@@ -123,17 +128,20 @@ class ZoneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     file: str = Field(description="Shapefile / GeoPackage / GeoJSON, or a GeoTIFF.")
-    attribute: str | None = Field(None, description="Feature attribute holding the zone.")
-    layer: str | None = Field(None, description="Layer of a multi-layer vector file.")
-    band: int = Field(1, ge=1, description="Band of a raster zone file.")
+    attribute: str | None = Field(default=None, description="Feature attribute holding the zone.")
+    layer: str | None = Field(default=None, description="Layer of a multi-layer vector file.")
+    band: int = Field(default=1, ge=1, description="Band of a raster zone file.")
     values: dict[str, int] | None = Field(
-        None, description="Attribute value -> layer code (default: the layer's flag names).")
+        default=None,
+        description="Attribute value -> layer code (default: the layer's flag names).")
     other: int | None = Field(
-        None, description="Code for attribute values missing from 'values' (default: error).")
+        default=None,
+        description="Code for attribute values missing from 'values' (default: error).")
     method: Literal["centre", "fraction"] = Field(
-        "centre", description="centre: cell-centre rule; fraction: covered fraction of each "
+        default="centre",
+        description="centre: cell-centre rule; fraction: covered fraction of each "
         "cell (land/lake/ice fractions).")
-    supersample: int = Field(8, ge=2, le=32, description="Sub-cells per axis for fraction.")
+    supersample: int = Field(default=8, ge=2, le=32, description="Sub-cells per axis for fraction.")
 
 
 class BuildConfig(BaseModel):
@@ -141,13 +149,15 @@ class BuildConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    grid: str | float = Field("50km", description="Grid preset or resolution in metres.")
+    grid: str | float = Field(default="50km", description="Grid preset or resolution in metres.")
     start: str = Field(description="First month YYYY-MM.")
     end: str = Field(description="Last month YYYY-MM.")
-    tile: int | None = Field(None, ge=8, description="Tile edge in cells (default as the twin).")
+    tile: int | None = Field(
+        default=None, ge=8, description="Tile edge in cells (default as the twin).")
     predictors: dict[str, SourceSpec]
     zones: dict[str, ZoneSpec] = Field(default_factory=dict)
-    base_zones: str | None = Field(None, description="zones.zarr whose layers the user zones "
+    base_zones: str | None = Field(
+        default=None, description="zones.zarr whose layers the user zones "
                                    "replace (default: the built-in layers of the grid).")
 
     @field_validator("start", "end", mode="before")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ _FIELD = re.compile(r"\{(year|month|day|doy)(?::0?(\d)d)?\}")
 _NC_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5")
 #: HDF5 chunk cache per open NetCDF variable (bytes).
 NC_CHUNK_CACHE_BYTES = 16 * 2**20
+#: The HDF5 / netCDF-C libraries are not thread-safe: every NetCDF open, read and close of this
+#: module holds this lock (tile tasks run in threads).
+NC_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,8 @@ def discover(spec: SourceSpec, root: Path, name: str) -> list[Entry]:
 def _nc_times(path: Path, spec: SourceSpec, name: str) -> list[pd.Timestamp]:
     import xarray as xr
 
-    with xr.open_dataset(path, engine="netcdf4", mask_and_scale=False) as ds:
+    with NC_LOCK, xr.open_dataset(path, engine="netcdf4", mask_and_scale=False,
+                                  lock=False) as ds:
         var = _nc_variable(ds, spec, name, path)
         tdim = [d for d in ds[var].dims if d not in ds[var].dims[-2:]]
         if not tdim:
@@ -212,6 +217,7 @@ class Reader:
     geometry: Geometry
     path: Path
     variable: str
+    _nc: Any = None  # the xarray Dataset of a NetCDF source
 
     def __init__(self, path: Path, spec: SourceSpec, name: str):
         self.path = path
@@ -234,7 +240,6 @@ class Reader:
         import rasterio
 
         self._ds = rasterio.open(self.path)
-        self._nc = None
         self.variable = f"band {self.spec.band}"
         if self.spec.band > self._ds.count:
             raise ValueError(f"{self.name}: {self.path} has {self._ds.count} band(s), "
@@ -266,13 +271,14 @@ class Reader:
 
         # HDF5 chunk cache of files opened from now on (process-wide setting): bounded, so
         # memory does not grow with the size of the file
-        netCDF4.set_chunk_cache(NC_CHUNK_CACHE_BYTES)
-        ds = xr.open_dataset(self.path, engine="netcdf4", mask_and_scale=False,
-                             decode_times=False, cache=False)
+        with NC_LOCK:
+            netCDF4.set_chunk_cache(NC_CHUNK_CACHE_BYTES)
+            ds = xr.open_dataset(self.path, engine="netcdf4", mask_and_scale=False,
+                                 decode_times=False, cache=False, lock=False)
         self._nc = ds
         self.variable = _nc_variable(ds, self.spec, self.name, self.path)
         var = ds[self.variable]
-        ydim, xdim = var.dims[-2:]
+        ydim, xdim = (str(d) for d in var.dims[-2:])
         if xdim not in ds.coords or ydim not in ds.coords:
             raise CRSError(f"{self.name}: {self.path} variable {self.variable!r} has no "
                            f"coordinate variables for {ydim!r}/{xdim!r}")
@@ -341,10 +347,11 @@ class Reader:
 
             raw = self._ds.read(self.spec.band, window=Window(c0, r0, c1 - c0, r1 - r0))
         else:
-            sel: dict[str, Any] = {self._dims[-2]: slice(r0, r1), self._dims[-1]: slice(c0, c1)}
+            sel: dict[Any, Any] = {self._dims[-2]: slice(r0, r1), self._dims[-1]: slice(c0, c1)}
             if self._tdim:
                 sel[self._tdim[0]] = 0 if index is None else index
-            raw = np.asarray(self._nc[self.variable].isel(sel).values)
+            with NC_LOCK:
+                raw = np.asarray(self._nc[self.variable].isel(sel).values)
         out = raw.astype(np.float64)
         for s in self.sentinels:
             out[raw == s if not np.isnan(s) else np.isnan(out)] = np.nan
@@ -366,7 +373,8 @@ class Reader:
         if self._nc is None:
             self._ds.close()
         else:
-            self._nc.close()
+            with NC_LOCK:
+                self._nc.close()
 
     def __enter__(self) -> Reader:
         return self
