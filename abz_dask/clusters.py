@@ -20,7 +20,8 @@ gateway    ``dask_gateway.Gateway(address).new_cluster(**options)``; authenticat
 ========== ==============================================================================
 
 ``workers`` (or ``adapt``) sets the scale of the last four; the context waits until the first
-workers have joined (``wait_timeout``) and closes everything it created on exit.
+workers have joined (``wait_timeout``; for ``address``: ``workers``, default 1) and closes
+everything it created on exit.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def open_cluster(spec: ClusterSection) -> Iterator[ClusterSession]:
 
     if kind == "address":
         with Client(spec.address, **spec.options) as client:
+            _wait(client, spec.workers or 1, spec, f"scheduler at {spec.address}")
             yield ClusterSession(kind, client, None, f"scheduler at {spec.address}")
         return
 

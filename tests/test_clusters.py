@@ -428,6 +428,11 @@ def test_address_connects_to_a_running_scheduler() -> None:
             assert s.cluster is None and s.n_workers == 1
             assert s.client.scheduler.address == lc.scheduler_address
             assert s.client.submit(sum, [1, 2]).result() == 3
+        few = ClusterSection(kind="address", address=lc.scheduler_address, workers=3,
+                             wait_timeout=1)
+        with pytest.raises(RuntimeError, match=r"fewer than 3 worker\(s\) joined within 1 s"), \
+                open_cluster(few):
+            pass
 
 
 def test_kubernetes_needs_its_extra() -> None:
