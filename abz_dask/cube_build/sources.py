@@ -31,6 +31,7 @@ from pyproj import CRS
 from abz_dask.cube_build.config import SourceSpec, same_units
 from abz_dask.cube_build.validate import (
     CRSError,
+    CubeBuildError,
     DuplicateTimeError,
     MissingFileError,
     UnitsError,
@@ -109,8 +110,7 @@ def _stamp(groups: dict[str, str], fields: list[str], path: str) -> pd.Timestamp
     try:
         return pd.Timestamp(y, m, d)
     except ValueError as e:
-        raise DuplicateTimeError(f"{path}: file name gives an impossible date "
-                                 f"{groups}") from e
+        raise CubeBuildError(f"{path}: file name gives an impossible date {groups}") from e
 
 
 def discover(spec: SourceSpec, root: Path, name: str) -> list[Entry]:
