@@ -1,6 +1,6 @@
 """Parity with R caret + randomForest on the same leave-one-site-out folds (slow).
 
-Runs ``benchmarks/r_parity.py`` on the twin-like synthetic table of 60 sites: both sides tune
+Runs ``benchmarks/r_parity.py`` on the training table of a small twin (60 sites): both sides tune
 mtry over {2, 9, 17} on identical fold ids; the chosen mtry must agree (or be a near-tie by R's
 own mean fold RMSE) and the pooled LOSO R² must agree within ±0.03, RMSE within 5 %.
 """
@@ -34,9 +34,10 @@ def test_tuning_matches_r_caret_randomforest(tmp_path: Path) -> None:
     if why:
         print(f"R parity skipped: {why}")
         pytest.skip(why)
-    res = rp.run_parity(rp.parity_table(60), ntree=100, seed=448, workdir=tmp_path)
+    table = rp.twin_parity_table(tmp_path, n_sites=60)
+    res = rp.run_parity(table, ntree=50, seed=448, workdir=tmp_path)
     print("\n" + res.drop(columns=["seconds_py", "seconds_r"]).to_string(index=False))
-    assert (res["n_sites"] == 60).all()
+    assert (res["n_sites"] >= 55).all()  # a site whose every row lacks a predictor is dropped
     for _, row in res.iterrows():
         assert rp.mtry_agrees(row), row.to_dict()
         assert abs(row["R2_py"] - row["R2_r"]) <= 0.03, row.to_dict()

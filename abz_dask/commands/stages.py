@@ -88,8 +88,8 @@ def train(
         cv = m["cv_metrics"]
         typer.echo(f"  {f}: mtry {m['central']['mtry']}, n {m['n_rows']} rows / "
                    f"{m['n_sites']} sites, "
-                   f"CV R² {cv['r2']:.3f}, RMSE {cv['rmse']:.2f}, MAE {cv['mae']:.2f}, "
-                   f"MBE {cv['mbe']:+.2f} g C m⁻² month⁻¹")
+                   f"CV R² {cv['R2']:.3f}, RMSE {cv['RMSE']:.2f}, MAE {cv['MAE']:.2f}, "
+                   f"MBE {cv['MBE']:+.2f} g C m⁻² month⁻¹")
 
 
 def upscale(
