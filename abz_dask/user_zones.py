@@ -273,11 +273,22 @@ def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
     -------
     Path
     """
+    import json
+
     from abz_dask.zones import build_zones
 
     out = Path(out)
+    token = json.dumps({"grid": str(config.grid), "base_zones": config.base_zones,
+                        "zones": {n: z.model_dump(mode="json")
+                                  for n, z in sorted(config.zones.items())}}, sort_keys=True)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; remove it or pass overwrite")
+        try:
+            done = xr.open_zarr(out, consolidated=False).attrs.get("user_zones_config")
+        except Exception:
+            done = None
+        if done == token:  # finished by an earlier run with the same settings
+            return out
+        raise FileExistsError(f"{out} exists (other zone settings); remove it or pass overwrite")
     grid = Grid.from_preset(config.grid)
     if config.base_zones:
         bz = Path(config.base_zones)
@@ -294,6 +305,7 @@ def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     zones.attrs["user_zones"] = ", ".join(f"{n}={s.file}" for n, s in config.zones.items())
+    zones.attrs["user_zones_config"] = token
     zones.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
     if out.exists():
         shutil.rmtree(out)

@@ -140,6 +140,11 @@ def test_write_user_zones_replaces_only_the_given_layers(tmp_path: Path,
     for name in ("abz", "land_fraction", "permafrost", "reccap2"):
         np.testing.assert_array_equal(z[name].values, base[name].values)
     assert not (tmp_path / "zones.zarr.tmp").exists()
+    assert write_user_zones(cfg, tmp_path, out) == out  # a rerun with the same settings: done
+    other = BuildConfig.model_construct(grid="100km", zones={
+        "biome": ZoneSpec(file="biomes.gpkg", attribute="zone", other=0)}, base_zones=None)
+    with pytest.raises(FileExistsError, match="other zone settings"):
+        write_user_zones(other, tmp_path, out)
 
 
 def test_other_code_for_unlisted_values(tmp_path: Path, lat: np.ndarray) -> None:
