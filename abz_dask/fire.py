@@ -279,7 +279,7 @@ def regrid_to_grid(src: xr.DataArray, grid: Grid, *, kind: Literal["density", "t
     res.attrs = {**{k: v for k, v in src.attrs.items() if k in ("long_name", "units")},
                  "regrid": f"{method} mass-conserving ({kind}), per m2 of target cell",
                  "mass_in": m_in, "mass_out": m_out, "mass_outside_grid": m_lost}
-    return grid.attach(res)  # type: ignore[return-value]
+    return grid.attach(res)
 
 
 # --------------------------------------------------------------------------------------------

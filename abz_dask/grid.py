@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import overload
 
 import dask.array as da
 import numpy as np
@@ -193,6 +194,12 @@ class Grid:
                 "standard_name": "projection_x_coordinate", "units": "m", "axis": "X"}),
         }
 
+    @overload
+    def attach(self, obj: xr.Dataset) -> xr.Dataset: ...
+
+    @overload
+    def attach(self, obj: xr.DataArray) -> xr.DataArray: ...
+
     def attach(self, obj: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
         """Attach CRS and transform the rioxarray way (``spatial_ref`` coordinate)."""
         import rioxarray  # noqa: F401  (registers the .rio accessor)
@@ -206,7 +213,7 @@ class Grid:
     def template(self) -> xr.Dataset:
         """An empty Dataset with the grid's coordinates and CRS."""
         ds = xr.Dataset(coords=self.coords())
-        return self.attach(ds)  # type: ignore[return-value]
+        return self.attach(ds)
 
     def subset(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
         """Cell-centre coordinates ``(y, x)`` of a window."""

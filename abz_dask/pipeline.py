@@ -43,8 +43,8 @@ def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: in
     """
     truth = pd.read_csv(truth_csv)
     truth = truth[(truth["year"] >= start) & (truth["year"] <= end)]
-    tmean = truth.groupby(["domain", "flux"], as_index=False)["budget_tg_c_yr"].mean()
-    tmean = tmean.rename(columns={"budget_tg_c_yr": "truth_tg_c_yr"})
+    tmean = truth.groupby(["domain", "flux"], as_index=False).agg(
+        truth_tg_c_yr=("budget_tg_c_yr", "mean"))
     tab = estimate.merge(tmean, on=["domain", "flux"], how="left")
     tab["rel_error"] = (tab["estimate_tg_c_yr"] - tab["truth_tg_c_yr"]) / tab["truth_tg_c_yr"].abs()
     order = {"abz": 0, "tundra": 1, "boreal": 2, "permafrost": 3}

@@ -40,7 +40,7 @@ def compute_with_progress(tasks: Sequence[Any], label: str, *, enabled: bool = T
                 _bar(label, i, n)
         if enabled:
             sys.stderr.write("\n")
-        return client.gather(futures)  # type: ignore[no-any-return]
+        return client.gather(futures)
     if enabled:
         from dask.diagnostics import ProgressBar
 

@@ -80,7 +80,7 @@ class TileLedger:
 
     def read(self, tile: Tile) -> dict[str, Any]:
         """The info saved with a finished tile."""
-        return json.loads((self.dir / tile.key).read_text())  # type: ignore[no-any-return]
+        return json.loads((self.dir / tile.key).read_text())
 
     def count(self) -> int:
         """Number of finished tiles."""

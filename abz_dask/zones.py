@@ -446,7 +446,7 @@ def build_zones(grid: Grid, *, cache_dir: str | os.PathLike[str] | None = None,
         raise RuntimeError(f"{path} holds zones version {ds.attrs.get('zones_version')!r}, "
                            f"expected {ZONES_VERSION!r}; delete it to rebuild")
     ds = ds[[n for n in _DTYPES if n in ds]]  # fixed variable order
-    return grid.attach(ds)  # type: ignore[return-value]
+    return grid.attach(ds)
 
 
 def _write_store(grid: Grid, path: Path, src: str,
@@ -470,7 +470,7 @@ def _write_store(grid: Grid, path: Path, src: str,
             else:
                 arr = da.zeros((ny, nx), dtype=_DTYPES[n], chunks=(rows, chunks_x))
                 ds[n] = (("y", "x"), arr, attrs[n])
-        return grid.attach(ds)  # type: ignore[return-value]
+        return grid.attach(ds)
 
     def write(block: dict[str, np.ndarray], r0: int, r1: int) -> None:
         ds = xr.Dataset({n: (("month", "y", "x") if n in _MONTHLY else ("y", "x"), v)

@@ -14,7 +14,6 @@ import xarray as xr
 from abz_dask.abcflux import read_abcflux
 from abz_dask.extract import extract_training_table
 from abz_dask.grid import Grid
-
 from abz_dask.predictors import BOOTSTRAP_PREDICTORS, PREDICTOR_NAMES
 from abz_dask.training import (
     PROFILES,

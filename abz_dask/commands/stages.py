@@ -145,13 +145,13 @@ def upscale(
     typer.echo(f"\nflux store {out}: {len(tiles)} tiles in {wall:.1f} s wall")
     nf = len(ms.fluxes)
     for f_ in sorted({bootstrap_sample, 1.0, 0.1}, reverse=True):
-        p = project_core_hours(tiles, n_fluxes=nf, n_bootstrap=20, bootstrap_sample=f_)
-        typer.echo(f"measured {p['tree_rows_per_core_s'] / 500:,.0f} rows per core-second per "
+        proj = project_core_hours(tiles, n_fluxes=nf, n_bootstrap=20, bootstrap_sample=f_)
+        typer.echo(f"measured {proj['tree_rows_per_core_s'] / 500:,.0f} rows per core-second per "
                    f"500-tree forest (whole tile tasks; "
-                   f"{p['mean_trees_measured']:.0f}-tree forests run) -> full 1-km product "
+                   f"{proj['mean_trees_measured']:.0f}-tree forests run) -> full 1-km product "
                    f"({nf} fluxes x (1 + 20 bootstraps x f={f_:g}), "
                    f"240 months, 20.7 M land cells, 500 trees): "
-                   f"{p['core_hours_1km']:,.0f} core-hours")
+                   f"{proj['core_hours_1km']:,.0f} core-hours")
 
 
 def register(app: typer.Typer) -> None:

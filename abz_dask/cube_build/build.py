@@ -69,7 +69,7 @@ def _template(plan: BuildPlan) -> xr.Dataset:
         else:
             assert v.series is not None
             cube[p.name] = (("time",), v.series.astype(np.float32), attrs)
-    cube = grid.attach(cube)  # type: ignore[assignment]
+    cube = grid.attach(cube)
     cube.attrs.update(provenance(generator="abz_dask.cube_build", grid=grid.name,
                                  build_config_token=plan.token))
     return cube

@@ -44,4 +44,4 @@ def guvectorize(signatures: Any, layout: str, **kwargs: Any) -> Callable[[F], F]
     kwargs.setdefault("fastmath", FASTMATH)
     kwargs.setdefault("nopython", True)
     kwargs.setdefault("target", "cpu")
-    return numba.guvectorize(signatures, layout, **kwargs)  # type: ignore[no-any-return]
+    return numba.guvectorize(signatures, layout, **kwargs)

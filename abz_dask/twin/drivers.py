@@ -215,7 +215,8 @@ def dynamic_predictors(b: Block, static: dict[str, np.ndarray], years: np.ndarra
 
 def cell_indices(b: Block) -> tuple[np.ndarray, np.ndarray]:
     """Broadcast global row/column indices of a block."""
-    return np.broadcast_arrays(b.row, b.col)
+    rows, cols = np.broadcast_arrays(b.row, b.col)
+    return rows, cols
 
 
 def block_noise(b: Block, seed: int, name: str, year: int = 0) -> np.ndarray:

@@ -58,7 +58,7 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     names: list[str] = []
     # real FLUXNET2015 coordinates, snapped to the nearest domain cell within 1.5 cells
     ref = _reference_sites()
-    px, py = grid.project(ref["longitude"].values, ref["latitude"].values)
+    px, py = grid.project(ref["longitude"].to_numpy(), ref["latitude"].to_numpy())
     for name, x, y in zip(ref["site_id"], px, py, strict=True):
         d2 = (xs[cols_all] - x) ** 2 + (ys[rows_all] - y) ** 2
         k = int(np.argmin(d2))
@@ -104,7 +104,7 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     site["disturb_year"] = -9999
     nf = len(fire_cells)
     site.loc[site.index[-nf:], "disturbance"] = "Fire"
-    fy = bf["year"].values[burn_year[site["row"].values[-nf:], site["col"].values[-nf:]]]
+    fy = bf["year"].values[burn_year[site["row"].to_numpy()[-nf:], site["col"].to_numpy()[-nf:]]]
     site.loc[site.index[-nf:], "disturb_year"] = fy
     n_other = round(0.04 * n_sites)  # 3 thermokarst + 5 harvested of 200 in the paper
     others = rng.choice(np.flatnonzero(site["disturbance"] == "No"), size=n_other, replace=False)
@@ -114,8 +114,8 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     # coordinates: jitter inside the cell (real sites keep their own coordinates)
     jx = (rng.uniform(-0.45, 0.45, len(site))) * grid.resolution
     jy = (rng.uniform(-0.45, 0.45, len(site))) * grid.resolution
-    x = xs[site["col"].values] + jx
-    y = ys[site["row"].values] + jy
+    x = xs[site["col"].to_numpy()] + jx
+    y = ys[site["row"].to_numpy()] + jy
     lon, lat = _lonlat_block(y[None, :], x[None, :])
     site["longitude"], site["latitude"] = lon[0], lat[0]
     real = site["name"] != ""
@@ -127,13 +127,13 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
                              "Boreal")
     counter: dict[str, int] = {}
     for i in np.flatnonzero(~real):
-        cc = _REGION_CC.get(int(site.at[i, "region"]), "XX")
+        cc = _REGION_CC.get(int(site["region"].iloc[i]), "XX")
         counter[cc] = counter.get(cc, 0) + 1
         site.at[i, "name"] = f"{cc}-T{counter[cc]:02d}"
     # design: method and record length (lognormal, mean ≈ 25 months, 1–213)
     n = len(site)
     ec = rng.uniform(size=n) < 0.55
-    ec[real.values] = True
+    ec[real.to_numpy()] = True
     length = np.where(ec, rng.lognormal(2.95, 1.0, n), rng.lognormal(1.4, 0.8, n))
     length = np.clip(np.round(length), 1, 213).astype(int)
     n_long = min(9, int(ec.sum()), max(1, round(0.045 * n)))  # 9 long-term sites of 200
@@ -177,13 +177,13 @@ def site_observations(site: pd.DataFrame, truth: xr.Dataset, cube: xr.Dataset, s
     """Monthly observations of every site in the ABCflux v1 column format."""
     rng = rng_for(seed, "observations")
     time = pd.DatetimeIndex(truth["time"].values)
-    yi = xr.DataArray(site["row"].values, dims="site")
-    xi = xr.DataArray(site["col"].values, dims="site")
+    yi = xr.DataArray(site["row"].to_numpy(), dims="site")
+    xi = xr.DataArray(site["col"].to_numpy(), dims="site")
     tr = truth[["NEE", "GPP", "Reco"]].isel(y=yi, x=xi).load()
     tair = cube["tair"].isel(y=yi, x=xi).values
     veg = cube["vegtype"].isel(y=yi, x=xi).values
     recs = []
-    for s, row in site.iterrows():
+    for s, (_, row) in enumerate(site.iterrows()):
         months = _site_months(row, time, rng)
         f_gpp = np.exp(rng.normal(0, 0.12))
         f_reco = f_gpp * np.exp(rng.normal(0, 0.08))

@@ -79,6 +79,6 @@ def block_rows(arrays: Mapping[str, np.ndarray], months: np.ndarray) -> BlockRow
 
 def scatter_rows(values: np.ndarray, rows: BlockRows, dtype: type = np.float32) -> np.ndarray:
     """Place row values back on the block ``(nt, ny, nx)`` (NaN where no row)."""
-    out = np.full(rows.valid.shape, np.nan, dtype=dtype)
+    out: np.ndarray = np.full(rows.valid.shape, np.nan, dtype=dtype)
     out[rows.valid] = values
     return out

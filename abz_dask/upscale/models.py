@@ -101,7 +101,7 @@ def compile_bundle(bundle: Any, fluxes: list[str] | None = None, n_bootstrap: in
     return ModelSet(central, boots)
 
 
-def ship(models: ModelSet) -> Any:
+def ship(models: Any) -> Any:
     """Make ``models`` available to tasks once per worker; returns what tasks should receive."""
     client = active_client()
     if client is None:
