@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from abz_dask import __version__
 from abz_dask.config import BuildInput, FilesInput, RunConfig, TwinInput
 
@@ -533,8 +531,3 @@ def register_stage(stage: Stage, *, after: str | None = None) -> None:
     if after not in names:
         raise ValueError(f"no stage named {after!r}; stages: {names}")
     STAGES.insert(names.index(after) + 1, stage)
-
-
-def budgets_frame(result: RunResult) -> pd.DataFrame:
-    """The budgets table a run wrote."""
-    return pd.read_csv(result.out / "budgets.csv")
