@@ -34,14 +34,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.ndimage import gaussian_filter
 from sklearn.ensemble import RandomForestRegressor
 
 from abz_dask.kernels import forest as fk
-from abz_dask.predictors import PREDICTOR_NAMES, VEG_CLASSES
+from abz_dask.predictors import PREDICTOR_NAMES, PREDICTORS, VEG_CLASSES
 
 #: The full 1-km product: land cells × months × models × fluxes (forest evaluations).
 PRODUCT_EVALUATIONS = 20.7e6 * 240 * 21 * 3
@@ -180,6 +182,59 @@ def load_benchmark_data(*, tile: int = 128, months: int = 12, n_sites: int = 400
                          f"months = {len(tile_rows)} rows")
 
 
+def load_twin_data(run: Path, *, tile: int = 128, year: int = 2010, seed: int = 0
+                   ) -> BenchmarkData:
+    """The digital twin's training table (NEE) and one upscaler tile of its predictor cube.
+
+    Training rows: ``RUN/training/training_table.parquet`` (written by ``abz-dask train`` or the
+    demo), categorical month and vegetation type encoded by mean response (DECISIONS 7) as in
+    training. Tile rows: the ``tile × tile`` block of the cube with the most domain cells, the 12
+    months of ``year``, each month's valid cells in row-major order and encoded the same way —
+    exactly what :func:`abz_dask.upscale.tiles.upscale_tile` feeds the kernel.
+    """
+    import xarray as xr
+
+    from abz_dask.encoding import fit_encoding
+    from abz_dask.extract import read_training_table
+    from abz_dask.predictors import CATEGORICAL
+    from abz_dask.upscale.blocks import block_rows
+
+    table = read_training_table(run / "training" / "training_table.parquet")
+    table = table[table["NEE"].notna()].reset_index(drop=True)
+    frame = table[list(PREDICTOR_NAMES)].astype(np.float32)
+    y = table["NEE"].to_numpy(np.float64)
+    enc = fit_encoding(frame, y, list(CATEGORICAL))
+    X = enc.transform(frame, PREDICTOR_NAMES).astype(np.float64)
+    cube = xr.open_zarr(run / "twin" / "cube.zarr", consolidated=False, chunks=None)
+    dom = np.isfinite(cube["cti"].values)
+    ny, nx = dom.shape
+    tile = min(tile, ny, nx)
+    best = max(((r, c) for r in range(0, ny - tile + 1, 8) for c in range(0, nx - tile + 1, 8)),
+               key=lambda rc: dom[rc[0]:rc[0] + tile, rc[1]:rc[1] + tile].sum())
+    ys, xs = slice(best[0], best[0] + tile), slice(best[1], best[1] + tile)
+    t = np.flatnonzero(cube["time"].dt.year.values == year)
+    arrays = {}
+    for p in PREDICTORS:
+        if p.kind == "calendar":
+            continue
+        v = cube[p.name]
+        v = v.isel(time=t) if "time" in v.dims else v
+        arrays[p.name] = (v.isel(y=ys, x=xs) if "y" in v.dims else v).values
+    rows = block_rows(arrays, cube["time"].dt.month.values[t])
+    keep = rows.valid.all(axis=0)  # cells valid in every month: equal month blocks
+    raw = np.vstack([rows.matrix[sl][keep[rows.valid[k]]]
+                     for k, sl in enumerate(rows.month_slices)])
+    tile_rows = np.ascontiguousarray(
+        enc.transform(pd.DataFrame(raw, columns=list(PREDICTOR_NAMES)), PREDICTOR_NAMES),
+        dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    shuffled = np.ascontiguousarray(tile_rows[rng.permutation(len(tile_rows))])
+    return BenchmarkData(X, y, tile_rows, int(keep.sum()), shuffled,
+                         f"digital twin {run}: {len(X)} NEE training rows x 17 predictors; "
+                         f"{tile}x{tile} tile at rows {best[0]}, cols {best[1]} ({int(keep.sum())} "
+                         f"domain cells) x 12 months of {year} = {len(tile_rows)} rows")
+
+
 # --------------------------------------------------------------------------------------------
 # Timing helpers
 # --------------------------------------------------------------------------------------------
@@ -308,12 +363,16 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--tl2cgen-trees", type=int, default=25,
                     help="trees compiled by TL2cgen; its rows/s is scaled by n/500")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--twin", type=Path, default=None,
+                    help="run folder of a demo (RUN/twin + RUN/training): fit on the twin's "
+                         "training table and predict one of its tiles (default: a stand-in)")
     args = ap.parse_args(argv)
     repeats = 2 if args.quick else args.repeats
     budget = 1.0 if args.quick else 3.0  # CPU seconds per timed pass of a slow peer
 
     t_start = time.perf_counter()
-    data = load_benchmark_data(tile=64 if args.quick else 128)
+    data = (load_twin_data(args.twin, tile=64 if args.quick else 128) if args.twin
+            else load_benchmark_data(tile=64 if args.quick else 128))
     print(f"# {data.description}")
     print(f"# python {platform.python_version()}, numpy {np.__version__}, "
           f"cpu: {_cpu_name()}")
