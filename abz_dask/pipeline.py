@@ -128,6 +128,7 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = 0,
     progress : bool
         Show progress bars.
     """
+    from abz_dask.report import build_report  # Table 1 (CSV + Markdown) and report.html
     from abz_dask.upscale import budget_table, project_core_hours
 
     out = Path(out)
@@ -154,8 +155,6 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = 0,
     proj = project_core_hours(tiles, n_fluxes=3, n_bootstrap=20,
                               bootstrap_sample=bootstrap_sample)
     proj["n_bootstrap_run"] = nb
-    from abz_dask.report import build_report  # Table 1 (CSV + Markdown) and report.html
-
     t0 = time.perf_counter()
     build_report(out, start=start_year, end=end_year)
     timings["report_s"] = time.perf_counter() - t0
