@@ -21,7 +21,6 @@ The last line reads ``sd_rel_dev_f0.1=<x> mem_ratio=<y> core_hours_exact=<a> cor
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import tempfile
 import time
@@ -99,6 +98,20 @@ def _synthetic_stores(grid: Grid, root: Path) -> tuple[Path, Path]:
     return cube_p, zones_p
 
 
+def _vm_hwm_kb(reset: bool = False) -> int:
+    """This process's peak resident set (``VmHWM``, kB); ``reset`` restarts the peak first.
+
+    ``getrusage().ru_maxrss`` is not used: it survives ``exec`` and so includes the parent's
+    memory at fork, which differs between the two grids.
+    """
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def worker_memory(run: Path, grids: list[str]) -> pd.DataFrame:
     """Peak RSS of one worker process upscaling a synthetic cube on each grid."""
     bundle = load_bundle(run / "models")
@@ -110,17 +123,15 @@ def worker_memory(run: Path, grids: list[str]) -> pd.DataFrame:
             cube_p, zones_p = _synthetic_stores(grid, Path(tmp))
             cluster, client = _cluster(1)
             try:
-                base = max(client.run(lambda: resource.getrusage(
-                    resource.RUSAGE_SELF).ru_maxrss).values())
+                base = max(client.run(_vm_hwm_kb, True).values())
                 tiles = run_upscale(cube_p, zones_p, Path(tmp) / f"out_{name}.zarr", models,
                                     UpscaleConfig(tile=32), progress=False)
-                peak = max(client.run(lambda: resource.getrusage(
-                    resource.RUSAGE_SELF).ru_maxrss).values())
+                peak = max(client.run(_vm_hwm_kb).values())
             finally:
                 client.close()
                 cluster.close()
             rows.append({"grid": name, "shape": f"{grid.shape[0]}x{grid.shape[1]}",
-                         "tiles": len(tiles), "worker_rss_before_MB": base / 1024,
+                         "tiles": len(tiles), "worker_rss_at_start_MB": base / 1024,
                          "worker_peak_rss_MB": peak / 1024})
     return pd.DataFrame(rows)
 
@@ -133,8 +144,15 @@ def main() -> None:
     ap.add_argument("--memory", nargs="+", default=["50km", "25km"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep RUN/bench")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory measurement")
     a = ap.parse_args()
     t0 = time.perf_counter()
+    if a.memory_only:
+        mem = worker_memory(a.run, a.memory)
+        print(mem.to_string(index=False))
+        peak = mem["worker_peak_rss_MB"]
+        print(f"mem_ratio={peak.iloc[-1] / peak.iloc[0]:.3f}")
+        return
     acc, timing, all_tiles = sampled_accuracy(a.run, a.fractions, a.workers)
     print("# sampled bootstraps: bootstrap SD of 2001-2020 budgets vs exact (Tg C/yr)")
     print(acc.to_string(index=False))
