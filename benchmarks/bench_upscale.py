@@ -84,6 +84,46 @@ def sampled_accuracy(run: Path, fractions: list[float], workers: int
     return tab, pd.DataFrame(timing), all_tiles
 
 
+def paper_forest_throughput(run: Path, years: tuple[str, str], f: float, workers: int
+                            ) -> pd.DataFrame:
+    """Upscale ``years`` with paper-size forests and return the tile records.
+
+    The demo bundle's central model and first bootstrap model of every flux are refitted with 500
+    trees (same rows, settings and seeds otherwise); the 500-tree bootstrap model stands in for
+    all 20 replicates, so the cost of the product is measured (not its uncertainty).
+    """
+    import dataclasses
+
+    from abz_dask.extract import read_training_table
+    from abz_dask.predictors import PREDICTOR_NAMES
+    from abz_dask.upscale.models import ModelSet, _compile
+
+    cube = run / "twin" / "cube.zarr"
+    bundle = load_bundle(run / "models", cube=xr.open_zarr(cube, consolidated=False))
+    table = read_training_table(run / "training" / "training_table.parquet")
+    central, boots = {}, {}
+    for flux, model in bundle.models.items():
+        rows = table[table[flux].notna()]
+        frame, y = rows[list(PREDICTOR_NAMES)].astype(np.float32), rows[flux].to_numpy()
+        refit = []
+        for m in (model, bundle.bootstraps[flux][0]):
+            est = m.estimator.__class__(**{**m.estimator.get_params(), "n_estimators": 500,
+                                           "n_jobs": workers})
+            est.fit(m.design_matrix(frame), y)
+            est.set_params(n_jobs=1)
+            refit.append(_compile(flux, dataclasses.replace(m, estimator=est)))
+        central[flux], boots[flux] = refit[0], (refit[1],) * 20
+    models = ModelSet(central, boots)
+    cluster, client = _cluster(workers)
+    try:
+        return run_upscale(cube, run / "twin" / "zones.zarr", run / "bench" / "paper_forests.zarr",
+                           models, UpscaleConfig(start=f"{years[0]}-01", end=f"{years[1]}-12",
+                                                 bootstrap_sample=f), progress=False)
+    finally:
+        client.close()
+        cluster.close()
+
+
 def _synthetic_stores(grid: Grid, root: Path) -> tuple[Path, Path]:
     cube = synthetic_cube(grid, start="2001-01", periods=24).chunk({"time": 12, "y": 32, "x": 32})
     cube_p, zones_p = root / f"cube_{grid.name}.zarr", root / f"zones_{grid.name}.zarr"
@@ -145,8 +185,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep RUN/bench")
     ap.add_argument("--memory-only", action="store_true", help="only the memory measurement")
+    ap.add_argument("--paper-forests", nargs=2, metavar=("FIRST_YEAR", "LAST_YEAR"),
+                    help="only the throughput of 500-tree forests over these years (f = 0.1)")
     a = ap.parse_args()
     t0 = time.perf_counter()
+    if a.paper_forests:
+        tiles = paper_forest_throughput(a.run, tuple(a.paper_forests), 0.1, a.workers)
+        pe, p1 = (project_core_hours(tiles, 3, 20, f) for f in (1.0, 0.1))
+        print(f"# 500-tree forests, whole tile tasks: {pe['tree_rows_per_core_s']:,.0f} "
+              f"tree-rows per core-second = {pe['tree_rows_per_core_s'] / 500:,.0f} rows/s per "
+              f"forest ({tiles['cpu_s'].sum():.0f} CPU-s, {len(tiles)} tiles)")
+        print(f"core_hours_exact={pe['core_hours_1km']:.0f} "
+              f"core_hours_f0.1={p1['core_hours_1km']:.0f}")
+        if not a.keep:
+            shutil.rmtree(a.run / "bench", ignore_errors=True)
+        return
     if a.memory_only:
         mem = worker_memory(a.run, a.memory)
         print(mem.to_string(index=False))
