@@ -365,15 +365,10 @@ def load_config(path: str | Path, *, cluster: str | None = None) -> RunConfig:
     ConfigError
         Missing file, YAML syntax error, unknown keys or invalid values.
     """
-    import yaml
+    from abz_dask.yamlfile import read_mapping
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: run configuration file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data: Any = read_mapping(p, "run configuration", ConfigError)
     if cluster is not None:
         if cluster not in CLUSTER_KINDS:
             raise ConfigError(f"--cluster {cluster!r}: choose one of {list(CLUSTER_KINDS)}")

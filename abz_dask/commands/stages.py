@@ -24,13 +24,12 @@ def _train_config(path: Path | None) -> dict[str, Any]:
     """Read the optional YAML of ``abz-dask train`` (keys :data:`_TRAIN_KEYS`)."""
     if path is None:
         return {}
-    import yaml
+    from abz_dask.yamlfile import read_mapping
 
-    if not path.is_file():
-        fail(f"{path}: training config not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        fail(f"{path}: a training config must be a YAML mapping")
+    try:
+        data = read_mapping(path, "training config")
+    except ValueError as e:
+        fail(str(e))
     unknown = sorted(set(data) - _TRAIN_KEYS)
     if unknown:
         fail(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TRAIN_KEYS)}")

@@ -41,10 +41,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from abz_dask.predictors import PREDICTORS, VEG_CLASSES
+from abz_dask.yamlfile import read_mapping
 
 __all__ = ["BuildConfig", "GapFillSpec", "SourceSpec", "ZoneSpec", "load_config"]
 
@@ -249,14 +249,7 @@ def load_config(path: str | Path) -> tuple[BuildConfig, Path]:
         Naming the file and the offending entries.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such configuration file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    raw = read_mapping(path, "build-cube configuration")
     try:
         return BuildConfig.model_validate(raw), path.absolute().parent
     except ValueError as e:

@@ -109,12 +109,9 @@ def resolve_profile(spec: str | Path | TrainingProfile | Mapping[str, Any]) -> T
         if not p.is_file():
             raise ValueError(f"unknown training profile {str(spec)!r}: not one of "
                              f"{sorted(PROFILES)} and not a YAML file")
-        import yaml
+        from abz_dask.yamlfile import read_mapping
 
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: a training profile must be a YAML mapping")
-        spec = data
+        spec = read_mapping(p, "training profile")
     over = dict(spec)
     base_name = over.pop("base", "paper")
     if base_name not in PROFILES:
