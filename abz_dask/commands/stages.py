@@ -39,8 +39,8 @@ def _train_config(path: Path | None) -> dict[str, Any]:
 def train(
     run: Annotated[Path, typer.Argument(help="Run folder (writes RUN/training and RUN/models)")],
     config: Annotated[Path | None, typer.Option(
-        help="YAML with any of: cube, zones, sites, profile (name, YAML path or mapping), "
-             "fluxes, seed; flags given on the command line win")] = None,
+        help="YAML with any of: cube, zones, sites (relative to the YAML's folder), profile "
+             "(name, YAML path or mapping), fluxes, seed; command-line flags win")] = None,
     cube: Annotated[Path | None, typer.Option(help="Predictor cube (default RUN/twin/cube.zarr)")]
     = None,
     zones: Annotated[Path | None, typer.Option(help="Zones (default RUN/twin/zones.zarr)")] = None,
@@ -61,7 +61,8 @@ def train(
     from abz_dask.training import resolve_profile
 
     cfg = _train_config(config)
-    paths = {k: Path(v) if v is not None else Path(cfg.get(k, run / "twin" / default))
+    base = config.parent if config is not None else Path()  # config paths are relative to it
+    paths = {k: v if v is not None else base / cfg[k] if k in cfg else run / "twin" / default
              for k, v, default in (("cube", cube, "cube.zarr"), ("zones", zones, "zones.zarr"),
                                    ("sites", sites, "abcflux_twin.csv"))}
     for k, p in paths.items():
