@@ -35,7 +35,7 @@ def test_tuning_matches_r_caret_randomforest(tmp_path: Path) -> None:
         print(f"R parity skipped: {why}")
         pytest.skip(why)
     table = rp.twin_parity_table(tmp_path, n_sites=60)
-    res = rp.run_parity(table, ntree=30, seed=448, workdir=tmp_path)
+    res = rp.run_parity(table, ntree=50, seed=448, workdir=tmp_path)
     print("\n" + res.drop(columns=["seconds_py", "seconds_r"]).to_string(index=False))
     # the twin's 60-site network keeps ~53 sites with observations of each flux in 2001-2010
     assert (res["n_sites"] >= 45).all()

@@ -239,8 +239,8 @@ def _cli_upscale(run: Path, out: Path) -> subprocess.Popen[bytes]:
 
 def test_killed_run_resumes_only_missing_tiles_bit_identical(tiny_run: Path,
                                                              tmp_path: Path) -> None:
-    ref = tmp_path / "ref.zarr"
-    assert _cli_upscale(tiny_run, ref).wait(timeout=400) == 0
+    ref = tmp_path / "ref.zarr"  # uninterrupted, same 8-cell tiles, threads in this process
+    _upscale(tiny_run, ref, _models(tiny_run), tile=8)
     out = tmp_path / "killed.zarr"
     proc = _cli_upscale(tiny_run, out)
     ledger = TileLedger(out)
