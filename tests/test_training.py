@@ -351,3 +351,78 @@ def test_twin_csv_to_bundle_checked_against_the_cube(tmp_path: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)  # classes without sites are expected
         loaded = load_bundle(tmp_path / "run" / "models", cube=cube)
     assert loaded.fluxes == ["NEE", "GPP", "Reco"]
+
+
+# ---------------------------------------------------------------- resumable tuning
+
+_RESUME_SCRIPT = """
+import sys
+from pathlib import Path
+from abz_dask.training import TrainingProfile, run_training
+from abz_dask.training.synthetic import synthetic_training_table
+
+prof = TrainingProfile(name="resume", cv="loso", tuning_trees=40, final_trees=10,
+                       bootstrap_trees=5, n_bootstrap=2, importance_repeats=0, pdp_points=0)
+tab = synthetic_training_table(n_sites=16, months_per_site=(6, 12), seed=4)
+run_training(tab, Path(sys.argv[1]), profile=prof, fluxes=("NEE",), seed=6, progress=False)
+"""
+
+
+def _ledger_files(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns
+            for p in (out / "training" / "cv_fits").glob("*/*_fold*_mtry*.npz")}
+
+
+def test_killed_tuning_resumes_only_missing_fits_bit_identical(tmp_path: Path) -> None:
+    """SIGKILL a LOSO tuning run mid-way; the rerun refits only the missing folds and gives the
+    same CV predictions and models as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", _RESUME_SCRIPT, str(killed)], env=env)
+    deadline = time.monotonic() + 300
+    while len(_ledger_files(killed)) < 8 and proc.poll() is None:
+        assert time.monotonic() < deadline, "tuning never recorded a fit"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _ledger_files(killed)
+    n_total = 16 * 3  # 16 sites (one fold each) x mtry grid {2, 9, 17}
+    assert 8 <= len(before) < n_total, "the kill should land mid-tuning"
+    assert not (killed / "models" / "card.json").exists()
+
+    subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(killed)], env=env, check=True)
+    after = _ledger_files(killed)
+    assert len(after) == n_total
+    assert all(after[k] == v for k, v in before.items()), "finished fits were recomputed"
+    subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(clean)], env=env, check=True)
+    a = pd.read_csv(killed / "training" / "cv_predictions.csv")
+    b = pd.read_csv(clean / "training" / "cv_predictions.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    ma, mb = load_bundle(killed / "models"), load_bundle(clean / "models")
+    from abz_dask.extract import read_training_table
+
+    tab = read_training_table(clean / "training" / "training_table.parquet")
+    assert ma.models["NEE"].mtry == mb.models["NEE"].mtry
+    assert np.array_equal(ma.models["NEE"].predict(tab), mb.models["NEE"].predict(tab))
+    X = tab[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)
+    for ba, bb in zip(ma.bootstraps["NEE"], mb.bootstraps["NEE"], strict=True):
+        assert np.array_equal(ba.estimator.predict(X), bb.estimator.predict(X))
+
+
+def test_fit_ledger_is_keyed_by_what_determines_the_fits(tmp_path: Path) -> None:
+    from abz_dask.training.ledger import FitLedger
+
+    a = FitLedger(tmp_path, {"seed": 1, "profile": {"tuning_trees": 500}})
+    a.save("NEE", 3, 2, np.arange(4), np.linspace(0, 1, 4))
+    same = FitLedger(tmp_path, {"profile": {"tuning_trees": 500}, "seed": 1})
+    other = FitLedger(tmp_path, {"seed": 2, "profile": {"tuning_trees": 500}})
+    got = same.load("NEE", 3, 2)
+    assert got is not None and np.array_equal(got[1], np.linspace(0, 1, 4))
+    assert other.load("NEE", 3, 2) is None and len(other) == 0 and len(same) == 1
+    assert same.load("NEE", 3, 9) is None

@@ -67,6 +67,7 @@ def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, 
              else read_training_table(table_or_path))
     write_training_table(table, out / "training")
     bundle = train_bundle(table, profile=profile, fluxes=fluxes, seed=seed, progress=progress,
-                          diagnostics_dir=out / "training")
+                          diagnostics_dir=out / "training",
+                          checkpoint_dir=out / "training" / "cv_fits")
     bundle.save(out / "models")
     return bundle

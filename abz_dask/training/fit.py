@@ -51,6 +51,7 @@ from abz_dask.predictors import (
 from abz_dask.progress import active_client, compute_with_progress
 from abz_dask.training.bundle import CARD_FORMAT, CARD_VERSION, FluxModel, ModelBundle
 from abz_dask.training.folds import fold_ids, iter_folds
+from abz_dask.training.ledger import FitLedger
 from abz_dask.training.metrics import metrics, rmse
 from abz_dask.training.profiles import TrainingProfile, resolve_profile
 
@@ -283,8 +284,8 @@ class TuneResult:
     predictions: dict[int, np.ndarray]
 
 
-def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True
-         ) -> dict[str, TuneResult]:
+def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True,
+         ledger: FitLedger | None = None) -> dict[str, TuneResult]:
     """Cross-validate every fold × mtry of every flux as Dask tasks and pick mtry.
 
     Parameters
@@ -297,6 +298,9 @@ def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True
         Base seed.
     progress : bool
         Show a progress bar of fits done.
+    ledger : FitLedger, optional
+        Fits found there are reused and every new fit is recorded there as it finishes, so a
+        killed run resumes with only the missing fits (bit-identical results).
 
     Returns
     -------
@@ -305,15 +309,27 @@ def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True
     """
     grid = _mtry_grid(data.profile)
     fit = dask.delayed(_cv_fit, pure=True)
-    tasks = []
+    results: list[_CVFit] = []
+    todo: list[tuple[str, int, int]] = []
     for flux, d in data.fluxes.items():
         for fold, _, _ in iter_folds(d.folds):
             for m in grid:
-                tasks.append(fit(ref, flux, fold, m, _task_seed(seed, "cv", flux, fold, m)))
+                found = ledger.load(flux, fold, m) if ledger is not None else None
+                if found is None:
+                    todo.append((flux, fold, m))
+                else:
+                    results.append(_CVFit(flux, fold, m, *found))
+    tasks = [fit(ref, f, fold, m, _task_seed(seed, "cv", f, fold, m)) for f, fold, m in todo]
     n_folds = {f: len(np.unique(d.folds)) for f, d in data.fluxes.items()}
     label = (f"tuning: {len(tasks)} fits ({', '.join(f'{f} {n}' for f, n in n_folds.items())} "
-             f"folds x mtry {list(grid)})")
-    results: list[_CVFit] = compute_with_progress(tasks, label, enabled=progress)
+             f"folds x mtry {list(grid)})" + (f", {len(results)} done before" if results else ""))
+
+    def record(_: int, r: _CVFit) -> None:
+        assert ledger is not None
+        ledger.save(r.flux, r.fold, r.mtry, r.test, r.pred)
+
+    results += compute_with_progress(tasks, label, enabled=progress,
+                                     on_result=record if ledger is not None else None)
     out: dict[str, TuneResult] = {}
     for flux, d in data.fluxes.items():
         preds = {m: np.full(len(d.y), np.nan) for m in grid}
@@ -370,8 +386,8 @@ def _cv_frame(table: pd.DataFrame, d: FluxData, pred: np.ndarray) -> pd.DataFram
 
 def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light",
                  fluxes: Sequence[str] = ("NEE", "GPP", "Reco"), seed: int = 448,
-                 progress: bool = True, diagnostics_dir: str | Path | None = None
-                 ) -> ModelBundle:
+                 progress: bool = True, diagnostics_dir: str | Path | None = None,
+                 checkpoint_dir: str | Path | None = None) -> ModelBundle:
     """Tune, fit and bootstrap one random forest per flux (see the module docstring).
 
     Parameters
@@ -392,6 +408,9 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     diagnostics_dir : path, optional
         When given, permutation importance and partial dependence are computed (as Dask tasks)
         and every diagnostic table and figure is written there.
+    checkpoint_dir : path, optional
+        Keep a :class:`~abz_dask.training.ledger.FitLedger` of the CV fits there, so a killed
+        run, restarted, refits only the missing folds.
 
     Returns
     -------
@@ -403,7 +422,10 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     fluxes = list(fluxes)
     data = prepare(table, fluxes, prof, seed)
     ref = ship_training_data(data)
-    tuned = tune(data, ref, seed, progress)
+    ledger = None if checkpoint_dir is None else FitLedger(checkpoint_dir, {
+        "table": _table_hash(table, fluxes), "profile": prof.model_dump(mode="json"),
+        "seed": seed, "fluxes": fluxes, "scikit-learn": _versions()["scikit-learn"]})
+    tuned = tune(data, ref, seed, progress, ledger)
 
     # central + bootstrap fits and (depending on the central fits) the diagnostics: one graph
     final = dask.delayed(_final_fit, pure=True)
