@@ -85,8 +85,7 @@ def run_parity(table: pd.DataFrame, fluxes: Sequence[str] = ("NEE", "GPP", "Reco
     DataFrame
         One row per flux: ``n, n_sites, mtry_py, mtry_r, R2_py, R2_r, RMSE_py, RMSE_r,
         seconds_py, seconds_r`` (wall time of each side, run concurrently) and
-        ``fold_rmse_py`` / ``fold_rmse_r`` (mean fold RMSE per
-        mtry, ``mtry:value`` strings).
+        ``fold_rmse_py`` / ``fold_rmse_r`` (mean fold RMSE per mtry, ``mtry:value`` strings).
     """
     grid = caret_mtry_grid(len(PREDICTOR_NAMES))
     prof = TrainingProfile(name="r_parity", cv="loso", tuning_trees=ntree, final_trees=ntree,

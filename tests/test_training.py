@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import pytest
 import xarray as xr
 
 from abz_dask.abcflux import read_abcflux
-from abz_dask.extract import extract_training_table
+from abz_dask.extract import extract_training_table, read_training_table
 from abz_dask.grid import Grid
 from abz_dask.predictors import BOOTSTRAP_PREDICTORS, PREDICTOR_NAMES
 from abz_dask.training import (
@@ -376,12 +381,6 @@ def _ledger_files(out: Path) -> dict[str, int]:
 def test_killed_tuning_resumes_only_missing_fits_bit_identical(tmp_path: Path) -> None:
     """SIGKILL a LOSO tuning run mid-way; the rerun refits only the missing folds and gives the
     same CV predictions and models as an uninterrupted run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.Popen([sys.executable, "-c", _RESUME_SCRIPT, str(killed)], env=env)
@@ -405,8 +404,6 @@ def test_killed_tuning_resumes_only_missing_fits_bit_identical(tmp_path: Path) -
     b = pd.read_csv(clean / "training" / "cv_predictions.csv")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     ma, mb = load_bundle(killed / "models"), load_bundle(clean / "models")
-    from abz_dask.extract import read_training_table
-
     tab = read_training_table(clean / "training" / "training_table.parquet")
     assert ma.models["NEE"].mtry == mb.models["NEE"].mtry
     assert np.array_equal(ma.models["NEE"].predict(tab), mb.models["NEE"].predict(tab))
