@@ -27,13 +27,32 @@ import numpy as np
 from abz_dask.twin.drivers import DAYS, VEG_PARAMS, Block
 from abz_dask.twin.fields import smooth_field
 
-__all__ = ["EPSILON", "R0", "fluxes"]
+__all__ = ["DISEQ_AMPLITUDE", "EPSILON", "R0", "RA_FRACTION", "diseq_factor", "fluxes"]
 
 EPSILON = 0.90
 R0 = 38.2
 Q10 = 3.2
 SOC_EXPONENT = 0.1
 RA_FRACTION = 0.47
+DISEQ_AMPLITUDE = 0.35
+
+
+def diseq_factor(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The hidden multiplier ``exp(0.35 · D(x, y))`` of heterotrophic respiration.
+
+    D is a smooth zero-mean, unit-variance field (wavelengths 400–2,000 km) that no predictor
+    carries, so a model can learn it only through whatever observable fields happen to correlate
+    with it at the sites.
+
+    Parameters
+    ----------
+    seed : int
+        Twin seed.
+    x, y : ndarray
+        Projected coordinates (m), broadcastable.
+    """
+    d = smooth_field(seed, "diseq", x, y, wavelength=(4e5, 2e6))
+    return np.exp(DISEQ_AMPLITUDE * d)
 
 
 def fluxes(b: Block, static: dict[str, np.ndarray], dyn: dict[str, np.ndarray],
@@ -55,7 +74,7 @@ def fluxes(b: Block, static: dict[str, np.ndarray], dyn: dict[str, np.ndarray],
     q = np.where(ts > 0, Q10 ** ((ts - 10.0) / 10.0), Q10 ** (-1.0) * 1.4 ** (ts / 10.0))
     theta = dyn["soil_moisture"]
     g = np.clip(1.0 - ((theta - 0.32) / 0.3) ** 2, 0.25, 1.0)
-    diseq = np.exp(0.35 * smooth_field(seed, "diseq", b.x, b.y, wavelength=(4e5, 2e6)))
+    diseq = diseq_factor(seed, b.x, b.y)
     rh = R0 * (static["soc"] / 150.0) ** SOC_EXPONENT * q * g * diseq * days / 30.0
     reco = RA_FRACTION * gpp + rh
     return {"GPP": gpp, "Reco": reco, "NEE": reco - gpp}
