@@ -412,6 +412,69 @@ def test_killed_tuning_resumes_only_missing_fits_bit_identical(tmp_path: Path) -
         assert np.array_equal(ba.estimator.predict(X), bb.estimator.predict(X))
 
 
+_FINAL_SCRIPT = """
+import sys
+from pathlib import Path
+from abz_dask.training import TrainingProfile, run_training
+from abz_dask.training.synthetic import synthetic_training_table
+
+prof = TrainingProfile(name="resume-final", cv="group_kfold", n_folds=3, tuning_trees=5,
+                       final_trees=60, bootstrap_trees=60, n_bootstrap=8, importance_repeats=3,
+                       pdp_points=5)
+tab = synthetic_training_table(n_sites=30, months_per_site=(10, 20), seed=5)
+run_training(tab, Path(sys.argv[1]), profile=prof, fluxes=("NEE",), seed=7, progress=False)
+"""
+
+
+def _final_files(out: Path) -> dict[str, int]:
+    led = out / "training" / "cv_fits"
+    return {p.name: p.stat().st_mtime_ns for pat in ("*/*.json", "*/diag_*.npz")
+            for p in led.glob(pat) if p.name != "key.json"}
+
+
+def test_killed_final_phase_resumes_only_missing_models_bit_identical(tmp_path: Path) -> None:
+    """SIGKILL a run while its central/bootstrap models are being fitted; the rerun loads the
+    recorded models, fits only the rest, and gives the same bundle and diagnostics as an
+    uninterrupted run."""
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", _FINAL_SCRIPT, str(killed)], env=env)
+    deadline = time.monotonic() + 300
+    while len(_final_files(killed)) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no model was ever recorded"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _final_files(killed)
+    n_models = 1 + 8
+    assert 2 <= len(before) < n_models, "the kill should land among the model fits"
+
+    subprocess.run([sys.executable, "-c", _FINAL_SCRIPT, str(killed)], env=env, check=True)
+    after = _final_files(killed)
+    n_diag = len(PREDICTOR_NAMES)
+    assert len(after) == n_models + n_diag
+    assert all(after[k] == v for k, v in before.items()), "recorded models were refitted"
+    subprocess.run([sys.executable, "-c", _FINAL_SCRIPT, str(clean)], env=env, check=True)
+    ma, mb = load_bundle(killed / "models"), load_bundle(clean / "models")
+    tab = read_training_table(clean / "training" / "training_table.parquet")
+    assert np.array_equal(ma.models["NEE"].predict(tab), mb.models["NEE"].predict(tab))
+    X = tab[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)
+    for ba, bb in zip(ma.bootstraps["NEE"], mb.bootstraps["NEE"], strict=True):
+        assert np.array_equal(ba.estimator.predict(X), bb.estimator.predict(X))
+    diag = ("importance.csv", "partial_dependence.csv", "model_fit.csv")
+    for name in diag:
+        a = pd.read_csv(killed / "training" / name)
+        b = pd.read_csv(clean / "training" / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # a finished run, rerun, takes every model and diagnostic from the ledger: same outputs
+    subprocess.run([sys.executable, "-c", _FINAL_SCRIPT, str(killed)], env=env, check=True)
+    assert _final_files(killed) == after
+    for name in diag:
+        a = pd.read_csv(killed / "training" / name)
+        b = pd.read_csv(clean / "training" / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
 def test_fit_ledger_is_keyed_by_what_determines_the_fits(tmp_path: Path) -> None:
     from abz_dask.training.ledger import FitLedger
 

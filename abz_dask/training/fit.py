@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,13 +237,13 @@ def _bootstrap_fit(data: TrainingData, flux: str, b: int, mtry: int, seed: int) 
     return FluxModel(flux, rf, tuple(BOOTSTRAP_PREDICTORS), CategoricalEncoding(), m, s)
 
 
-def ship_training_data(data: TrainingData) -> Any:
+def ship_training_data(data: TrainingData | FluxModel) -> Any:
     """Make ``data`` available to every task once.
 
     Parameters
     ----------
-    data : TrainingData
-        Prepared rows.
+    data : TrainingData or FluxModel
+        Prepared rows (or a fitted model that many diagnostic tasks read).
 
     Returns
     -------
@@ -409,8 +409,9 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
         When given, permutation importance and partial dependence are computed (as Dask tasks)
         and every diagnostic table and figure is written there.
     checkpoint_dir : path, optional
-        Keep a :class:`~abz_dask.training.ledger.FitLedger` of the CV fits there, so a killed
-        run, restarted, refits only the missing folds.
+        Keep a :class:`~abz_dask.training.ledger.FitLedger` there of every finished CV fit,
+        central and bootstrap model and diagnostic, so a killed run, restarted, computes only
+        what is missing (bit-identical results).
 
     Returns
     -------
@@ -427,23 +428,18 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
         "seed": seed, "fluxes": fluxes, "scikit-learn": _versions()["scikit-learn"]})
     tuned = tune(data, ref, seed, progress, ledger)
 
-    # central + bootstrap fits and (depending on the central fits) the diagnostics: one graph
-    final = dask.delayed(_final_fit, pure=True)
-    boot = dask.delayed(_bootstrap_fit, pure=True)
-    central = [final(ref, f, tuned[f].mtry, seed) for f in fluxes]
-    replicates = [boot(ref, f, b, tuned[f].mtry, seed)
-                  for f in fluxes for b in range(1, prof.n_bootstrap + 1)]
-    interp = [t for f, c in zip(fluxes, central, strict=True) for t in
-              diag.interpretation_tasks(c, ref, f, prof.importance_repeats,
-                                        _task_seed(seed, "diag", f))
-              ] if diagnostics_dir is not None else []
-    results = compute_with_progress(
-        [*central, *replicates, *interp],
-        f"fitting {len(central)} central + {len(replicates)} bootstrap models"
-        + (f" + {len(interp)} diagnostics" if interp else ""), enabled=progress)
+    # the models first, then the diagnostics that read the central ones
     nb = prof.n_bootstrap
-    models: dict[str, FluxModel] = dict(zip(fluxes, results[:len(fluxes)], strict=True))
-    reps = results[len(fluxes):len(fluxes) + len(replicates)]
+    fitted = _resume_models(ledger, ref, fluxes, tuned, nb, seed, progress)
+    models = {f: fitted[f"{f}_central"] for f in fluxes}
+    reps = [fitted[f"{f}_boot{b:02d}"] for f in fluxes for b in range(1, nb + 1)]
+    diagnostics: list[Any] = []
+    if diagnostics_dir is not None:
+        named = [(f"diag_{f}_{j}", t) for f in fluxes for j, t in enumerate(
+            diag.interpretation_tasks(ship_training_data(models[f]), ref, f,
+                                      prof.importance_repeats, _task_seed(seed, "diag", f)))]
+        diagnostics = _resume(named, "diagnostics", progress, *(
+            (ledger.load_diagnostic, ledger.save_diagnostic) if ledger is not None else ()))
     boots = {f: list(reps[i * nb:(i + 1) * nb]) for i, f in enumerate(fluxes)}
 
     cv = {f: _cv_frame(table, data.fluxes[f], tuned[f].predictions[tuned[f].mtry])
@@ -457,9 +453,38 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     card = _card(table, data, tuned, models, boots, pooled, prof, seed)
     bundle = ModelBundle(models, boots, card, cv, pooled)
     if diagnostics_dir is not None:
-        diag.write_diagnostics(bundle, tuned, results[len(central) + len(replicates):],
-                               Path(diagnostics_dir))
+        diag.write_diagnostics(bundle, tuned, diagnostics, Path(diagnostics_dir))
     return bundle
+
+
+def _resume(named: list[tuple[str, Any]], what: str, progress: bool,
+            load: Callable[[str], Any] | None = None,
+            save: Callable[[str, Any], None] | None = None) -> list[Any]:
+    """Results of named tasks: ``load(name)`` when recorded (not None), else computed, each
+    passed to ``save(name, result)`` as soon as it finishes."""
+    found = {n: load(n) if load is not None else None for n, _ in named}
+    todo = [(n, t) for n, t in named if found[n] is None]
+    label = f"fitting {len(todo)} {what}" + (f", {len(named) - len(todo)} done before"
+                                            if len(todo) < len(named) else "")
+    done = compute_with_progress(
+        [t for _, t in todo], label, enabled=progress,
+        on_result=None if save is None else lambda i, r: save(todo[i][0], r))
+    found.update({n: r for (n, _), r in zip(todo, done, strict=True)})
+    return [found[n] for n, _ in named]
+
+
+def _resume_models(ledger: FitLedger | None, ref: Any, fluxes: Sequence[str],
+                   tuned: dict[str, TuneResult], nb: int, seed: int, progress: bool
+                   ) -> dict[str, FluxModel]:
+    """Central and bootstrap models by ledger name (``NEE_central``, ``NEE_boot01``, ...)."""
+    final = dask.delayed(_final_fit, pure=True)
+    boot = dask.delayed(_bootstrap_fit, pure=True)
+    named = [(f"{f}_central", final(ref, f, tuned[f].mtry, seed)) for f in fluxes]
+    named += [(f"{f}_boot{b:02d}", boot(ref, f, b, tuned[f].mtry, seed))
+              for f in fluxes for b in range(1, nb + 1)]
+    models = _resume(named, "central + bootstrap models", progress,
+                     *((ledger.load_model, ledger.save_model) if ledger is not None else ()))
+    return {n: m for (n, _), m in zip(named, models, strict=True)}
 
 
 def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],

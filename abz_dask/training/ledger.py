@@ -1,4 +1,4 @@
-"""A ledger of finished cross-validation fits, so that a killed tuning run resumes.
+"""A ledger of finished fits, so that a killed training run resumes.
 
 The paper profile's leave-one-site-out tuning is ≈ 1,800 forest fits of 500 trees (hours on a
 few cores). Each finished fit's held-out predictions are written as one small ``.npz`` file
@@ -7,6 +7,10 @@ that determines the fits — the training table, the profile, the base seed, the
 scikit-learn version. A restarted run loads the fits it finds and computes only the missing ones;
 because every fit's seed depends only on its identity, the result is bit-identical to an
 uninterrupted run. A changed table, profile or seed gets a new folder and never reuses old fits.
+
+The final phase is recorded the same way: every central and bootstrap forest (skops, no pickle,
+plus a JSON of its predictors, encoding, mtry and seed) and every per-predictor diagnostic
+(importance scores and partial-dependence curve, ``.npz``) as soon as it is done.
 """
 
 from __future__ import annotations
@@ -19,8 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from abz_dask.encoding import CategoricalEncoding
+from abz_dask.training.bundle import TRUSTED_TYPES, FluxModel
 
 __all__ = ["FitLedger"]
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    write(tmp)
+    os.replace(tmp, path)
 
 
 class FitLedger:
@@ -55,10 +69,57 @@ class FitLedger:
 
     def save(self, flux: str, fold: int, mtry: int, test: np.ndarray, pred: np.ndarray) -> None:
         """Record a finished fit (atomic: never a half-written file)."""
-        p = self._path(flux, fold, mtry)
-        tmp = p.with_name(p.name + ".tmp.npz")
-        np.savez(tmp, test=test, pred=pred)
-        os.replace(tmp, p)
+        _atomic(self._path(flux, fold, mtry), lambda t: np.savez(t, test=test, pred=pred))
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.glob("*_fold*_mtry*.npz"))
+
+    def save_model(self, name: str, model: FluxModel) -> None:
+        """Record a fitted central or bootstrap model under ``name`` (the JSON last, so a
+        model counts as recorded only once both files are complete)."""
+        import skops.io as sio
+
+        _atomic(self.dir / f"{name}.skops", lambda t: sio.dump(model.estimator, t))
+        meta = {"flux": model.flux, "predictors": list(model.predictors),
+                "encoding": model.encoding.to_json(), "mtry": model.mtry, "seed": model.seed}
+        _atomic(self.dir / f"{name}.json", lambda t: t.write_text(json.dumps(meta)))
+
+    def load_model(self, name: str) -> FluxModel | None:
+        """A model recorded under ``name``, or None."""
+        import skops.io as sio
+
+        meta_path = self.dir / f"{name}.json"
+        if not meta_path.exists():
+            return None
+        path = self.dir / f"{name}.skops"
+        untrusted = sio.get_untrusted_types(file=path)
+        bad = sorted(set(untrusted) - set(TRUSTED_TYPES))
+        if bad:
+            raise ValueError(f"{path}: refuses to load unexpected types {bad}")
+        meta = json.loads(meta_path.read_text())
+        return FluxModel(meta["flux"], sio.load(path, trusted=list(untrusted)),
+                         tuple(meta["predictors"]),
+                         CategoricalEncoding.from_json(meta["encoding"]), int(meta["mtry"]),
+                         int(meta["seed"]))
+
+    def save_diagnostic(self, name: str, result: tuple[Any, ...]) -> None:
+        """Record one per-predictor diagnostic ``(flux, predictor, scores, pdp, model_fit)``."""
+        flux, predictor, scores, pdp, fit = result
+        arrays = {"scores": scores}
+        if pdp is not None:
+            arrays |= {"value": pdp["value"].to_numpy(), "partial": pdp["partial"].to_numpy()}
+        meta = json.dumps({"flux": flux, "predictor": predictor, "fit": fit})
+        _atomic(self.dir / f"{name}.npz", lambda t: np.savez(t, meta=np.array(meta), **arrays))
+
+    def load_diagnostic(self, name: str) -> tuple[Any, ...] | None:
+        """A diagnostic recorded under ``name``, or None."""
+        p = self.dir / f"{name}.npz"
+        if not p.exists():
+            return None
+        with np.load(p) as z:
+            meta = json.loads(str(z["meta"]))
+            pdp = None
+            if "value" in z:
+                pdp = pd.DataFrame({"flux": meta["flux"], "predictor": meta["predictor"],
+                                    "value": z["value"], "partial": z["partial"]})
+            return meta["flux"], meta["predictor"], z["scores"], pdp, meta["fit"]
