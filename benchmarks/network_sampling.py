@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +81,33 @@ def _perfect(table: pd.DataFrame, truth: xr.Dataset, fluxes: Sequence[str]) -> p
 UNTUNED_MTRY = (len(PREDICTOR_NAMES) // 3,)
 
 
-def one_draw(layout: TwinLayout, truth: xr.Dataset, k: int, fluxes: Sequence[str], profile: str,
-             perfect: bool, work: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Twin:
+    """The fixed parts of a twin, opened once."""
+
+    layout: TwinLayout
+    zones: xr.Dataset  # loaded
+    cube: xr.Dataset
+    fire: xr.Dataset
+    truth: xr.Dataset  # possibly without D
+    grid: Grid
+    n_sites: int
+
+    @classmethod
+    def open(cls, layout: TwinLayout, truth: xr.Dataset, n_sites: int) -> Twin:
+        """Open the stores of ``layout`` (zones loaded: every draw places sites on them)."""
+        cube = xr.open_zarr(layout.cube, consolidated=False)
+        return cls(layout, xr.open_zarr(layout.zones, consolidated=False).load(), cube,
+                   xr.open_zarr(layout.fire, consolidated=False), truth, Grid.of_dataset(cube),
+                   n_sites)
+
+
+def one_draw(twin: Twin, k: int, fluxes: Sequence[str], profile: str, perfect: bool,
+             work: Path) -> list[dict[str, Any]]:
     """Budgets (Tg C yr⁻¹, mean 2001–2020) per flux × domain from network draw ``k``: one row
     for the tuned forests (the profile) and one for the untuned ones (:data:`UNTUNED_MTRY`)."""
-    zones = xr.open_zarr(layout.zones, consolidated=False).load()
-    cube = xr.open_zarr(layout.cube, consolidated=False)
-    fire = xr.open_zarr(layout.fire, consolidated=False)
-    grid = Grid.of_dataset(cube)
-    site = make_sites(zones, grid, fire, k, json.loads((layout.root / "twin.json").read_text())
-                      ["n_sites"])
+    layout, zones, cube, truth, grid = twin.layout, twin.zones, twin.cube, twin.truth, twin.grid
+    site = make_sites(zones, grid, twin.fire, k, twin.n_sites)
     csv = work / f"abcflux_draw{k}.csv"
     site_observations(site, truth, cube, k, grid).to_csv(csv, index=False)
     table, _ = extract_stage(layout.cube, layout.zones, csv)
@@ -204,18 +222,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="Markdown results file")
     args = ap.parse_args(argv)
     layout = TwinLayout(args.twin)
-    twin_seed = int(json.loads((layout.root / "twin.json").read_text())["seed"])
+    config = json.loads((layout.root / "twin.json").read_text())
+    twin_seed = int(config["seed"])
     truth_ds = xr.open_zarr(layout.truth, consolidated=False)
     if args.without_diseq:
         truth_ds = without_diseq(truth_ds, twin_seed)
-    truth = truth_budgets(truth_ds, xr.open_zarr(layout.zones, consolidated=False), args.fluxes)
+    twin = Twin.open(layout, truth_ds, int(config["n_sites"]))
+    truth = truth_budgets(truth_ds, twin.zones, args.fluxes)
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="threads"):
         for k in range(args.draws):
             t = time.perf_counter()
-            got = one_draw(layout, truth_ds, k, args.fluxes, args.profile, args.perfect,
-                           Path(tmp))
+            got = one_draw(twin, k, args.fluxes, args.profile, args.perfect, Path(tmp))
             own = k == twin_seed and not args.without_diseq
             if own and (Path(tmp) / f"abcflux_draw{k}.csv").read_bytes() \
                     != layout.sites.read_bytes():

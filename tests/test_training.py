@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -378,38 +379,61 @@ def _ledger_files(out: Path) -> dict[str, int]:
             for p in (out / "training" / "cv_fits").glob("*/*_fold*_mtry*.npz")}
 
 
-def test_killed_tuning_resumes_only_missing_fits_bit_identical(tmp_path: Path) -> None:
-    """SIGKILL a LOSO tuning run mid-way; the rerun refits only the missing folds and gives the
-    same CV predictions and models as an uninterrupted run."""
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen([sys.executable, "-c", _RESUME_SCRIPT, str(killed)], env=env)
+_ENV = {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+def _run(script: str, out: Path) -> None:
+    subprocess.run([sys.executable, "-c", script, str(out)], env=_ENV, check=True)
+
+
+def _kill_once(script: str, out: Path, files: Callable[[Path], dict[str, int]], at_least: int,
+               what: str) -> dict[str, int]:
+    """Start ``script`` on ``out``, SIGKILL it once ``files(out)`` holds ``at_least`` entries;
+    return the entries left behind."""
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], env=_ENV)
     deadline = time.monotonic() + 300
-    while len(_ledger_files(killed)) < 8 and proc.poll() is None:
-        assert time.monotonic() < deadline, "tuning never recorded a fit"
-        time.sleep(0.05)
+    while len(files(out)) < at_least and proc.poll() is None:
+        assert time.monotonic() < deadline, f"{what} was never recorded"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = _ledger_files(killed)
-    n_total = 16 * 3  # 16 sites (one fold each) x mtry grid {2, 9, 17}
-    assert 8 <= len(before) < n_total, "the kill should land mid-tuning"
-    assert not (killed / "models" / "card.json").exists()
+    return files(out)
 
-    subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(killed)], env=env, check=True)
-    after = _ledger_files(killed)
-    assert len(after) == n_total
-    assert all(after[k] == v for k, v in before.items()), "finished fits were recomputed"
-    subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(clean)], env=env, check=True)
-    a = pd.read_csv(killed / "training" / "cv_predictions.csv")
-    b = pd.read_csv(clean / "training" / "cv_predictions.csv")
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
-    ma, mb = load_bundle(killed / "models"), load_bundle(clean / "models")
-    tab = read_training_table(clean / "training" / "training_table.parquet")
+
+def _assert_same_models(a_dir: Path, b_dir: Path) -> None:
+    """Central and bootstrap predictions of two runs' bundles are identical."""
+    ma, mb = load_bundle(a_dir / "models"), load_bundle(b_dir / "models")
+    tab = read_training_table(b_dir / "training" / "training_table.parquet")
     assert ma.models["NEE"].mtry == mb.models["NEE"].mtry
     assert np.array_equal(ma.models["NEE"].predict(tab), mb.models["NEE"].predict(tab))
     X = tab[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)
     for ba, bb in zip(ma.bootstraps["NEE"], mb.bootstraps["NEE"], strict=True):
         assert np.array_equal(ba.estimator.predict(X), bb.estimator.predict(X))
+
+
+def _assert_same_tables(a_dir: Path, b_dir: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        a = pd.read_csv(a_dir / "training" / name)
+        b = pd.read_csv(b_dir / "training" / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_killed_tuning_resumes_only_missing_fits_bit_identical(tmp_path: Path) -> None:
+    """SIGKILL a LOSO tuning run mid-way; the rerun refits only the missing folds and gives the
+    same CV predictions and models as an uninterrupted run."""
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    before = _kill_once(_RESUME_SCRIPT, killed, _ledger_files, 8, "a fit")
+    n_total = 16 * 3  # 16 sites (one fold each) x mtry grid {2, 9, 17}
+    assert 8 <= len(before) < n_total, "the kill should land mid-tuning"
+    assert not (killed / "models" / "card.json").exists()
+
+    _run(_RESUME_SCRIPT, killed)
+    after = _ledger_files(killed)
+    assert len(after) == n_total
+    assert all(after[k] == v for k, v in before.items()), "finished fits were recomputed"
+    _run(_RESUME_SCRIPT, clean)
+    _assert_same_tables(killed, clean, ("cv_predictions.csv",))
+    _assert_same_models(killed, clean)
 
 
 _FINAL_SCRIPT = """
@@ -437,42 +461,22 @@ def test_killed_final_phase_resumes_only_missing_models_bit_identical(tmp_path: 
     recorded models, fits only the rest, and gives the same bundle and diagnostics as an
     uninterrupted run."""
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen([sys.executable, "-c", _FINAL_SCRIPT, str(killed)], env=env)
-    deadline = time.monotonic() + 300
-    while len(_final_files(killed)) < 2 and proc.poll() is None:
-        assert time.monotonic() < deadline, "no model was ever recorded"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = _final_files(killed)
+    before = _kill_once(_FINAL_SCRIPT, killed, _final_files, 2, "a model")
     n_models = 1 + 8
     assert 2 <= len(before) < n_models, "the kill should land among the model fits"
 
-    subprocess.run([sys.executable, "-c", _FINAL_SCRIPT, str(killed)], env=env, check=True)
+    _run(_FINAL_SCRIPT, killed)
     after = _final_files(killed)
-    n_diag = len(PREDICTOR_NAMES)
-    assert len(after) == n_models + n_diag
+    assert len(after) == n_models + len(PREDICTOR_NAMES)
     assert all(after[k] == v for k, v in before.items()), "recorded models were refitted"
-    subprocess.run([sys.executable, "-c", _FINAL_SCRIPT, str(clean)], env=env, check=True)
-    ma, mb = load_bundle(killed / "models"), load_bundle(clean / "models")
-    tab = read_training_table(clean / "training" / "training_table.parquet")
-    assert np.array_equal(ma.models["NEE"].predict(tab), mb.models["NEE"].predict(tab))
-    X = tab[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)
-    for ba, bb in zip(ma.bootstraps["NEE"], mb.bootstraps["NEE"], strict=True):
-        assert np.array_equal(ba.estimator.predict(X), bb.estimator.predict(X))
+    _run(_FINAL_SCRIPT, clean)
+    _assert_same_models(killed, clean)
     diag = ("importance.csv", "partial_dependence.csv", "model_fit.csv")
-    for name in diag:
-        a = pd.read_csv(killed / "training" / name)
-        b = pd.read_csv(clean / "training" / name)
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    _assert_same_tables(killed, clean, diag)
     # a finished run, rerun, takes every model and diagnostic from the ledger: same outputs
-    subprocess.run([sys.executable, "-c", _FINAL_SCRIPT, str(killed)], env=env, check=True)
+    _run(_FINAL_SCRIPT, killed)
     assert _final_files(killed) == after
-    for name in diag:
-        a = pd.read_csv(killed / "training" / name)
-        b = pd.read_csv(clean / "training" / name)
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    _assert_same_tables(killed, clean, diag)
 
 
 def test_fit_ledger_is_keyed_by_what_determines_the_fits(tmp_path: Path) -> None:

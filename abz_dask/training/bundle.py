@@ -178,13 +178,24 @@ def _sha256(path: Path) -> str:
 
 
 def _load_estimator(directory: Path, meta: dict[str, Any]) -> RandomForestRegressor:
-    import skops.io as sio
-
     path = directory / meta["file"]
     if not path.exists():
         raise BundleMismatchError(f"{directory}: model file {meta['file']} is missing")
     if _sha256(path) != meta["sha256"]:
         raise BundleMismatchError(f"{path}: SHA-256 differs from the model card (file changed)")
+    return load_forest(path)
+
+
+def load_forest(path: Path) -> RandomForestRegressor:
+    """A forest from a skops file, refusing any type outside :data:`TRUSTED_TYPES`.
+
+    Raises
+    ------
+    BundleMismatchError
+        The file holds other types, or not a ``RandomForestRegressor``.
+    """
+    import skops.io as sio
+
     untrusted = sio.get_untrusted_types(file=path)
     bad = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if bad:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from abz_dask.encoding import CategoricalEncoding
-from abz_dask.training.bundle import TRUSTED_TYPES, FluxModel
+from abz_dask.training.bundle import FluxModel, load_forest
 
 __all__ = ["FitLedger"]
 
@@ -86,18 +86,11 @@ class FitLedger:
 
     def load_model(self, name: str) -> FluxModel | None:
         """A model recorded under ``name``, or None."""
-        import skops.io as sio
-
         meta_path = self.dir / f"{name}.json"
         if not meta_path.exists():
             return None
-        path = self.dir / f"{name}.skops"
-        untrusted = sio.get_untrusted_types(file=path)
-        bad = sorted(set(untrusted) - set(TRUSTED_TYPES))
-        if bad:
-            raise ValueError(f"{path}: refuses to load unexpected types {bad}")
         meta = json.loads(meta_path.read_text())
-        return FluxModel(meta["flux"], sio.load(path, trusted=list(untrusted)),
+        return FluxModel(meta["flux"], load_forest(self.dir / f"{name}.skops"),
                          tuple(meta["predictors"]),
                          CategoricalEncoding.from_json(meta["encoding"]), int(meta["mtry"]),
                          int(meta["seed"]))
