@@ -232,15 +232,14 @@ def test_tile_memory_is_bounded_by_the_tile_not_the_grid(tmp_path: Path) -> None
 
 def _cli_upscale(run: Path, out: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "abz_dask.cli", "upscale", str(run), "--out", str(out),
-           "--tile", "8", "--workers", "1"]
+           "--tile", "16", "--workers", "1"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, env={**os.environ, "CI": "true"})
 
 
-def test_killed_run_resumes_only_missing_tiles_bit_identical(tiny_run: Path,
+def test_killed_run_resumes_only_missing_tiles_bit_identical(tiny_run: Path, exact: Path,
                                                              tmp_path: Path) -> None:
-    ref = tmp_path / "ref.zarr"  # uninterrupted, same 8-cell tiles, threads in this process
-    _upscale(tiny_run, ref, _models(tiny_run), tile=8)
+    ref = exact  # uninterrupted, same 16-cell tiles, threads in this process
     out = tmp_path / "killed.zarr"
     proc = _cli_upscale(tiny_run, out)
     ledger = TileLedger(out)
