@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,26 +64,24 @@ def _lock_dir() -> Path:
 def compile_lock() -> Iterator[None]:
     """Hold the package's exclusive inter-process numba compile lock (see the module notes).
 
-    Without ``fcntl`` (Windows) or where the file system refuses locks, runs unlocked.
+    Without ``fcntl`` (Windows), or where the lock file cannot be made or the file system
+    refuses locks, runs unlocked.
     """
+    fd = None
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    try:
+
         path = _lock_dir() / "abz_dask-numba.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        yield
-        return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):  # e.g. ENOLCK on a file system without locks
+        pass
     try:
-        with suppress(OSError):  # e.g. ENOLCK on a file system without locks
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def guvectorize(signatures: Any, layout: str, **kwargs: Any) -> Callable[[F], F]:
