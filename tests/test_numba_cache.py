@@ -18,18 +18,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-CHILD = """
-import json, sys
+#: Every gufunc (3 methods x 2 dtypes) on one fixed input; run here and in each child process.
+COMPUTE = """
 import numpy as np
 from abz_dask.kernels.zyp import GUFUNCS, apply_gufunc
 a = np.random.default_rng(0).normal(size=(40, 20)).cumsum(axis=1)
 out = {f"{m}/{dt}": [float(np.nansum(v)) for v in apply_gufunc(a.astype(dt), m, True, 1.96)]
        for m in sorted(GUFUNCS) for dt in ("float64", "float32")}
-print("RESULT " + json.dumps(out))
 """
+CHILD = COMPUTE + 'import json\nprint("RESULT " + json.dumps(out))\n'
 
 
 def _start(cache: Path) -> subprocess.Popen[str]:
@@ -50,11 +49,9 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[dict[str, list[float]], set[st
 
 @pytest.mark.timeout(900)
 def test_concurrent_cold_start_writes_each_cache_file_once(tmp_path: Path) -> None:
-    from abz_dask.kernels.zyp import GUFUNCS, apply_gufunc
-
-    a = np.random.default_rng(0).normal(size=(40, 20)).cumsum(axis=1)
-    ref = {f"{m}/{dt}": [float(np.nansum(v)) for v in apply_gufunc(a.astype(dt), m, True, 1.96)]
-           for m in sorted(GUFUNCS) for dt in ("float64", "float32")}
+    ns: dict[str, object] = {}
+    exec(COMPUTE, ns)
+    ref = ns["out"]
 
     procs = [_start(tmp_path) for _ in range(3)]  # all three find the cache empty
     runs = [_finish(p) for p in procs]

@@ -239,11 +239,10 @@ def _cli_upscale(run: Path, out: Path) -> subprocess.Popen[bytes]:
 
 def test_killed_run_resumes_only_missing_tiles_bit_identical(tiny_run: Path, exact: Path,
                                                              tmp_path: Path) -> None:
-    ref = exact  # uninterrupted, same 16-cell tiles, threads in this process
     out = tmp_path / "killed.zarr"
     proc = _cli_upscale(tiny_run, out)
     ledger = TileLedger(out)
-    total = TileLedger(ref).count()
+    total = TileLedger(exact).count()  # uninterrupted, same tiles
     deadline = time.monotonic() + 300
     while ledger.count() < max(3, total // 5) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -258,6 +257,6 @@ def test_killed_run_resumes_only_missing_tiles_bit_identical(tiny_run: Path, exa
              if not p.name.startswith(".")}
     assert len(after) == total
     assert all(after[k] == v for k, v in done.items())  # finished tiles were not recomputed
-    a, b = (xr.open_zarr(p, consolidated=False).load() for p in (ref, out))
+    a, b = (xr.open_zarr(p, consolidated=False).load() for p in (exact, out))
     for v in a.data_vars:
         np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=str(v))
