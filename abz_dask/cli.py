@@ -78,17 +78,23 @@ def demo(
                f"20 bootstraps, f={bootstrap_sample:g}): {p['core_hours_1km']:,.0f} core-hours")
 
 
+NEAR_ZERO_TG_C_YR = 10.0
+"""Below this |truth| (Tg C yr⁻¹) a relative error says nothing and is not printed."""
+
+
 def _print_budgets(tab: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="Budgets 2001–2020, Tg C yr⁻¹ (estimate vs planted truth)")
-    for c in ("domain", "flux", "estimate", "± boot SD", "truth", "rel. error"):
+    t = Table(title="Budgets 2001–2020, Tg C yr⁻¹ (estimate vs planted truth)",
+              caption=f"rel. error = error / |truth|; '—' where |truth| < {NEAR_ZERO_TG_C_YR:g}")
+    for c in ("domain", "flux", "estimate", "± boot SD", "truth", "error", "rel. error"):
         t.add_column(c, justify="right" if c not in ("domain", "flux") else "left")
     for r in tab.itertuples():  # type: ignore[attr-defined]
+        rel = "—" if abs(r.truth_tg_c_yr) < NEAR_ZERO_TG_C_YR else f"{100 * r.rel_error:+.1f} %"
         t.add_row(r.domain, r.flux, f"{r.estimate_tg_c_yr:,.0f}",
                   "" if r.boot_sd_tg_c_yr != r.boot_sd_tg_c_yr else f"{r.boot_sd_tg_c_yr:,.0f}",
-                  f"{r.truth_tg_c_yr:,.0f}", f"{100 * r.rel_error:+.1f} %")
+                  f"{r.truth_tg_c_yr:,.0f}", f"{r.error_tg_c_yr:+,.0f}", rel)
     Console(file=sys.stdout).print(t)
 
 

@@ -38,19 +38,21 @@ def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: in
                     ) -> pd.DataFrame:
     """Join period-mean estimated budgets with the twin's truth budgets.
 
-    Returns the columns ``domain, flux, estimate_tg_c_yr, truth_tg_c_yr, rel_error,
-    boot_sd_tg_c_yr``.
+    Returns the columns ``domain, flux, estimate_tg_c_yr, truth_tg_c_yr, error_tg_c_yr,
+    rel_error, boot_sd_tg_c_yr``: ``error = estimate − truth`` and ``rel_error = error / |truth|``
+    (meaningless where the truth is near zero, e.g. the near-neutral tundra NEE).
     """
     truth = pd.read_csv(truth_csv)
     truth = truth[(truth["year"] >= start) & (truth["year"] <= end)]
     tmean = truth.groupby(["domain", "flux"], as_index=False).agg(
         truth_tg_c_yr=("budget_tg_c_yr", "mean"))
     tab = estimate.merge(tmean, on=["domain", "flux"], how="left")
-    tab["rel_error"] = (tab["estimate_tg_c_yr"] - tab["truth_tg_c_yr"]) / tab["truth_tg_c_yr"].abs()
+    tab["error_tg_c_yr"] = tab["estimate_tg_c_yr"] - tab["truth_tg_c_yr"]
+    tab["rel_error"] = tab["error_tg_c_yr"] / tab["truth_tg_c_yr"].abs()
     order = {"abz": 0, "tundra": 1, "boreal": 2, "permafrost": 3}
     tab = tab.sort_values(["domain", "flux"], key=lambda s: s.map(order).fillna(9)
                           if s.name == "domain" else s.map({"NEE": 0, "GPP": 1, "Reco": 2}))
-    cols = ["domain", "flux", "estimate_tg_c_yr", "truth_tg_c_yr", "rel_error",
+    cols = ["domain", "flux", "estimate_tg_c_yr", "truth_tg_c_yr", "error_tg_c_yr", "rel_error",
             "boot_sd_tg_c_yr"]
     return tab[cols].reset_index(drop=True)
 
