@@ -101,6 +101,19 @@ def test_predict_is_lazy_and_equals_sklearn(tiny_run: Path, exact: Path) -> None
     np.testing.assert_allclose(got[t, r, c], ref.astype(np.float32), rtol=1e-6, atol=1e-5)
 
 
+def test_predictions_of_several_models_of_one_flux_do_not_collide(tiny_run: Path) -> None:
+    """Central and bootstrap forests of one flux computed in one graph: every one gives what
+    it gives alone (their output keys must differ, as dask names them from all inputs)."""
+    cube, _ = _open(tiny_run)
+    ms = _models(tiny_run, n_bootstrap=2)
+    models = [ms.central["NEE"], *ms.bootstraps["NEE"]]
+    part = cube.isel(time=slice(0, 12))
+    together = dask.compute(*(predict(part, m) for m in models))
+    for m, got in zip(models, together, strict=True):
+        np.testing.assert_array_equal(got.values, predict(part, m).values)
+    assert not np.array_equal(together[1].values, together[2].values, equal_nan=True)
+
+
 def test_zone_sums_equal_budgets_of_the_maps(tiny_run: Path, exact: Path) -> None:
     ds = xr.open_zarr(exact, consolidated=False)
     _, zones = _open(tiny_run)

@@ -72,7 +72,7 @@ def predict(cube: xr.Dataset, model: CompiledModel, *, name: str | None = None) 
         ref.shape, chunks=ref.data.chunks)
     shipped: Any = ship(model) if active_client() is not None else dask.delayed(model, pure=True)
     out = da.map_blocks(_predict_block, shipped, months, *arrays, dtype=np.float32,
-                        chunks=ref.data.chunks, name=f"predict-{model.flux}")
+                        chunks=ref.data.chunks, token=f"predict-{model.flux}")
     return xr.DataArray(out, coords=ref.coords, dims=ref.dims, name=name or model.flux,
                         attrs={"units": "g C m-2 month-1",
                                "long_name": f"upscaled {model.flux}"})
