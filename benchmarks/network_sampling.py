@@ -102,15 +102,22 @@ class Twin:
                    n_sites)
 
 
+def draw_network(twin: Twin, k: int, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Network draw ``k`` made as the twin makes it, written to ``work`` as an ABCflux CSV, read
+    and extracted like a real file: ``(sites, training table)``."""
+    site = make_sites(twin.zones, twin.grid, twin.fire, k, twin.n_sites)
+    csv = work / f"abcflux_draw{k}.csv"
+    site_observations(site, twin.truth, twin.cube, k, twin.grid).to_csv(csv, index=False)
+    table, _ = extract_stage(twin.layout.cube, twin.layout.zones, csv)
+    return site, table
+
+
 def one_draw(twin: Twin, k: int, fluxes: Sequence[str], profile: str, perfect: bool,
              work: Path) -> list[dict[str, Any]]:
     """Budgets (Tg C yr⁻¹, mean 2001–2020) per flux × domain from network draw ``k``: one row
     for the tuned forests (the profile) and one for the untuned ones (:data:`UNTUNED_MTRY`)."""
-    layout, zones, cube, truth, grid = twin.layout, twin.zones, twin.cube, twin.truth, twin.grid
-    site = make_sites(zones, grid, twin.fire, k, twin.n_sites)
-    csv = work / f"abcflux_draw{k}.csv"
-    site_observations(site, truth, cube, k, grid).to_csv(csv, index=False)
-    table, _ = extract_stage(layout.cube, layout.zones, csv)
+    zones, cube, truth, grid = twin.zones, twin.cube, twin.truth, twin.grid
+    site, table = draw_network(twin, k, work)
     if perfect:
         table = _perfect(table, truth, fluxes)
     tuned = resolve_profile(profile).model_copy(update={

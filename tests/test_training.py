@@ -40,6 +40,8 @@ from abz_dask.training.metrics import grouped_metrics, mae, mbe, metrics, r2, rm
 from abz_dask.training.synthetic import synthetic_cube, synthetic_training_table
 from abz_dask.twin import generate_twin
 
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
 #: The smallest profile that still runs every step (used where speed matters, not skill).
 TINY = TrainingProfile(name="tiny", cv="group_kfold", n_folds=3, tuning_trees=8,
                        final_trees=10, bootstrap_trees=5, n_bootstrap=3, importance_repeats=2,
@@ -135,6 +137,13 @@ def test_profiles_follow_the_decisions(tmp_path: Path) -> None:
         resolve_profile(cfg)
     with pytest.raises(ValueError, match="unknown training profile"):
         resolve_profile("heavy")
+    assert (paper.bootstrap_unit, light.bootstrap_unit) == ("row", "row")
+    example = resolve_profile(EXAMPLES / "profile-site-bootstrap.yaml")
+    same = {"name", "bootstrap_unit"}
+    assert example.model_dump(exclude=same) == light.model_dump(exclude=same)
+    assert example.bootstrap_unit == "site"
+    with pytest.raises(ValueError, match="bootstrap_unit"):
+        TrainingProfile(bootstrap_unit="plot")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- encoding inside folds
@@ -304,6 +313,39 @@ def test_results_do_not_depend_on_the_scheduler(table: pd.DataFrame) -> None:
         table[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)),
         b.bootstraps["Reco"][1].estimator.predict(
         table[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)))
+
+
+def test_site_block_sample_against_hand_values() -> None:
+    sites = np.array(["b", "a", "b", "c", "a", "b"])
+    picks = np.random.default_rng(0).integers(0, 3, size=3)  # indices into sorted a, b, c
+    rows = {0: [1, 4], 1: [0, 2, 5], 2: [3]}
+    expect = np.concatenate([rows[k] for k in picks])
+    got = fit_mod.site_block_sample(sites, np.random.default_rng(0))
+    assert np.array_equal(got, expect)
+
+
+@pytest.mark.parametrize("unit", ["row", "site"])
+def test_bootstrap_replicates_follow_their_resampling(table: pd.DataFrame, unit: str) -> None:
+    """Replicate b is the forest refit on the sample DECISIONS 8 (rows) or the site-block
+    bootstrap defines, drawn here independently of the package with seed ``seed + b``."""
+    from sklearn.base import clone
+
+    prof = TINY.model_copy(update={"n_bootstrap": 2, "bootstrap_unit": unit})
+    seed = 11
+    bundle = train_bundle(table, profile=prof, fluxes=("GPP",), seed=seed, progress=False)
+    d = fit_mod.prepare(table, ["GPP"], prof, seed).fluxes["GPP"]
+    X = d.frame[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)
+    for b, rep in enumerate(bundle.bootstraps["GPP"], start=1):
+        rng = np.random.default_rng(seed + b)
+        if unit == "row":
+            idx = rng.integers(0, len(d.y), size=len(d.y))
+        else:
+            names = sorted(set(d.sites))
+            picks = rng.integers(0, len(names), size=len(names))
+            idx = np.concatenate([np.flatnonzero(d.sites == names[k]) for k in picks])
+        ref = clone(rep.estimator).fit(X[idx], d.y[idx])
+        assert np.array_equal(ref.predict(X), rep.estimator.predict(X))
+    assert bundle.card["profile"]["bootstrap_unit"] == unit
 
 
 def test_distributed_cluster_gives_the_same_models(table: pd.DataFrame) -> None:

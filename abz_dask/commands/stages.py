@@ -82,7 +82,7 @@ def train(
     except (InputError, ValueError) as e:
         fail(str(e))
     typer.echo(f"models written to {run / 'models'} in {time.perf_counter() - t0:.1f} s "
-               f"(profile {prof.name})")
+               f"(profile {prof.name}; {prof.n_bootstrap} bootstraps by {prof.bootstrap_unit})")
     for f in fluxes:
         m = bundle.card["models"][f]
         cv = m["cv_metrics"]

@@ -11,7 +11,9 @@ The method (seed-spec §4.2–4.6, DECISIONS 5–8), per flux:
 4. the central model: the same forest refit on all rows;
 5. bootstrap replicate b = 1..B: rows drawn with replacement (same size) with seed
    ``seed + b``, the 15 non-categorical predictors, mtry = min(tuned mtry, 15), forest
-   ``random_state = seed + b``.
+   ``random_state = seed + b``. With the profile's ``bootstrap_unit = "site"`` the draw is of
+   sites instead (as many as the flux has, with replacement), each bringing all its rows
+   (:func:`site_block_sample`).
 
 Forests mirror R randomForest: bootstrap rows, ``max_features = mtry``, ``min_samples_split = 6``
 (nodesize 5), ``min_samples_leaf = 1``, ``n_jobs = 1`` (parallelism comes from Dask).
@@ -56,7 +58,7 @@ from abz_dask.training.metrics import metrics, rmse
 from abz_dask.training.profiles import TrainingProfile, resolve_profile
 
 __all__ = ["FluxData", "TrainingData", "caret_mtry_grid", "prepare", "ship_training_data",
-           "train_bundle", "tune"]
+           "site_block_sample", "train_bundle", "tune"]
 
 #: Columns carried into the CV predictions for stratified diagnostics.
 _CV_META = ("site_id", "year", "month", "vegtype", "flux_method", "disturbance",
@@ -226,10 +228,35 @@ def _final_fit(data: TrainingData, flux: str, mtry: int, seed: int) -> FluxModel
     return FluxModel(flux, rf, tuple(PREDICTOR_NAMES), _with_legend(enc), mtry, seed)
 
 
+def site_block_sample(sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of a site-block bootstrap sample.
+
+    Parameters
+    ----------
+    sites : ndarray
+        Site id of every row.
+    rng : Generator
+        Source of the draw.
+
+    Returns
+    -------
+    ndarray
+        As many sites as ``sites`` holds are drawn with replacement; every draw contributes all
+        rows of its site (ascending), so a site drawn k times appears k times and the sample
+        size varies around the number of rows.
+    """
+    uniq, inv = np.unique(sites, return_inverse=True)
+    members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
+    picks = rng.integers(0, len(uniq), size=len(uniq))
+    return np.concatenate([members[k] for k in picks])
+
+
 def _bootstrap_fit(data: TrainingData, flux: str, b: int, mtry: int, seed: int) -> FluxModel:
     d = data.fluxes[flux]
     s = seed + b
-    idx = np.random.default_rng(s).integers(0, len(d.y), size=len(d.y))
+    rng = np.random.default_rng(s)
+    idx = (site_block_sample(d.sites, rng) if data.profile.bootstrap_unit == "site"
+           else rng.integers(0, len(d.y), size=len(d.y)))
     m = min(mtry, len(BOOTSTRAP_PREDICTORS))
     rf = _forest(m, data.profile.bootstrap_trees, s, data.profile)
     X = d.frame[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)[idx]

@@ -24,6 +24,10 @@ A profile can be overridden field by field from YAML or a mapping (unknown keys 
     cv: loso
 
 see :func:`resolve_profile`.
+
+Both named profiles bootstrap by row as the paper does (DECISIONS 8). ``bootstrap_unit: site``
+draws whole sites instead; on the twin its budget SD comes much closer to the spread over redrawn
+site networks, which the row bootstrap misses (``benchmarks/RESULTS_bootstrap_unit.md``).
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ class TrainingProfile(BaseModel):
     final_trees: int = Field(default=500, ge=1, description="Trees of the central models.")
     bootstrap_trees: int = Field(default=500, ge=1, description="Trees per bootstrap model.")
     n_bootstrap: int = Field(default=20, ge=0, description="Bootstrap models per flux.")
+    bootstrap_unit: Literal["row", "site"] = Field(
+        default="row",
+        description="What a bootstrap training set resamples: rows (DECISIONS 8, the paper) or "
+                    "whole sites with all their rows (a block bootstrap that also sees which "
+                    "sites the network holds).")
     min_samples_split: int = Field(default=6, ge=2, description="randomForest nodesize 5.")
     min_samples_leaf: int = Field(default=1, ge=1, description="Smallest leaf.")
     month_scheme: Literal["mean_response", "ordinal"] = Field(
