@@ -69,7 +69,7 @@ def one_draw(twin: Twin, k: int, flux: str, profile: str, n_boot: int, work: Pat
         annual = annual_domain_budgets(est, w).mean("year").compute()
         for d in DOMAINS:
             reps = np.array([float(annual[f"b{b}"].sel(domain=d)) for b in range(n_boot)])
-            rows.append({"draw": k, "unit": unit, "domain": d, "mtry": bundle.models[flux].mtry,
+            rows.append({"draw": k, "unit": unit, "domain": d,
                          "central": float(annual["central"].sel(domain=d)),
                          "boot_mean": reps.mean(), "boot_sd": reps.std(ddof=1)})
     return rows
