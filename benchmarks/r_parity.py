@@ -11,11 +11,15 @@ Known, deliberate differences (so figures agree statistically, not to the digit)
 - categorical predictors: randomForest searches the category order at every node, abz_dask
   encodes month and vegetation type once per fit by mean response (DECISIONS 7);
 - node size: randomForest stops at ≤ 5 rows counting bootstrap duplicates, scikit-learn's
-  ``min_samples_split = 6`` counts distinct rows, so scikit-learn trees are slightly deeper.
+  ``min_samples_split = 6`` counts distinct rows, so a node of 16 draws of 5 rows stays a leaf
+  and scikit-learn's trees are smaller (≈ 2/3 of randomForest's leaves on the demo table,
+  ``benchmarks/RESULTS_fit.md``); ``--node-size-counts draws`` (the profile field
+  ``node_size_counts``) counts draws as R does.
 
 Usage::
 
     python benchmarks/r_parity.py [--sites 60] [--ntree 200] [--table training_table.parquet]
+                                  [--node-size-counts rows [draws]]
                                   [--out benchmarks/RESULTS_r_parity.md]
 """
 
@@ -60,7 +64,8 @@ def r_available(rscript: str = "Rscript") -> str | None:
 
 def run_parity(table: pd.DataFrame, fluxes: Sequence[str] = ("NEE", "GPP", "Reco"), *,
                ntree: int = 200, seed: int = 448, rscript: str = "Rscript",
-               workdir: Path | None = None, progress: bool = False) -> pd.DataFrame:
+               workdir: Path | None = None, progress: bool = False,
+               node_size_counts: Sequence[str] = ("rows",)) -> pd.DataFrame:
     """Tune with abz_dask and with R caret on the same LOSO folds and compare.
 
     Parameters
@@ -79,18 +84,21 @@ def run_parity(table: pd.DataFrame, fluxes: Sequence[str] = ("NEE", "GPP", "Reco
         Where the CSV exchange happens (a temporary folder by default).
     progress : bool
         Progress bar of the Python fits.
+    node_size_counts : sequence of {"rows", "draws"}
+        Python tunes once per value (the profile field of that name), R once for all.
 
     Returns
     -------
     DataFrame
-        One row per flux: ``n, n_sites, mtry_py, mtry_r, R2_py, R2_r, RMSE_py, RMSE_r,
+        One row per flux and ``node_size_counts``: ``n, n_sites, mtry_py, mtry_r, R2_py, R2_r,
+        RMSE_py, RMSE_r,
         seconds_py, seconds_r`` (wall time of each side, run concurrently) and
         ``fold_rmse_py`` / ``fold_rmse_r`` (mean fold RMSE per mtry, ``mtry:value`` strings).
     """
     grid = caret_mtry_grid(len(PREDICTOR_NAMES))
     prof = TrainingProfile(name="r_parity", cv="loso", tuning_trees=ntree, final_trees=ntree,
                            n_bootstrap=0)
-    data = prepare(table, list(fluxes), prof, seed)
+    data = prepare(table, list(fluxes), prof, seed)  # folds do not depend on the node size
 
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="r_parity_"))
     (tmp / "out").mkdir(parents=True, exist_ok=True)
@@ -112,7 +120,11 @@ def run_parity(table: pd.DataFrame, fluxes: Sequence[str] = ("NEE", "GPP", "Reco
                    ",".join(map(str, grid)), str(seed), ",".join(CATEGORICAL)]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True, env={**os.environ, "TZ": "UTC"}))
-        tuned = tune(data, ship_training_data(data), seed, progress)
+        tuned = {}
+        for mode in node_size_counts:
+            d_mode = prepare(table, list(fluxes),
+                             prof.model_copy(update={"node_size_counts": mode}), seed)
+            tuned[mode] = tune(d_mode, ship_training_data(d_mode), seed, progress)
         seconds_py = time.perf_counter() - t0
         errs = [p.communicate()[1] for p in procs]
     finally:
@@ -133,19 +145,20 @@ def run_parity(table: pd.DataFrame, fluxes: Sequence[str] = ("NEE", "GPP", "Reco
         r_best = int(pd.read_csv(tmp / "out" / f"{f}_best.csv")["mtry"].iloc[0])
         if not np.allclose(r_pred["obs"].to_numpy(), d.y, rtol=1e-6, atol=1e-6):
             raise RuntimeError(f"{f}: R's held-out rows do not line up with the table")
-        py = metrics(d.y, tuned[f].predictions[tuned[f].mtry])
         rr = metrics(d.y, r_pred["pred"].to_numpy())
-        tab = tuned[f].table
-        rows.append({
-            "flux": f, "n": len(d.y), "n_sites": len(np.unique(d.sites)),
-            "mtry_py": tuned[f].mtry, "mtry_r": r_best,
-            "R2_py": py["R2"], "R2_r": rr["R2"], "RMSE_py": py["RMSE"], "RMSE_r": rr["RMSE"],
-            "fold_rmse_py": " ".join(f"{m}:{v:.3f}" for m, v in
-                                     zip(tab["mtry"], tab["mean_fold_rmse"], strict=True)),
-            "fold_rmse_r": " ".join(f"{m}:{v:.3f}" for m, v in
-                                    zip(r_res["mtry"], r_res["RMSE"], strict=True)),
-            "seconds_py": seconds_py, "seconds_r": seconds_r,
-        })
+        for mode, t in tuned.items():
+            py = metrics(d.y, t[f].predictions[t[f].mtry])
+            tab = t[f].table
+            rows.append({
+                "flux": f, "node_size_counts": mode, "n": len(d.y),
+                "n_sites": len(np.unique(d.sites)), "mtry_py": t[f].mtry, "mtry_r": r_best,
+                "R2_py": py["R2"], "R2_r": rr["R2"], "RMSE_py": py["RMSE"], "RMSE_r": rr["RMSE"],
+                "fold_rmse_py": " ".join(f"{m}:{v:.3f}" for m, v in
+                                         zip(tab["mtry"], tab["mean_fold_rmse"], strict=True)),
+                "fold_rmse_r": " ".join(f"{m}:{v:.3f}" for m, v in
+                                        zip(r_res["mtry"], r_res["RMSE"], strict=True)),
+                "seconds_py": seconds_py, "seconds_r": seconds_r,
+            })
     if workdir is None:
         shutil.rmtree(tmp, ignore_errors=True)
     return pd.DataFrame.from_records(rows)
@@ -200,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="training table (Parquet/CSV) instead of a small twin's")
     ap.add_argument("--synthetic", action="store_true",
                     help="use the synthetic table instead of a small twin's")
+    ap.add_argument("--node-size-counts", nargs="+", choices=("rows", "draws"),
+                    default=["rows"], help="Python forests' node-size counting (one tuning each)")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS_r_parity.md")
     a = ap.parse_args(argv)
     why = r_available()
@@ -217,12 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = twin_parity_table(Path(tempfile.mkdtemp(prefix="r_parity_twin_")), a.sites)
         source = (f"digital twin, 100-km grid, 2001-2010, {a.sites} sites "
                   "(twin_parity_table: ABCflux CSV read + extracted as in `abz-dask train`)")
-    res = run_parity(table, ntree=a.ntree, seed=a.seed, progress=True)
+    res = run_parity(table, ntree=a.ntree, seed=a.seed, progress=True,
+                     node_size_counts=a.node_size_counts)
     res["mtry_ok"] = res.apply(mtry_agrees, axis=1)
     res["dR2"] = res["R2_py"] - res["R2_r"]
     res["dRMSE_rel"] = res["RMSE_py"] / res["RMSE_r"] - 1
-    shown = res[["flux", "n", "n_sites", "mtry_py", "mtry_r", "mtry_ok", "R2_py", "R2_r", "dR2",
-                 "RMSE_py", "RMSE_r", "dRMSE_rel", "fold_rmse_py", "fold_rmse_r"]]
+    shown = res[["flux", "node_size_counts", "n", "n_sites", "mtry_py", "mtry_r", "mtry_ok",
+                 "R2_py", "R2_r", "dR2", "RMSE_py", "RMSE_r", "dRMSE_rel", "fold_rmse_py",
+                 "fold_rmse_r"]]
     print(shown.to_string(index=False))
     import sklearn
 

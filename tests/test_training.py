@@ -144,6 +144,9 @@ def test_profiles_follow_the_decisions(tmp_path: Path) -> None:
     assert example.bootstrap_unit == "site"
     with pytest.raises(ValueError, match="bootstrap_unit"):
         TrainingProfile(bootstrap_unit="plot")  # type: ignore[arg-type]
+    assert (paper.node_size_counts, light.node_size_counts) == ("rows", "rows")
+    with pytest.raises(ValueError, match="node_size_counts"):
+        TrainingProfile(node_size_counts="leaves")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- encoding inside folds
@@ -346,6 +349,68 @@ def test_bootstrap_replicates_follow_their_resampling(table: pd.DataFrame, unit:
         ref = clone(rep.estimator).fit(X[idx], d.y[idx])
         assert np.array_equal(ref.predict(X), rep.estimator.predict(X))
     assert bundle.card["profile"]["bootstrap_unit"] == unit
+
+
+def _splittable_leaves(tree: object, X: np.ndarray, y: np.ndarray, min_split: int) -> int:
+    """Leaves of ``tree`` (fitted on the draws ``X``, ``y``) holding ≥ ``min_split`` draws
+    that could still be split: rows not all alike and responses not all equal."""
+    leaf = tree.apply(X)  # type: ignore[attr-defined]
+    n = 0
+    for v in np.unique(leaf):
+        m = leaf == v
+        if m.sum() >= min_split and np.ptp(y[m]) > 0 and (np.ptp(X[m], axis=0) > 0).any():
+            n += 1
+    return n
+
+
+def test_draws_node_size_counts_bootstrap_draws_as_randomforest(table: pd.DataFrame) -> None:
+    """``node_size_counts = "draws"``: the trees use the draws scikit-learn's forest makes
+    (same per-tree seeds; the draw recomputed here from the seed), and, as randomForest's
+    nodesize, no leaf holds ≥ 6 draws that could be split. ``"rows"`` (scikit-learn counting
+    distinct rows) leaves such nodes whole, so the check tells the two apart."""
+    from abz_dask.kernels import forest as fk
+
+    d = fit_mod.prepare(table, ["NEE"], TINY, 3).fluxes["NEE"]
+    X = d.frame[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)
+    rows = fit_mod.fit_forest(X, d.y, 5, 6, 21, TINY)
+    draws = fit_mod.fit_forest(X, d.y, 5, 6, 21,
+                               TINY.model_copy(update={"node_size_counts": "draws"}))
+    assert draws.n_estimators == len(draws.estimators_) == 6
+    split = TINY.min_samples_split
+    bad_rows = 0
+    for a, b in zip(rows.estimators_, draws.estimators_, strict=True):
+        assert a.random_state == b.random_state
+        idx = np.random.RandomState(b.random_state).randint(0, len(d.y), len(d.y))
+        assert b.tree_.n_node_samples[0] == len(d.y)  # the root counts draws
+        assert a.tree_.n_node_samples[0] == len(np.unique(idx))  # distinct rows of one draw
+        assert a.tree_.weighted_n_node_samples[0] == len(d.y)
+        assert _splittable_leaves(b, X[idx], d.y[idx], split) == 0
+        bad_rows += _splittable_leaves(a, X[idx], d.y[idx], split)
+    assert bad_rows > 0
+    assert np.mean([t.get_n_leaves() for t in draws.estimators_]) > \
+        1.2 * np.mean([t.get_n_leaves() for t in rows.estimators_])
+    again = fit_mod.fit_forest(X, d.y, 5, 6, 21,
+                               TINY.model_copy(update={"node_size_counts": "draws"}))
+    assert np.array_equal(again.predict(X), draws.predict(X))
+    means = np.mean([t.predict(X) for t in draws.estimators_], axis=0)
+    np.testing.assert_allclose(draws.predict(X), means, rtol=1e-12)
+    np.testing.assert_allclose(fk.predict(fk.pack_forest(draws), X), means, rtol=1e-5,
+                               atol=1e-4)
+
+
+def test_draws_bundle_round_trip_and_card(table: pd.DataFrame, tmp_path: Path) -> None:
+    prof = TINY.model_copy(update={"node_size_counts": "draws", "n_bootstrap": 2,
+                                   "bootstrap_unit": "site"})
+    bundle = run_training(table, tmp_path, profile=prof, fluxes=("GPP",), seed=4,
+                          progress=False)
+    card = json.loads((tmp_path / "models" / "card.json").read_text())
+    assert card["tree_settings"]["node_size_counts"] == "draws"
+    assert card["bootstrap"]["resampling"].startswith("sites")
+    loaded = load_bundle(tmp_path / "models")
+    assert np.array_equal(bundle.models["GPP"].predict(table), loaded.models["GPP"].predict(table))
+    for x, y in zip(bundle.bootstraps["GPP"], loaded.bootstraps["GPP"], strict=True):
+        assert np.array_equal(x.estimator.predict(x.design_matrix(table)),
+                              y.estimator.predict(y.design_matrix(table)))
 
 
 def test_distributed_cluster_gives_the_same_models(table: pd.DataFrame) -> None:

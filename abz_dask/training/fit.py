@@ -16,7 +16,11 @@ The method (seed-spec §4.2–4.6, DECISIONS 5–8), per flux:
    (:func:`site_block_sample`).
 
 Forests mirror R randomForest: bootstrap rows, ``max_features = mtry``, ``min_samples_split = 6``
-(nodesize 5), ``min_samples_leaf = 1``, ``n_jobs = 1`` (parallelism comes from Dask).
+(nodesize 5), ``min_samples_leaf = 1``, ``n_jobs = 1`` (parallelism comes from Dask). What the
+node size counts is the profile's ``node_size_counts``: ``"rows"`` (default) is scikit-learn's
+forest, whose bootstrap is a weight per row, so ``min_samples_split`` counts the distinct rows in
+a node; ``"draws"`` fits every tree on its drawn rows themselves, so it counts bootstrap draws as
+randomForest's ``nodesize`` does (:func:`fit_forest`).
 
 Parallelism: every fold × mtry fit, every final and bootstrap fit and every per-predictor
 diagnostic is one Dask task. The prepared training data is shipped once — scattered to the
@@ -41,6 +45,7 @@ import dask
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
+from sklearn.tree import DecisionTreeRegressor
 
 from abz_dask.encoding import CategoricalEncoding, fit_encoding
 from abz_dask.predictors import (
@@ -57,8 +62,8 @@ from abz_dask.training.ledger import FitLedger
 from abz_dask.training.metrics import metrics, rmse
 from abz_dask.training.profiles import TrainingProfile, resolve_profile
 
-__all__ = ["FluxData", "TrainingData", "caret_mtry_grid", "prepare", "ship_training_data",
-           "site_block_sample", "train_bundle", "tune"]
+__all__ = ["FluxData", "TrainingData", "caret_mtry_grid", "fit_forest", "prepare",
+           "ship_training_data", "site_block_sample", "train_bundle", "tune"]
 
 #: Columns carried into the CV predictions for stratified diagnostics.
 _CV_META = ("site_id", "year", "month", "vegtype", "flux_method", "disturbance",
@@ -179,11 +184,51 @@ def _task_seed(seed: int, *parts: int | str) -> int:
     return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _forest(mtry: int, n_trees: int, seed: int, profile: TrainingProfile
-            ) -> RandomForestRegressor:
-    return RandomForestRegressor(
+def fit_forest(X: np.ndarray, y: np.ndarray, mtry: int, n_trees: int, seed: int,
+               profile: TrainingProfile) -> RandomForestRegressor:
+    """Fit one random forest with the profile's tree settings.
+
+    Parameters
+    ----------
+    X : ndarray
+        Encoded predictors, shape (rows, predictors).
+    y : ndarray
+        Response.
+    mtry : int
+        Predictors tried per split (``max_features``).
+    n_trees : int
+        Trees.
+    seed : int
+        ``random_state`` of the forest.
+    profile : TrainingProfile
+        ``min_samples_split``, ``min_samples_leaf`` and ``node_size_counts``.
+
+    Returns
+    -------
+    RandomForestRegressor
+        Fitted, single-threaded. With ``node_size_counts = "draws"`` its trees are fitted one
+        by one on their bootstrap draws (row indices drawn as scikit-learn's forest draws them
+        from its per-tree seeds), so a node holding 8 draws of 4 distinct rows is split, as in
+        randomForest; with ``"rows"`` scikit-learn weights the rows and leaves it whole.
+    """
+    rf = RandomForestRegressor(
         n_estimators=n_trees, max_features=mtry, min_samples_split=profile.min_samples_split,
         min_samples_leaf=profile.min_samples_leaf, bootstrap=True, n_jobs=1, random_state=seed)
+    if profile.node_size_counts == "rows":
+        return rf.fit(X, y)
+    rs = np.random.RandomState(seed)
+    tree_seeds = rs.randint(np.iinfo(np.int32).max, size=n_trees)
+    trees = []
+    for s in tree_seeds:
+        draw = np.random.RandomState(s).randint(0, len(y), len(y), dtype=np.int32)
+        tree = DecisionTreeRegressor(
+            max_features=mtry, min_samples_split=profile.min_samples_split,
+            min_samples_leaf=profile.min_samples_leaf, random_state=int(s))
+        trees.append(tree.fit(X[draw], y[draw]))
+    # a one-tree fit sets the forest's fitted attributes; the drawn trees replace its tree
+    rf.set_params(n_estimators=1).fit(X[:2], y[:2])
+    rf.estimators_ = trees
+    return rf.set_params(n_estimators=n_trees)
 
 
 def _encode(frame: pd.DataFrame, y: np.ndarray, predictors: Sequence[str],
@@ -198,8 +243,8 @@ def _cv_fit(data: TrainingData, flux: str, fold: int, mtry: int, seed: int) -> _
     train = np.flatnonzero(d.folds != fold)
     ftrain = d.frame.iloc[train]
     enc = _encode(ftrain, d.y[train], PREDICTOR_NAMES, data.profile)
-    rf = _forest(mtry, data.profile.tuning_trees, seed, data.profile)
-    rf.fit(enc.transform(ftrain, PREDICTOR_NAMES), d.y[train])
+    rf = fit_forest(enc.transform(ftrain, PREDICTOR_NAMES), d.y[train], mtry,
+                    data.profile.tuning_trees, seed, data.profile)
     pred = rf.predict(enc.transform(d.frame.iloc[test], PREDICTOR_NAMES))
     return _CVFit(flux, fold, mtry, test, np.asarray(pred, dtype=np.float64))
 
@@ -223,8 +268,8 @@ def _with_legend(enc: CategoricalEncoding) -> CategoricalEncoding:
 def _final_fit(data: TrainingData, flux: str, mtry: int, seed: int) -> FluxModel:
     d = data.fluxes[flux]
     enc = _encode(d.frame, d.y, PREDICTOR_NAMES, data.profile)
-    rf = _forest(mtry, data.profile.final_trees, seed, data.profile)
-    rf.fit(enc.transform(d.frame, PREDICTOR_NAMES), d.y)
+    rf = fit_forest(enc.transform(d.frame, PREDICTOR_NAMES), d.y, mtry,
+                    data.profile.final_trees, seed, data.profile)
     return FluxModel(flux, rf, tuple(PREDICTOR_NAMES), _with_legend(enc), mtry, seed)
 
 
@@ -258,9 +303,8 @@ def _bootstrap_fit(data: TrainingData, flux: str, b: int, mtry: int, seed: int) 
     idx = (site_block_sample(d.sites, rng) if data.profile.bootstrap_unit == "site"
            else rng.integers(0, len(d.y), size=len(d.y)))
     m = min(mtry, len(BOOTSTRAP_PREDICTORS))
-    rf = _forest(m, data.profile.bootstrap_trees, s, data.profile)
     X = d.frame[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)[idx]
-    rf.fit(X, d.y[idx])
+    rf = fit_forest(X, d.y[idx], m, data.profile.bootstrap_trees, s, data.profile)
     return FluxModel(flux, rf, tuple(BOOTSTRAP_PREDICTORS), CategoricalEncoding(), m, s)
 
 
@@ -547,8 +591,11 @@ def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],
                "reported": "pooled held-out predictions"},
         "tree_settings": {"min_samples_split": prof.min_samples_split,
                           "min_samples_leaf": prof.min_samples_leaf, "bootstrap": True,
+                          "node_size_counts": prof.node_size_counts,
                           "max_features": "mtry", "criterion": "squared_error"},
-        "bootstrap": {"replicates": prof.n_bootstrap, "resampling": "rows with replacement",
+        "bootstrap": {"replicates": prof.n_bootstrap,
+                      "resampling": ("rows with replacement" if prof.bootstrap_unit == "row"
+                                     else "sites with replacement, all rows of each"),
                       "predictors": list(BOOTSTRAP_PREDICTORS),
                       "mtry": "min(tuned mtry, 15)", "seed": "seed + b, b = 1..B"},
         "categorical": {"predictors": list(CATEGORICAL), "month_scheme": prof.month_scheme,

@@ -63,6 +63,12 @@ class TrainingProfile(BaseModel):
                     "whole sites with all their rows (a block bootstrap that also sees which "
                     "sites the network holds).")
     min_samples_split: int = Field(default=6, ge=2, description="randomForest nodesize 5.")
+    node_size_counts: Literal["rows", "draws"] = Field(
+        default="rows",
+        description="What min_samples_split counts: distinct rows of a tree's bootstrap sample "
+                    "(scikit-learn's forest, which weights rows) or bootstrap draws, as "
+                    "randomForest's nodesize does (trees fitted on their drawn rows; ≈ 1.5× "
+                    "the leaves and fit time).")
     min_samples_leaf: int = Field(default=1, ge=1, description="Smallest leaf.")
     month_scheme: Literal["mean_response", "ordinal"] = Field(
         default="mean_response", description="Encoding of month (DECISIONS 7).")
