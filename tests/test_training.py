@@ -145,6 +145,10 @@ def test_profiles_follow_the_decisions(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bootstrap_unit"):
         TrainingProfile(bootstrap_unit="plot")  # type: ignore[arg-type]
     assert (paper.node_size_counts, light.node_size_counts) == ("rows", "rows")
+    example = resolve_profile(EXAMPLES / "profile-randomforest-nodes.yaml")
+    same = {"name", "node_size_counts"}
+    assert example.model_dump(exclude=same) == light.model_dump(exclude=same)
+    assert example.node_size_counts == "draws"
     with pytest.raises(ValueError, match="node_size_counts"):
         TrainingProfile(node_size_counts="leaves")  # type: ignore[arg-type]
 

@@ -28,6 +28,11 @@ see :func:`resolve_profile`.
 Both named profiles bootstrap by row as the paper does (DECISIONS 8). ``bootstrap_unit: site``
 draws whole sites instead; on the twin its budget SD comes much closer to the spread over redrawn
 site networks, which the row bootstrap misses (``benchmarks/RESULTS_bootstrap_unit.md``).
+
+Both named profiles also keep scikit-learn's node-size counting (``node_size_counts: rows``):
+``min_samples_split`` counts the distinct rows in a node, where randomForest's ``nodesize``
+counts bootstrap draws, so its trees have ≈ 1.5× as many leaves. ``node_size_counts: draws``
+grows trees of randomForest's size (``benchmarks/RESULTS_fit.md``).
 """
 
 from __future__ import annotations
