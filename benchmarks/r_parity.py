@@ -91,8 +91,7 @@ def run_parity(table: pd.DataFrame, fluxes: Sequence[str] = ("NEE", "GPP", "Reco
     -------
     DataFrame
         One row per flux and ``node_size_counts``: ``n, n_sites, mtry_py, mtry_r, R2_py, R2_r,
-        RMSE_py, RMSE_r,
-        seconds_py, seconds_r`` (wall time of each side, run concurrently) and
+        RMSE_py, RMSE_r, seconds_py, seconds_r`` (wall time of each side, run concurrently) and
         ``fold_rmse_py`` / ``fold_rmse_r`` (mean fold RMSE per mtry, ``mtry:value`` strings).
     """
     grid = caret_mtry_grid(len(PREDICTOR_NAMES))
