@@ -315,15 +315,14 @@ def _figures(bundle: ModelBundle, tables: dict[str, pd.DataFrame], imp: pd.DataF
 
     # Extended Data Fig. 3: permutation importance
     if len(imp):
-        fig = Figure(figsize=(4.2 * nf, 5.5))
-        fig.subplots_adjust(left=0.1, right=0.97, top=0.94, bottom=0.1, wspace=0.6)
+        fig = Figure(figsize=(4.2 * nf, 5.5), layout="constrained")  # room for long names
         axes = fig.subplots(1, nf, squeeze=False)
         for i, f in enumerate(fluxes):
             t = imp[imp["flux"] == f]
             order = t.groupby("predictor")["delta_rmse"].median().sort_values().index
             axes[0, i].boxplot([t.loc[t["predictor"] == p, "delta_rmse"] for p in order],
                                showfliers=False, **_box_kw(list(order), horizontal=True))
-            axes[0, i].set(title=f, xlabel=f"ΔRMSE on permutation [{_UNITS}]")
+            axes[0, i].set(title=f, xlabel=f"ΔRMSE on permutation\n[{_UNITS}]")
         written["fig_importance"] = _savefig(fig, out_dir / "importance.png")
 
     # Extended Data Fig. 6: CV residuals by disturbance class
