@@ -483,9 +483,15 @@ run_training(tab, Path(sys.argv[1]), profile=prof, fluxes=("NEE",), seed=6, prog
 """
 
 
+def _finished(led: Path, *patterns: str) -> dict[str, int]:
+    """Name → mtime of the ledger's finished records, without the writer's temporary files
+    (``NAME.tmp.SUFFIX``: renamed into place when complete, so they vanish while listed)."""
+    return {p.name: p.stat().st_mtime_ns for pat in patterns for p in led.glob(pat)
+            if ".tmp." not in p.name and p.name != "key.json"}
+
+
 def _ledger_files(out: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns
-            for p in (out / "training" / "cv_fits").glob("*/*_fold*_mtry*.npz")}
+    return _finished(out / "training" / "cv_fits", "*/*_fold*_mtry*.npz")
 
 
 _ENV = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -560,9 +566,7 @@ run_training(tab, Path(sys.argv[1]), profile=prof, fluxes=("NEE",), seed=7, prog
 
 
 def _final_files(out: Path) -> dict[str, int]:
-    led = out / "training" / "cv_fits"
-    return {p.name: p.stat().st_mtime_ns for pat in ("*/*.json", "*/diag_*.npz")
-            for p in led.glob(pat) if p.name != "key.json"}
+    return _finished(out / "training" / "cv_fits", "*/*.json", "*/diag_*.npz")
 
 
 def test_killed_final_phase_resumes_only_missing_models_bit_identical(tmp_path: Path) -> None:
@@ -598,4 +602,6 @@ def test_fit_ledger_is_keyed_by_what_determines_the_fits(tmp_path: Path) -> None
     got = same.load("NEE", 3, 2)
     assert got is not None and np.array_equal(got[1], np.linspace(0, 1, 4))
     assert other.load("NEE", 3, 2) is None and len(other) == 0 and len(same) == 1
+    (same.dir / "NEE_fold4_mtry2.npz.tmp.npz").write_bytes(b"half")  # a killed writer's
+    assert len(same) == 1 and same.load("NEE", 4, 2) is None
     assert same.load("NEE", 3, 9) is None

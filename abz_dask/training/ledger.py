@@ -72,7 +72,8 @@ class FitLedger:
         _atomic(self._path(flux, fold, mtry), lambda t: np.savez(t, test=test, pred=pred))
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.dir.glob("*_fold*_mtry*.npz"))
+        # not a killed writer's temporary file (NAME.tmp.npz, never renamed into place)
+        return sum(1 for p in self.dir.glob("*_fold*_mtry*.npz") if ".tmp." not in p.name)
 
     def save_model(self, name: str, model: FluxModel) -> None:
         """Record a fitted central or bootstrap model under ``name`` (the JSON last, so a
