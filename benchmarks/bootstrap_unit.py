@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -44,7 +43,6 @@ from r_parity import markdown_table  # benchmarks/ is on sys.path when run as a 
 from abz_dask.budgets import annual_domain_budgets, domain_weights
 from abz_dask.training import train_bundle
 from abz_dask.training.profiles import resolve_profile
-from abz_dask.twin import TwinLayout
 from abz_dask.upscale import compile_bundle, predict
 
 UNITS = ("row", "site")
@@ -133,11 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.bootstraps < 2 or args.draws < 2:
         ap.error("--bootstraps and --draws must be at least 2 (an SD needs two values)")
-    layout = TwinLayout(args.twin)
-    config = json.loads((layout.root / "twin.json").read_text())
-    truth_ds = xr.open_zarr(layout.truth, consolidated=False)
-    twin = Twin.open(layout, truth_ds, int(config["n_sites"]))
-    truth = truth_budgets(truth_ds, twin.zones, [args.flux])
+    twin = Twin.open(args.twin)
+    truth = truth_budgets(twin.truth, twin.zones, [args.flux])
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="threads"):

@@ -92,14 +92,22 @@ class Twin:
     truth: xr.Dataset  # possibly without D
     grid: Grid
     n_sites: int
+    seed: int  # the twin's own seed: network draw ``seed`` is the twin's network
 
     @classmethod
-    def open(cls, layout: TwinLayout, truth: xr.Dataset, n_sites: int) -> Twin:
-        """Open the stores of ``layout`` (zones loaded: every draw places sites on them)."""
+    def open(cls, root: Path, without_d: bool = False) -> Twin:
+        """Open the twin folder ``root`` (zones loaded: every draw places sites on them);
+        ``without_d`` sets the truth's hidden field D to 0 (:func:`without_diseq`)."""
+        layout = TwinLayout(root)
+        config = json.loads((layout.root / "twin.json").read_text())
+        seed = int(config["seed"])
+        truth = xr.open_zarr(layout.truth, consolidated=False)
+        if without_d:
+            truth = without_diseq(truth, seed)
         cube = xr.open_zarr(layout.cube, consolidated=False)
         return cls(layout, xr.open_zarr(layout.zones, consolidated=False).load(), cube,
                    xr.open_zarr(layout.fire, consolidated=False), truth, Grid.of_dataset(cube),
-                   n_sites)
+                   int(config["n_sites"]), seed)
 
 
 def draw_network(twin: Twin, k: int, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -228,14 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="set the hidden respiration field D of the truth to 0")
     ap.add_argument("--out", type=Path, default=None, help="Markdown results file")
     args = ap.parse_args(argv)
-    layout = TwinLayout(args.twin)
-    config = json.loads((layout.root / "twin.json").read_text())
-    twin_seed = int(config["seed"])
-    truth_ds = xr.open_zarr(layout.truth, consolidated=False)
-    if args.without_diseq:
-        truth_ds = without_diseq(truth_ds, twin_seed)
-    twin = Twin.open(layout, truth_ds, int(config["n_sites"]))
-    truth = truth_budgets(truth_ds, twin.zones, args.fluxes)
+    twin = Twin.open(args.twin, args.without_diseq)
+    layout, twin_seed = twin.layout, twin.seed
+    truth = truth_budgets(twin.truth, twin.zones, args.fluxes)
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="threads"):
