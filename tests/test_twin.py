@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import xarray as xr
 
 from abz_dask.twin import TwinLayout, generate_twin
-from abz_dask.twin.sites import ABCFLUX_COLUMNS, MONTHLY_COUNTS
+from abz_dask.twin.sites import ABCFLUX_COLUMNS, MONTHLY_COUNTS, SITE_LOG_SD, site_factors
 
 
 def _stores_equal(a: TwinLayout, b: TwinLayout) -> None:
@@ -45,6 +46,23 @@ def test_settings_mismatch_refused(tmp_path: Path) -> None:
     generate_twin(tmp_path, **kw)
     with pytest.raises(FileExistsError, match="other settings"):
         generate_twin(tmp_path, **{**kw, "seed": 9})
+    # a folder an earlier twin version made (no ``twin_version``) is not finished with new code
+    manifest = tmp_path / "twin.json"
+    old = json.loads(manifest.read_text())
+    del old["twin_version"]
+    manifest.write_text(json.dumps(old))
+    with pytest.raises(FileExistsError, match="other settings"):
+        generate_twin(tmp_path, **kw)
+
+
+def test_site_factors_have_mean_one() -> None:
+    """The cell's truth is the mean over a site's possible footprints, so the site factors
+    average one (E exp(N(−σ²/2, σ)) = 1); a median-one factor would average 1.0072 / 1.0104."""
+    f_gpp, f_reco = site_factors(np.random.default_rng(0), 1_000_000)
+    assert abs(f_gpp.mean() - 1.0) < 1e-3  # standard error of the mean ≈ 1.2e-4
+    assert abs(f_reco.mean() - 1.0) < 1e-3  # ≈ 1.4e-4
+    assert np.log(f_gpp).std() == pytest.approx(SITE_LOG_SD[0], rel=0.01)
+    assert np.log(f_reco / f_gpp).std() == pytest.approx(SITE_LOG_SD[1], rel=0.01)
 
 
 def test_site_csv_schema_and_monthly_distribution(twin100: TwinLayout) -> None:

@@ -30,7 +30,11 @@ from abz_dask.grid import Grid
 from abz_dask.twin.generate import TwinLayout, write_cube_truth_fire
 from abz_dask.twin.sites import make_sites, site_observations
 
-__all__ = ["TwinLayout", "generate_twin"]
+__all__ = ["TWIN_VERSION", "TwinLayout", "generate_twin"]
+
+#: Version of what the twin generates, recorded in ``twin.json``; a folder made by another
+#: version is refused rather than finished. 2: site factors with mean one (were median one).
+TWIN_VERSION = 2
 
 
 def generate_twin(out: str | Path, resolution: str | float = "50km", start: str = "1990-01",
@@ -72,7 +76,8 @@ def generate_twin(out: str | Path, resolution: str | float = "50km", start: str 
     if len(time) < 12 or time[0].month != 1:
         raise ValueError(f"twin period {start}..{end} must start in January and span ≥ 12 months")
     config = {"resolution": str(resolution), "start": start, "end": end, "seed": seed,
-              "n_sites": n_sites, "tile": tile, "abz_dask_version": __version__}
+              "n_sites": n_sites, "tile": tile, "abz_dask_version": __version__,
+              "twin_version": TWIN_VERSION}
     manifest = layout.root / "twin.json"
     if manifest.exists() and json.loads(manifest.read_text()) != config:
         raise FileExistsError(f"{layout.root} holds a twin made with other settings "

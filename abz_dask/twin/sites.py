@@ -5,9 +5,10 @@
 - 1–213 months per site (mean ≈ 25), ≈ 4,800 site-months whose calendar-month counts follow the
   paper's (seed-spec §6.2); eddy-covariance (EC) sites hold ≈ 88 % of the months; chamber sites
   measure mostly in the growing season and some have several plots per site-month.
-- Observations = planted truth of the site's cell × a site-level factor (local heterogeneity)
-  + measurement noise; GPP/Reco are partitioned so that NEE = Reco − GPP per row; GPP is stored
-  negative as in the authors' table; −9999 marks missing values.
+- Observations = planted truth of the site's cell × a site-level factor (local heterogeneity:
+  lognormal with mean one, since the cell's truth is the mean over the footprints a site could
+  have) + zero-mean measurement noise; GPP/Reco are partitioned so that NEE = Reco − GPP per
+  row; GPP is stored negative as in the authors' table; −9999 marks missing values.
 - ≈ 14 % of sites are disturbed: fire sites sit in cells that burned in the twin's fire map and
   are measured from the fire year on; some thermokarst and harvest sites.
 """
@@ -22,7 +23,8 @@ from abz_dask.grid import Grid, _lonlat_block
 from abz_dask.predictors import VEG_CLASSES
 from abz_dask.twin.fields import rng_for
 
-__all__ = ["ABCFLUX_COLUMNS", "MONTHLY_COUNTS", "make_sites", "site_observations"]
+__all__ = ["ABCFLUX_COLUMNS", "MONTHLY_COUNTS", "SITE_LOG_SD", "make_sites", "site_factors",
+           "site_observations"]
 
 #: Monthly sample sizes of the paper's 1-km NEE model (seed-spec §6.2, Jan..Dec).
 MONTHLY_COUNTS = np.array([288, 289, 329, 377, 449, 497, 527, 522, 475, 386, 320, 306])
@@ -34,6 +36,8 @@ ABCFLUX_COLUMNS = [
     "disturbance", "disturb_year", "disturb_severity", "extraction_source",
     "data_contributor_or_author", "citation",
 ]
+#: SD of the log site factor of GPP, and of Reco's factor relative to GPP's.
+SITE_LOG_SD = (0.12, 0.08)
 _REGION_SHARE = {1: 0.22, 2: 0.28, 3: 0.37, 4: 0.13}  # Alaska, Canada, Europe, Siberia
 _REGION_CC = {1: "US", 2: "CA", 3: "FI", 4: "RU"}
 
@@ -172,6 +176,32 @@ def _site_months(site: pd.Series, time: pd.DatetimeIndex, rng: np.random.Generat
     return out
 
 
+def site_factors(rng: np.random.Generator, size: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Site-level multipliers of the cell's truth GPP and Reco (local heterogeneity).
+
+    ``f_gpp = exp(N(−σ²/2, σ))`` and ``f_reco = f_gpp · exp(N(−τ²/2, τ))`` with
+    ``(σ, τ) = SITE_LOG_SD``: both have mean one, so the site network is unbiased for the cell's
+    truth (a median of one, ``exp(N(0, σ))``, would plant a bias of +0.7 % GPP and +1.0 % Reco).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random stream; two normal draws per factor pair.
+    size : int, optional
+        Number of pairs (default: one pair of scalars).
+
+    Returns
+    -------
+    f_gpp, f_reco : ndarray or float
+        The multipliers.
+    """
+    s_g, s_r = SITE_LOG_SD
+    f_gpp = np.exp(rng.normal(-s_g ** 2 / 2, s_g, size))
+    f_reco = f_gpp * np.exp(rng.normal(-s_r ** 2 / 2, s_r, size))
+    return f_gpp, f_reco
+
+
 def site_observations(site: pd.DataFrame, truth: xr.Dataset, cube: xr.Dataset, seed: int,
                       grid: Grid) -> pd.DataFrame:
     """Monthly observations of every site in the ABCflux v1 column format."""
@@ -185,8 +215,7 @@ def site_observations(site: pd.DataFrame, truth: xr.Dataset, cube: xr.Dataset, s
     recs = []
     for s, (_, row) in enumerate(site.iterrows()):
         months = _site_months(row, time, rng)
-        f_gpp = np.exp(rng.normal(0, 0.12))
-        f_reco = f_gpp * np.exp(rng.normal(0, 0.08))
+        f_gpp, f_reco = (float(f) for f in site_factors(rng))
         sd_scale = 1.0 if row["method"] == "EC" else 1.8
         for t in months:
             gpp = float(tr["GPP"].values[t, s]) * f_gpp
