@@ -34,6 +34,9 @@ from typing import Any
 
 from abz_dask import __version__
 from abz_dask.config import BuildInput, FilesInput, RunConfig, TwinInput
+from abz_dask.integrity import check_digest, digest_outputs, relative, summarize
+from abz_dask.locks import hold
+from abz_dask.ownership import claim_folder
 
 __all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "identity",
            "register_stage", "run_pipeline"]
@@ -239,22 +242,58 @@ def _key(ctx: RunContext, stage: Stage) -> tuple[str, dict[str, Any]]:
 
 
 def _remove(ctx: RunContext, paths: Sequence[Path]) -> None:
+    """Remove a stage's outputs: fixed names inside the run folder, which the runner claimed
+    (created, or found empty or already a run folder), so they are the package's."""
     root = ctx.out.resolve()
     for p in paths:
-        p = Path(p).resolve()
+        p = Path(p).parent.resolve() / Path(p).name  # a link is removed, not its target
         if root not in p.parents:
             raise RuntimeError(f"refusing to remove {p}: outside the run folder {root}")
         for q in (p, p.with_name(p.name + ".done")):
-            if q.is_dir():
+            if q.is_dir() and not q.is_symlink():
                 shutil.rmtree(q)
-            elif q.exists():
+            elif q.exists() or q.is_symlink():
                 q.unlink()
+
+
+def _check_force(force: Sequence[str], stages: Sequence[Stage], config: RunConfig) -> None:
+    names = [s.name for s in stages if s.applies(config)]
+    unknown = sorted(set(force) - set(names))
+    if unknown:
+        raise ValueError(f"--force {', '.join(unknown)}: no such stage in this run; stages: "
+                         f"{', '.join(names)}")
+
+
+def _state(ctx: RunContext, stage: Stage, old: dict[str, Any] | None, key: str
+           ) -> tuple[str, str]:
+    """``(state, why)`` of a stage before it runs: ``current``, ``stale`` (settings or inputs
+    changed), ``damaged`` (outputs differ from their recorded digest), ``missing`` outputs, or
+    ``new`` (no record)."""
+    if old is None:
+        return "new", ""
+    if old.get("key") != key:
+        return "stale", "settings or inputs changed"
+    outputs = stage.outputs(ctx)
+    missing = [str(p) for p in outputs if not Path(p).exists()]
+    if missing:
+        return "missing", f"output(s) missing: {', '.join(missing)}"
+    recorded = old.get("outputs_digest")  # None in records written before digests existed
+    problems = check_digest(recorded, ctx.out, outputs) if recorded is not None else []
+    if problems:
+        return "damaged", "outputs damaged:" + summarize(problems)
+    return "current", ""
 
 
 def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
                  echo: Callable[[str], None] | None = None, force: Sequence[str] = ()
                  ) -> RunResult:
     """Run every applicable stage in order on the active scheduler, skipping current ones.
+
+    The run folder is created (or adopted if empty or already a run folder; a non-empty folder
+    of other files is refused) and locked for the duration: a second run on the same folder
+    is refused with :class:`~abz_dask.locks.LockedError`. A stage is current when its record's
+    key matches and its outputs match the digest recorded when they were written; damaged
+    outputs (a missing chunk or variable, altered bytes) are reported and rebuilt.
 
     Parameters
     ----------
@@ -265,46 +304,59 @@ def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
     echo : callable, optional
         Receives one line per stage (``twin: ran in 12.3 s``).
     force : sequence of str
-        Stage names to rerun even when current.
+        Stage names to rerun even when current (their partial outputs are cleared first).
 
     Returns
     -------
     RunResult
     """
+    stages = list(stages if stages is not None else STAGES)
+    _check_force(force, stages, config)
     ctx = RunContext(config)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    say = echo or (lambda _msg: None)
+    claim_folder(ctx.out)
+    with hold(ctx.out, "run folder", inside=True):
+        return _run_locked(ctx, stages, echo or (lambda _msg: None), force)
+
+
+def _run_locked(ctx: RunContext, stages: Sequence[Stage], say: Callable[[str], None],
+                force: Sequence[str]) -> RunResult:
     results: list[StageResult] = []
-    for stage in stages if stages is not None else STAGES:
-        if not stage.applies(config):
+    for stage in stages:
+        if not stage.applies(ctx.config):
             continue
         key, doc = _key(ctx, stage)
         rec_path = _record_path(ctx, stage)
         old = json.loads(rec_path.read_text()) if rec_path.exists() else None
-        complete = all(Path(p).exists() for p in stage.outputs(ctx))
-        if old is not None and old.get("key") == key and complete and stage.name not in force:
+        state, why = _state(ctx, stage, old, key)
+        if state == "current" and stage.name not in force:
             ctx.hashes[stage.name] = key
-            results.append(StageResult(stage.name, "skipped", 0.0, key, old.get("info", {})))
+            results.append(StageResult(stage.name, "skipped", 0.0, key, old.get("info", {})
+                                       if old else {}))
             say(f"{stage.name}: current, skipped")
             continue
-        if old is not None and (old.get("key") != key or stage.name in force):
-            say(f"{stage.name}: settings or inputs changed, removing its outputs")
+        if stage.name in force or state in ("stale", "damaged"):
+            say(f"{stage.name}: {why or 'forced'}; removing its outputs")
             _remove(ctx, (stage.clean or stage.outputs)(ctx))
         rec_path.unlink(missing_ok=True)
         t0 = time.perf_counter()
         info = stage.run(ctx) or {}
         dt = time.perf_counter() - t0
-        missing = [str(p) for p in stage.outputs(ctx) if not Path(p).exists()]
+        outputs = stage.outputs(ctx)
+        missing = [str(p) for p in outputs if not Path(p).exists()]
         if missing:
             raise RuntimeError(f"stage {stage.name!r} finished without writing {missing}")
         record = {**doc, "key": key, "seconds": round(dt, 3), "info": info,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "outputs": [relative(Path(p).absolute(), ctx.out.absolute()) for p in outputs],
+                  "outputs_digest": digest_outputs(outputs, ctx.out)}
         tmp = rec_path.with_name(rec_path.name + ".tmp")
         tmp.write_text(json.dumps(record, indent=2, default=str))
         tmp.replace(rec_path)
         ctx.hashes[stage.name] = key
         results.append(StageResult(stage.name, "ran", dt, key, info))
-        say(f"{stage.name}: ran in {dt:.1f} s")
+        resumed = {k: v for k, v in info.items() if k.startswith("resumed") and v}
+        say(f"{stage.name}: ran in {dt:.1f} s"
+            + "".join(f"; {k.replace('_', ' ')}: {v}" for k, v in resumed.items()))
     return RunResult(ctx.out, results)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ import xarray as xr
 import zarr
 
 from abz_dask import __version__
+from abz_dask.ownership import check_replaceable, is_abz_store, remove_created
 
 __all__ = ["Tile", "TileLedger", "create_store", "iter_tiles", "provenance", "write_region"]
-
 
 
 @dataclass(frozen=True)
@@ -102,30 +101,41 @@ def _jsonable(v: Any) -> Any:
 
 
 def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False,
-                 check_attrs: tuple[str, ...] = ()) -> bool:
+                 check_attrs: tuple[str, ...] = (), replace_mismatch: bool = False) -> bool:
     """Write the metadata (and coordinates) of ``template`` to a new Zarr v3 store.
 
     ``template`` must hold lazy (dask) data variables; their chunks become the store chunks.
     Returns False if a complete store with the same variables, sizes and ``check_attrs`` values
-    already exists (resume), True when a new store was created.
+    already exists (resume), True when a new store was created. An existing store is replaced
+    only if abz_dask wrote it (its root attributes carry ``abz_dask_version``): with
+    ``overwrite``, when its metadata is damaged (a run killed while creating it), or when its
+    settings differ and ``replace_mismatch`` is set (an unfinished temporary store).
+
+    Raises
+    ------
+    ForeignPathError
+        ``path`` exists and is not an abz_dask store (nothing is deleted or written).
+    FileExistsError
+        An abz_dask store with other variables, sizes or settings exists (and neither
+        ``overwrite`` nor ``replace_mismatch`` is set).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    check_replaceable(path)
+    if path.exists() and is_abz_store(path) and not overwrite:
         try:
             existing = xr.open_zarr(path, consolidated=False)
-        except Exception:  # a store killed before its metadata was complete: start again
-            shutil.rmtree(path)
-        else:
+        except Exception:  # our store, killed before its metadata was complete: start again
+            existing = None
+        if existing is not None:
             same = set(template.data_vars) <= set(existing.variables) and all(
                 existing.sizes.get(d) == n for d, n in template.sizes.items()) and all(
                 existing.attrs.get(k) == template.attrs.get(k) for k in check_attrs)
             if same:
                 return False
-            raise FileExistsError(f"{path} exists with other variables, sizes or settings; "
-                                  "remove it or pass overwrite=True")
-    if path.exists():
-        shutil.rmtree(path)
-    shutil.rmtree(TileLedger(path).dir, ignore_errors=True)
+            if not replace_mismatch:
+                raise FileExistsError(f"{path} exists with other variables, sizes or settings; "
+                                      "remove it or pass overwrite=True")
+    remove_created(path)
     encoding = {}
     for name, var in template.data_vars.items():
         enc: dict[str, Any] = {"chunks": tuple(c[0] for c in var.chunks)} if var.chunks else {}
@@ -135,7 +145,11 @@ def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrit
     # text labels as Zarr v3 variable-length UTF-8 (fixed-length UTF-32 has no v3 spec yet)
     text = {k: v.astype(object) for k, v in template.coords.items() if v.dtype.kind == "U"}
     template = template.assign_coords(text)
-    template.to_zarr(path, mode="w", compute=False, encoding=encoding, zarr_format=3,
+    template.attrs = {**provenance(), **template.attrs}
+    # claim the path first (root attributes name the package), then add the arrays: a run
+    # killed at any point leaves a store the next run recognises as its own
+    zarr.open_group(str(path), mode="w", zarr_format=3, attributes=provenance())
+    template.to_zarr(path, mode="a", compute=False, encoding=encoding, zarr_format=3,
                      consolidated=False)
     return True
 

@@ -32,6 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.grid import Grid
+from abz_dask.integrity import verify_store
 from abz_dask.zones import ZONE_LABELS
 
 __all__ = [
@@ -89,12 +90,15 @@ def open_flux_store(store: str | Path | xr.Dataset) -> xr.Dataset:
     ValueError
         If its tile ledger (``fluxes.zarr.done/``) lists fewer tiles than the store has (an
         upscaling run still going or killed).
+    DamagedOutputError
+        If the store differs from the digest its stage recorded (:mod:`abz_dask.integrity`).
     """
     if isinstance(store, xr.Dataset):
         return store
     p = Path(store)
     if not p.exists():
         raise FileNotFoundError(f"flux store {p} does not exist")
+    verify_store(p)
     ds = xr.open_zarr(p, consolidated=False)
     ledger = p.with_name(p.name + ".done")
     if ledger.is_dir() and "tile_id" in ds.sizes:

@@ -18,6 +18,7 @@ import xarray as xr
 
 from abz_dask.analyses.series import season_months, whole_years
 from abz_dask.trends import Method, trend
+from abz_dask.zonal import open_flux_store
 
 __all__ = ["budget_trend_table", "domain_sums", "fire_budgets", "seasonal_budgets",
            "store_domain_sums"]
@@ -25,7 +26,7 @@ __all__ = ["budget_trend_table", "domain_sums", "fire_budgets", "seasonal_budget
 
 def store_domain_sums(store: str | Path | xr.Dataset) -> xr.DataArray:
     """Monthly domain sums ``(flux, model, time, domain)`` (g C month⁻¹) of a flux store."""
-    ds = store if isinstance(store, xr.Dataset) else xr.open_zarr(store, consolidated=False)
+    ds = open_flux_store(store)
     if "zone_sums" not in ds:
         raise KeyError(f"{store}: flux store has no 'zone_sums' variable")
     return ds["zone_sums"].sum("tile_id")

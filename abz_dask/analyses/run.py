@@ -48,6 +48,7 @@ from abz_dask.grid import Grid
 from abz_dask.progress import compute_with_progress
 from abz_dask.trends import METHODS
 from abz_dask.upscale.results import annual_budgets
+from abz_dask.zonal import open_flux_store
 
 __all__ = ["TrendConfig", "TrendInputs", "TrendResult", "flux_series", "predictor_series",
            "prepare_output", "run_trends"]
@@ -299,7 +300,7 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
     out = Path(out)
     manifest = prepare_output(inputs, out, cfg, overwrite=overwrite)
 
-    fx = _open(inputs.fluxes)
+    fx = open_flux_store(inputs.fluxes)
     grid = _grid_of(fx)
     zones = _open(inputs.zones)
     if (zones.sizes["y"], zones.sizes["x"]) != (fx.sizes["y"], fx.sizes["x"]):

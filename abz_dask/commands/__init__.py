@@ -15,4 +15,5 @@ MODULES: tuple[str, ...] = (
     "abz_dask.commands.build_cube",
     "abz_dask.commands.compare",
     "abz_dask.commands.report",
+    "abz_dask.commands.verify",
 )

@@ -17,7 +17,6 @@ needs every month of a cell; 240 months of a 512² tile = 250 MB — choose ``ti
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from abz_dask.cube_build.plan import BuildPlan, VarPlan
 from abz_dask.cube_build.reproject import TileMap, tile_map
 from abz_dask.cube_build.sources import Entry, Reader, open_source
 from abz_dask.cube_build.validate import check_legend, check_range
+from abz_dask.locks import hold
+from abz_dask.ownership import check_replaceable, remove_created
 from abz_dask.predictors import PREDICTORS
 from abz_dask.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 
@@ -194,9 +195,15 @@ def run_plan(plan: BuildPlan, out: str | Path, *, overwrite: bool = False,
     BuildResult
         Including the gap-filling report (cell-months per method and variable).
     """
+    out = Path(out)
+    with hold(out, "cube"):
+        return _run_locked(plan, out, overwrite, progress)
+
+
+def _run_locked(plan: BuildPlan, out: Path, overwrite: bool, progress: bool) -> BuildResult:
     from abz_dask.progress import compute_with_progress
 
-    out = Path(out)
+    check_replaceable(out, "cube")
     if out.exists() and not overwrite:
         try:
             attrs = dict(zarr.open_group(str(out), mode="r").attrs)
@@ -209,7 +216,9 @@ def run_plan(plan: BuildPlan, out: str | Path, *, overwrite: bool = False,
                               "it or pass overwrite")
     tmp = out.with_name(out.name + ".tmp")
     template = _template(plan)
-    create_store(template, tmp, check_attrs=("build_config_token",))
+    # an unfinished cube of another configuration (its run is gone: we hold the lock) is
+    # replaced; one of this configuration is resumed tile by tile
+    create_store(template, tmp, check_attrs=("build_config_token",), replace_mismatch=True)
     tiles = list(iter_tiles(plan.grid.shape, plan.tile))
     tasks = [dask.delayed(_build_tile, pure=False)(plan, t, tmp) for t in tiles]
     results = compute_with_progress(tasks, "build-cube tiles", enabled=progress)
@@ -225,9 +234,7 @@ def run_plan(plan: BuildPlan, out: str | Path, *, overwrite: bool = False,
                                  | {"gapfill_method": "linear in time (<= max_gap months), "
                                     "else seasonal climatology"})
     group.attrs["build_report"] = json.dumps(report, sort_keys=True)
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.rmtree(TileLedger(out).dir, ignore_errors=True)
+    remove_created(out)
     tmp.rename(out)
     ledger = TileLedger(tmp).dir
     if ledger.exists():

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.zonal import open_flux_store
+
 __all__ = ["LAND_CELLS_1KM", "annual_budgets", "budget_table", "project_core_hours"]
 
 #: Land cells of the published 1-km ABZ product (20.7 M km² at 0.99994 km² per cell).
@@ -17,7 +19,7 @@ MONTHS_1KM = 240
 
 def annual_budgets(store: str | Path | xr.Dataset) -> xr.DataArray:
     """Annual budgets (Tg C yr⁻¹), ``(flux, model, year, domain)``; model 0 is central."""
-    ds = store if isinstance(store, xr.Dataset) else xr.open_zarr(store, consolidated=False)
+    ds = open_flux_store(store)
     zs = ds["zone_sums"].sum("tile_id")
     counts = zs["time"].dt.year.to_series().value_counts()
     full = np.sort(counts.index[counts.to_numpy() == 12].to_numpy())

@@ -36,6 +36,7 @@ from dask.delayed import Delayed
 
 from abz_dask.budgets import DOMAINS, domain_weights
 from abz_dask.grid import Grid
+from abz_dask.locks import hold
 from abz_dask.predictors import PREDICTORS
 from abz_dask.progress import compute_with_progress
 from abz_dask.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
@@ -295,6 +296,10 @@ def run_upscale(cube_path: str | Path, zones_path: str | Path, out: str | Path,
     DataFrame
         Per-tile timing and counts (``cpu_s``, ``forest_row_evals``, ...).
     """
-    tiles, tasks = plan_upscale(cube_path, zones_path, out, models, cfg)
-    infos = compute_with_progress(tasks, "upscale tiles", enabled=progress)
+    with hold(out, "flux store"):
+        tiles, tasks = plan_upscale(cube_path, zones_path, out, models, cfg)
+        resumed = TileLedger(out).count()
+        if resumed and progress:
+            print(f"upscale: resuming {out}: {resumed} of {len(tiles)} tiles already finished")
+        infos = compute_with_progress(tasks, "upscale tiles", enabled=progress)
     return pd.DataFrame([{"tile": t.key, **info} for t, info in zip(tiles, infos, strict=True)])
