@@ -16,7 +16,10 @@ For each domain (ABZ, tundra, boreal, permafrost region) and flux (NEE, GPP, Rec
   year) NEE budget, period means of the central model;
 * **NEE + fire** (Tg C yr⁻¹): the mean over ``fire_start..end`` of annual NEE budget + annual fire
   emissions of the domain (fire.zarr ``fire_emissions``, g C m⁻² of cell area);
-* **area** (10⁶ km²): Σ cell area × land fraction.
+* **area** (10⁶ km²): Σ cell area × land fraction; **area with data**: its mean over the months
+  of the part with a prediction. Domain cells whose predictors have no data get no prediction;
+  they are excluded from the budgets and the per-area means (which divide by the area with
+  data), and the excluded share is shown.
 
 The same columns are computed from the planted truth (``twin/truth.zarr``) when present.
 
@@ -284,14 +287,22 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
     -------
     DataFrame
         One row per domain × flux: ``domain, flux, per_area_mean, per_area_sd, budget,
-        budget_boot_sd, per_area_from_maps_budget, area_mkm2, ratio_summer_nonsummer,
+        budget_boot_sd, per_area_from_maps_budget, area_mkm2, area_predicted_mkm2 (mean area
+        with a prediction: cells whose predictors have no data are excluded from the budget and
+        the per-area mean), ratio_summer_nonsummer,
         summer_budget, non_summer_budget, nee_plus_fire, fire_budget, n_years``.
     """
     doms = dict(domains or DOMAINS)
     area = pixel_area(zones, cell_area)
     sel = monthly[list(fluxes)].sel(time=slice(str(start), f"{end}-12-31"))
+    # one flox pass: the flux totals and the area with a prediction (cells whose predictors
+    # have no data get none and are not in the totals: per-area means divide by this area)
+    sel = sel.assign(_predicted=sel[fluxes[0]].notnull().astype(np.float64))
     map_tot = cast(xr.Dataset, (domain_totals(sel, zones, area, doms) * TG).compute())
     years_full = season_budgets(map_tot[fluxes[0]])["year"].values
+    covered = (map_tot["_predicted"] / TG).sel(
+        time=map_tot["time"].dt.year.isin(years_full)).mean("time") / 1e12
+    map_tot = map_tot.drop_vars("_predicted")
     map_ann = map_tot.groupby("time.year").sum().sel(year=years_full)
     areas = _areas(zones, area, doms)
     if central_budgets is not None:
@@ -310,8 +321,10 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
     rows = []
     for d in doms:
         a = float(areas[d])
+        a_pred = float(covered.sel(domain=d))
         for f in fluxes:
-            per_area_ann = map_ann[f].sel(domain=d) / TG / (a * 1e12) if a > 0 else np.nan
+            per_area_ann = (map_ann[f].sel(domain=d) / TG / (a_pred * 1e12) if a_pred > 0
+                            else np.nan)
             budget = float(cen_ann[f].sel(domain=d).mean("year"))
             row = {"domain": d, "flux": f,
                    "per_area_mean": float(np.mean(per_area_ann)),
@@ -319,7 +332,8 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
                    "budget": budget,
                    "budget_boot_sd": np.nan,
                    "map_budget": float(map_ann[f].sel(domain=d).mean("year")),
-                   "area_mkm2": a, "ratio_summer_nonsummer": np.nan,
+                   "area_mkm2": a, "area_predicted_mkm2": a_pred,
+                   "ratio_summer_nonsummer": np.nan,
                    "summer_budget": np.nan, "non_summer_budget": np.nan,
                    "nee_plus_fire": np.nan, "fire_budget": np.nan,
                    "n_years": len(years_full)}
@@ -377,7 +391,8 @@ def check_identities(tab: pd.DataFrame, *, rtol: float = 1e-3, atol: float = 0.5
         for d in tab["domain"].unique():
             r = t.loc[(d, f)]
             add("per-area mean x area = budget", d, f,
-                r["per_area_mean"] * r["area_mkm2"], r["budget"], atol)
+                r["per_area_mean"] * r.get("area_predicted_mkm2", r["area_mkm2"]),
+                r["budget"], atol)
     return pd.DataFrame(rows)
 
 
@@ -497,6 +512,10 @@ def wide_table(tab: pd.DataFrame) -> pd.DataFrame:
                                           else f"{r['ratio_summer_nonsummer']:.2f}")
             row["NEE+fire (Tg C/yr)"] = _pm(r["nee_plus_fire"], np.nan)
         row["area (10⁶ km²)"] = f"{t['area_mkm2'].iloc[0]:.2f}"
+        if "area_predicted_mkm2" in t:
+            a, p = t["area_mkm2"].iloc[0], t["area_predicted_mkm2"].iloc[0]
+            row["area with data (10⁶ km²)"] = (f"{p:.2f}" if a - p <= 1e-9 * a else
+                                               f"{p:.2f} ({100 * (a - p) / a:.1f} % excluded)")
         rows.append(row)
     return pd.DataFrame(rows)
 

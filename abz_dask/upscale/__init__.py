@@ -20,12 +20,18 @@ from abz_dask.predictors import PREDICTORS
 from abz_dask.progress import active_client
 from abz_dask.upscale.blocks import block_rows, scatter_rows
 from abz_dask.upscale.models import CompiledModel, ModelSet, compile_bundle, ship
-from abz_dask.upscale.results import annual_budgets, budget_table, project_core_hours
+from abz_dask.upscale.results import (
+    annual_budgets,
+    budget_table,
+    covered_area,
+    excluded_area_message,
+    project_core_hours,
+)
 from abz_dask.upscale.tiles import UpscaleConfig, plan_upscale, run_upscale, upscale_tile
 
 __all__ = ["CompiledModel", "ModelSet", "UpscaleConfig", "annual_budgets", "budget_table",
-           "compile_bundle", "plan_upscale", "predict", "project_core_hours", "run_upscale", "ship",
-           "upscale_tile"]
+           "compile_bundle", "covered_area", "excluded_area_message", "plan_upscale", "predict",
+           "project_core_hours", "run_upscale", "ship", "upscale_tile"]
 
 _INPUTS = [p for p in PREDICTORS if p.kind != "calendar"]
 _NAMES = [p.name for p in _INPUTS]

@@ -10,7 +10,8 @@ import xarray as xr
 
 from abz_dask.zonal import open_flux_store
 
-__all__ = ["LAND_CELLS_1KM", "annual_budgets", "budget_table", "project_core_hours"]
+__all__ = ["LAND_CELLS_1KM", "annual_budgets", "budget_table", "covered_area",
+           "excluded_area_message", "project_core_hours"]
 
 #: Land cells of the published 1-km ABZ product (20.7 M km² at 0.99994 km² per cell).
 LAND_CELLS_1KM = 20.7e6
@@ -26,11 +27,41 @@ def annual_budgets(store: str | Path | xr.Dataset) -> xr.DataArray:
     return (zs.groupby("time.year").sum() * 1e-12).sel(year=full).compute()
 
 
+def covered_area(store: str | Path | xr.Dataset, start: int | None = None,
+                 end: int | None = None) -> pd.DataFrame:
+    """Area of each domain and the part of it the budgets cover, over the whole years of
+    ``start..end``.
+
+    Columns ``domain, area_mkm2`` (10⁶ km², cells × land fraction), ``area_predicted_mkm2`` (mean
+    over the months of the area with a prediction: cells whose predictors have data) and
+    ``excluded_area_mkm2`` (their difference). Empty for stores written before the areas were
+    recorded.
+    """
+    ds = open_flux_store(store)
+    if "zone_area_excluded" not in ds:
+        return pd.DataFrame(columns=["domain", "area_mkm2", "area_predicted_mkm2",
+                                     "excluded_area_mkm2"])
+    lost = ds["zone_area_excluded"].sum("tile_id")
+    years = lost["time"].dt.year
+    counts = years.to_series().value_counts()
+    full = counts.index[counts.to_numpy() == 12]
+    keep = years.isin(full) & (years >= (start or -9999)) & (years <= (end or 9999))
+    lost = lost.isel(time=np.flatnonzero(keep.values)).mean("time").compute()
+    area = ds["zone_area"].sum("tile_id").compute()
+    return pd.DataFrame({"domain": [str(d) for d in area["domain"].values],
+                         "area_mkm2": area.values / 1e12,
+                         "area_predicted_mkm2": (area.values - lost.values) / 1e12,
+                         "excluded_area_mkm2": lost.values / 1e12})
+
+
 def budget_table(store: str | Path | xr.Dataset, start: int | None = None,
                  end: int | None = None) -> pd.DataFrame:
-    """Period-mean budget per domain and flux with the SD over bootstrap budgets.
+    """Period-mean budget per domain and flux with the SD over bootstrap budgets, and the area
+    it covers.
 
-    Columns: ``domain, flux, estimate_tg_c_yr, boot_sd_tg_c_yr, n_bootstrap, n_years``.
+    Columns: ``domain, flux, estimate_tg_c_yr, boot_sd_tg_c_yr, n_bootstrap, n_years`` and,
+    from :func:`covered_area`, ``area_mkm2, area_predicted_mkm2, excluded_area_mkm2``: cells of
+    a domain whose predictors have no data get no prediction and are not in the budget.
     """
     ann = annual_budgets(store).sel(year=slice(start, end))
     mean = ann.mean("year")
@@ -44,7 +75,25 @@ def budget_table(store: str | Path | xr.Dataset, start: int | None = None,
                          "estimate_tg_c_yr": float(m.sel(model=0)),
                          "boot_sd_tg_c_yr": sd, "n_bootstrap": nb,
                          "n_years": int(ann.sizes["year"])})
-    return pd.DataFrame(rows)
+    tab = pd.DataFrame(rows)
+    area = covered_area(store, start, end)
+    return tab.merge(area, on="domain", how="left") if len(area) else tab
+
+
+def excluded_area_message(tab: pd.DataFrame) -> str | None:
+    """A warning naming each domain whose budget misses area (cells without predictor data),
+    or None when every domain is fully covered."""
+    if "excluded_area_mkm2" not in tab:
+        return None
+    per = tab.drop_duplicates("domain").set_index("domain")
+    lost = per[per["excluded_area_mkm2"] > 0]
+    if lost.empty:
+        return None
+    parts = [f"{d} {r.excluded_area_mkm2:.3f} of {r.area_mkm2:.3f} M km² "
+             f"({100 * r.excluded_area_mkm2 / r.area_mkm2:.1f} %)" for d, r in lost.iterrows()]
+    return ("budgets exclude domain cells whose predictors have no data (mean over months): "
+            + "; ".join(parts) + ". Their fluxes are not in the budgets; see "
+            "area_predicted_mkm2 in budgets.csv")
 
 
 def project_core_hours(tiles: pd.DataFrame, n_fluxes: int, n_bootstrap: int,

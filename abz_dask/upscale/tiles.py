@@ -8,7 +8,10 @@ bootstrap replicate of every flux, and in the same pass
 - reduce the replicates to the per-pixel SD of annual sums (``<flux>_boot_sd``);
 - accumulate per-domain × month sums of every model (``zone_sums``: g C per month, central =
   model 0, replicates 1..B) from which budgets and their bootstrap SD follow without re-reading
-  the maps.
+  the maps;
+- record each domain's area in the tile (``zone_area``) and the part of it without a prediction
+  in each month (``zone_area_excluded``): cells whose predictors have no data are not predicted
+  and add nothing to ``zone_sums``, so budgets state the area they cover and the area lost.
 
 Sampled bootstraps (``bootstrap_sample = f < 1``): replicates are evaluated only on a stratified
 random sample of the domain cells (exactly ``round(f · n)`` cells per tile × biome stratum, chosen
@@ -131,6 +134,16 @@ def _template(grid: Grid, time: pd.DatetimeIndex, tiles: list[Tile], tile: int,
                        {"long_name": "sum over the tile's domain cells of flux × pixel area",
                         "units": "g C month-1",
                         "model_index": "0 = central model, 1..B = bootstrap replicates"})
+    ds["zone_area"] = (("tile_id", "domain"),
+                       da.zeros((len(tiles), len(cfg.domains)), np.float64, chunks=(1, -1)),
+                       {"long_name": "area of the tile's domain cells (× land fraction)",
+                        "units": "m2"})
+    ds["zone_area_excluded"] = (
+        ("tile_id", "time", "domain"),
+        da.zeros((len(tiles), len(time), len(cfg.domains)), np.float64, chunks=(1, -1, -1)),
+        {"long_name": "area of the tile's domain cells without a prediction (a predictor has "
+                      "no data); they add nothing to zone_sums",
+         "units": "m2"})
     ds = grid.attach(ds)
     ds.attrs.update(provenance(stage="upscale", bootstrap_sample=cfg.bootstrap_sample,
                                seed=cfg.seed, n_bootstrap=nb, models_token=dask.base.tokenize(
@@ -178,6 +191,7 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
     t_all = pd.DatetimeIndex(cube["time"].values)
     tpos = np.searchsorted(t_all, time)
     sums = np.zeros((nf, nb + 1, len(time), weights.shape[0]))
+    excluded = np.zeros((len(time), weights.shape[0]))
     years = np.unique(time.year)
     sd = np.full((nf, len(years), *tile.shape), np.nan, dtype=np.float32)
     evals = 0
@@ -196,6 +210,7 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
             arrays[p.name] = v.values
         rows = block_rows(arrays, time.month.values[k])
         invalid += int((~rows.valid & dom[None]).sum())
+        excluded[k] = np.einsum("tyx,dyx->td", (~rows.valid).astype(np.float64), weights)
         boot_rows = rows.valid & sampled[None]
         sub = boot_rows[rows.valid]
         for fi, flux in enumerate(models.fluxes):
@@ -237,6 +252,9 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
         for fi, flux in enumerate(models.fluxes):
             write_region(paths.out, f"{flux}_boot_sd", sd[fi], (slice(None), ys, xs))
     write_region(paths.out, "zone_sums", sums[None], (slice(index, index + 1),))
+    write_region(paths.out, "zone_area", weights.sum(axis=(1, 2))[None],
+                 (slice(index, index + 1),))
+    write_region(paths.out, "zone_area_excluded", excluded[None], (slice(index, index + 1),))
     info = {"cpu_s": _time.thread_time() - t_start, "forest_row_evals": evals,
             "tree_row_evals": tree_evals,
             "domain_cells": int(dom.sum()), "invalid_domain_cell_months": invalid}
