@@ -15,8 +15,18 @@ from typing import Annotated
 import typer
 
 from abz_dask.commands import MODULES
+from abz_dask.commands.common import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    bounded,
+    check_month,
+    check_order,
+    check_resolution,
+    local_cluster,
+)
 from abz_dask.commands.common import fail as _fail
-from abz_dask.commands.common import local_cluster
+from abz_dask.config import DEFAULT_SEED, MIN_SITES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Upscale Arctic–boreal CO2 fluxes with random forests on Dask.")
@@ -29,13 +39,22 @@ def twin(
     = "50km",
     start: Annotated[str, typer.Option(help="First month YYYY-MM")] = "1990-01",
     end: Annotated[str, typer.Option(help="Last month YYYY-MM")] = "2020-12",
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    n_sites: Annotated[int, typer.Option(help="Number of flux sites")] = 200,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (>= 0)", callback=NON_NEGATIVE)]
+    = DEFAULT_SEED,
+    n_sites: Annotated[int, typer.Option(help=f"Number of flux sites (>= {MIN_SITES})",
+                                         callback=bounded(MIN_SITES))] = 200,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (>= 1)",
+                                                callback=POSITIVE)] = None,
 ) -> None:
     """Generate a digital twin: predictor cube, planted truth, fire, sites (ABCflux CSV)."""
     from abz_dask.twin import generate_twin
 
+    check_resolution(resolution)
+    check_month("--start", start)
+    check_month("--end", end)
+    if not start.endswith("-01"):
+        _fail(f"--start {start!r}: the twin is built in whole years, so it starts in January")
+    check_order("--start", start, "--end", end)
     t0 = time.perf_counter()
     try:
         with local_cluster(workers):
@@ -50,15 +69,24 @@ def twin(
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder")] = Path("demo-out"),
     resolution: Annotated[str, typer.Option(help="Twin grid preset")] = "50km",
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (>= 0)", callback=NON_NEGATIVE)]
+    = DEFAULT_SEED,
     profile: Annotated[str, typer.Option(help="Training profile: light or paper")] = "light",
     bootstrap_sample: Annotated[float, typer.Option(
-        help="Fraction of cells for bootstrap replicates (1 = exact)")] = 1.0,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
+        help="Fraction of cells for bootstrap replicates, in (0, 1] (1 = exact)",
+        callback=FRACTION)] = 1.0,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (>= 1)",
+                                                callback=POSITIVE)] = None,
 ) -> None:
     """Digital twin end to end; prints estimated vs true budgets and writes budgets.csv."""
     from abz_dask.pipeline import run_demo
+    from abz_dask.training import resolve_profile
 
+    check_resolution(resolution)
+    try:
+        resolve_profile(profile)  # refused before the twin is made, not after
+    except ValueError as e:
+        _fail(f"--profile: {e}")
     t0 = time.perf_counter()
     try:
         with local_cluster(workers):

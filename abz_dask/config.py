@@ -33,15 +33,34 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["BudgetsSection", "BuildInput", "ClusterSection", "ConfigError", "FilesInput",
-           "ReportSection", "RunConfig", "TrainingSection", "TrendsSection", "TwinInput",
-           "UpscaleSection",
-           "load_config", "parse_config"]
+from abz_dask.yamlfile import flat_errors
+
+__all__ = ["DEFAULT_SEED", "MIN_SITES", "MIN_TILE", "YEAR_RANGE", "BudgetsSection", "BuildInput",
+           "ClusterSection", "ConfigError", "FilesInput", "ReportSection", "RunConfig",
+           "TrainingSection", "TrendsSection", "TwinInput", "UpscaleSection", "load_config",
+           "parse_config"]
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 Flux = Literal["NEE", "GPP", "Reco"]
 FLUX_NAMES: tuple[Flux, ...] = ("NEE", "GPP", "Reco")
 CLUSTER_KINDS = ("threads", "local", "address", "slurm", "pbs", "kubernetes", "gateway")
+_INPUT_KINDS = ("twin", "files", "build")  # tags of the input union, not keys of the file
+
+DEFAULT_SEED: int = 0
+"""The one default seed of every route (twin, training, bootstrap cell sample; ``abz-dask
+twin``, ``demo``, ``train``, ``run``), so the same inputs give the same budgets whichever route
+runs them. It is the seed the demo and the run configurations have always used. The authors' R
+code used 448, but with R's random number generator, whose draws numpy cannot reproduce, so 448
+bought no parity with their numbers."""
+
+MIN_TILE: int = 8
+"""Smallest upscaling tile edge in cells (``upscale.tile``, ``abz-dask upscale --tile``)."""
+
+MIN_SITES: int = 5
+"""Smallest site network of a twin (``input.n_sites``, ``abz-dask twin --n-sites``)."""
+
+YEAR_RANGE: tuple[int, int] = (1900, 2200)
+"""Years accepted for budgets, trends and report periods (a typo such as 20001 is an error)."""
 
 
 class ConfigError(ValueError):
@@ -65,8 +84,8 @@ class TwinInput(_Section):
     resolution: str = Field(default="50km", description="Grid preset of the twin.")
     start: str = Field(default="1990-01", description="First month YYYY-MM (a January).")
     end: str = Field(default="2020-12", description="Last month YYYY-MM.")
-    seed: int = Field(default=0, ge=0, description="Seed of the twin.")
-    n_sites: int = Field(default=200, ge=5, description="Size of the site network.")
+    seed: int = Field(default=DEFAULT_SEED, ge=0, description="Seed of the twin.")
+    n_sites: int = Field(default=200, ge=MIN_SITES, description="Size of the site network.")
 
     @field_validator("resolution")
     @classmethod
@@ -104,6 +123,10 @@ class _ReaderOptions(_Section):
     max_gap_fill: float | None = Field(
         default=None, ge=0, le=100, description="Drop rows gap-filled above this share (%).")
     exclude_disturbed: bool = Field(default=False, description="Drop disturbed sites' rows.")
+    gpp_sign: Literal["auto", "negative", "positive"] = Field(
+        default="auto", description="How the CSV stores GPP: negative (ABCflux: flipped to "
+        "positive), positive, or auto (each site's majority sign; mixed conventions are an "
+        "error).")
 
 
 class FilesInput(_ReaderOptions):
@@ -133,7 +156,7 @@ class TrainingSection(_Section):
         "field overrides with an optional base (see abz_dask.training.profiles).")
     fluxes: tuple[Flux, ...] = Field(
         default=FLUX_NAMES, min_length=1, description="Responses to model.")
-    seed: int = Field(default=0, ge=0, description="Base seed of the forests.")
+    seed: int = Field(default=DEFAULT_SEED, ge=0, description="Base seed of the forests.")
 
     @field_validator("profile")
     @classmethod
@@ -147,34 +170,57 @@ class TrainingSection(_Section):
             try:
                 resolve_profile(v)
             except ValidationError as e:
-                raise ValueError(_flat(e)) from None
+                raise ValueError(flat_errors(e)) from None
         return v
 
 
 class UpscaleSection(_Section):
     """The upscaling stage (:func:`abz_dask.upscale.run_upscale`)."""
 
-    start: str | None = Field(default=None, description="First month to predict YYYY-MM.")
-    end: str | None = Field(default=None, description="Last month to predict YYYY-MM.")
-    tile: int | None = Field(default=None, ge=8, description="Tile edge in cells.")
+    start: str | None = Field(default=None,
+                              description="First month to predict YYYY-MM (a January).")
+    end: str | None = Field(default=None,
+                            description="Last month to predict YYYY-MM (a December).")
+    tile: int | None = Field(default=None, ge=MIN_TILE, description="Tile edge in cells.")
     bootstrap_sample: float = Field(
         default=1.0, gt=0.0, le=1.0, description="Fraction of cells for bootstrap replicates.")
     n_bootstrap: int | None = Field(
         default=None, ge=0, description="Bootstrap models used (default: all trained).")
     store_replicates: bool = Field(default=False, description="Also store replicate maps.")
-    seed: int = Field(default=0, ge=0, description="Seed of the bootstrap cell sample.")
+    seed: int = Field(default=DEFAULT_SEED, ge=0,
+                      description="Seed of the bootstrap cell sample.")
 
     @field_validator("start", "end", mode="before")
     @classmethod
     def _months(cls, v: Any, info: Any) -> str | None:
         return _month(v, info.field_name)
 
+    @model_validator(mode="after")
+    def _period(self) -> UpscaleSection:
+        # the upscaler predicts whole years: a partial year would be dropped without a word
+        if self.start is not None and not self.start.endswith("-01"):
+            raise ValueError(f"start must be a January (whole years are predicted), "
+                             f"got {self.start!r}")
+        if self.end is not None and not self.end.endswith("-12"):
+            raise ValueError(f"end must be a December (whole years are predicted), "
+                             f"got {self.end!r}")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError(f"end {self.end!r} is before start {self.start!r}")
+        return self
+
 
 class BudgetsSection(_Section):
     """The budgets stage: period-mean domain budgets with bootstrap SD (``budgets.csv``)."""
 
-    start_year: int = Field(default=2001, ge=1900, le=2200, description="First year.")
-    end_year: int = Field(default=2020, ge=1900, le=2200, description="Last year.")
+    max_excluded_area: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Largest share of a domain's area that may "
+        "lack predictor data (such cells get no prediction and are not in the budgets); above "
+        "it the budgets stage fails. Default: any loss is a printed warning.")
+
+    start_year: int = Field(default=2001, ge=YEAR_RANGE[0], le=YEAR_RANGE[1],
+                            description="First year.")
+    end_year: int = Field(default=2020, ge=YEAR_RANGE[0], le=YEAR_RANGE[1],
+                          description="Last year.")
 
     @model_validator(mode="after")
     def _order(self) -> BudgetsSection:
@@ -204,8 +250,9 @@ class ReportSection(_Section):
 
     enabled: bool = Field(default=True, description="Write the report.")
     fire_year: int | None = Field(
-        default=None, ge=1900, le=2200,
-        description="Year of the post-fire bias correction (default: the last fire year).")
+        default=None, ge=YEAR_RANGE[0], le=YEAR_RANGE[1],
+        description="Year of the post-fire bias correction (default: the last fire year; "
+        "at most budgets.end_year).")
 
 
 class AdaptSection(_Section):
@@ -280,6 +327,18 @@ class RunConfig(_Section):
             data = {**data, "input": {"kind": "twin", **data["input"]}}
         return data
 
+    @model_validator(mode="after")
+    def _periods(self) -> RunConfig:
+        b = self.budgets
+        if self.trends.enabled and b.end_year - b.start_year < 3:
+            raise ValueError(
+                f"trends need at least 4 years but budgets.start_year..end_year is "
+                f"{b.start_year}..{b.end_year}; widen the period or set trends.enabled: false")
+        fy = self.report.fire_year
+        if self.report.enabled and fy is not None and fy > b.end_year:
+            raise ValueError(f"report.fire_year {fy} is after budgets.end_year {b.end_year}")
+        return self
+
     def resolved(self, base: Path) -> RunConfig:
         """A copy with relative paths made absolute against ``base`` (the YAML's folder)."""
 
@@ -300,23 +359,6 @@ class RunConfig(_Section):
         if isinstance(tr.profile, str) and Path(tr.profile).suffix:
             upd["training"] = tr.model_copy(update={"profile": str(fix(Path(tr.profile)))})
         return self.model_copy(update=upd)
-
-
-def _flat(err: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for e in err.errors():
-        parts = [str(p) for p in (prefix, *e["loc"]) if p != ""]
-        if len(parts) > 1 and parts[0] == "input" and parts[1] in ("twin", "files", "build"):
-            del parts[1]  # the union member's tag is not a key of the file
-        loc = ".".join(parts)
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key {loc!r}")
-        elif e["type"] == "missing":
-            lines.append(f"missing key {loc!r}")
-        else:
-            msg = str(e["msg"]).removeprefix("Value error, ")
-            lines.append(f"{loc}: {msg} (value {e.get('input')!r})")
-    return "; ".join(lines)
 
 
 def parse_config(data: Any, source: str = "<config>", base: Path | None = None) -> RunConfig:
@@ -342,7 +384,7 @@ def parse_config(data: Any, source: str = "<config>", base: Path | None = None) 
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_flat(e)}") from None
+        raise ConfigError(f"{source}: {flat_errors(e, tags=_INPUT_KINDS)}") from None
     return cfg.resolved(base) if base is not None else cfg
 
 

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import xarray as xr
 
+from abz_dask.config import DEFAULT_SEED
 from abz_dask.grid import Grid
 from abz_dask.twin import TwinLayout, generate_twin
 
 if TYPE_CHECKING:
     from abz_dask.training import TrainingProfile
 
-__all__ = ["DemoResult", "compare_budgets", "extract_stage", "run_demo", "train_stage",
-           "upscale_stage"]
+__all__ = ["DemoResult", "check_n_bootstrap", "compare_budgets", "extract_stage", "run_demo",
+           "train_stage", "upscale_stage"]
 
 
 @dataclass
@@ -39,8 +40,10 @@ def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: in
     """Join period-mean estimated budgets with the twin's truth budgets.
 
     Returns the columns ``domain, flux, estimate_tg_c_yr, truth_tg_c_yr, error_tg_c_yr,
-    rel_error, boot_sd_tg_c_yr``: ``error = estimate − truth`` and ``rel_error = error / |truth|``
-    (meaningless where the truth is near zero, e.g. the near-neutral tundra NEE).
+    rel_error, boot_sd_tg_c_yr`` and the area columns of the estimate (``area_mkm2``,
+    ``area_predicted_mkm2``, ``excluded_area_mkm2``) when it has them. ``error = estimate −
+    truth`` and ``rel_error = error / |truth|`` (meaningless where the truth is near zero, e.g.
+    the near-neutral tundra NEE).
     """
     truth = pd.read_csv(truth_csv)
     truth = truth[(truth["year"] >= start) & (truth["year"] <= end)]
@@ -54,6 +57,7 @@ def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: in
                           if s.name == "domain" else s.map({"NEE": 0, "GPP": 1, "Reco": 2}))
     cols = ["domain", "flux", "estimate_tg_c_yr", "truth_tg_c_yr", "error_tg_c_yr", "rel_error",
             "boot_sd_tg_c_yr"]
+    cols += [c for c in ("area_mkm2", "area_predicted_mkm2", "excluded_area_mkm2") if c in tab]
     return tab[cols].reset_index(drop=True)
 
 
@@ -82,7 +86,7 @@ def extract_stage(cube_path: Path, zones_path: Path, sites_csv: Path, **read_opt
 def train_stage(cube_path: Path, zones_path: Path, sites_csv: Path, out: Path, *,
                 profile: str | TrainingProfile = "light",
                 fluxes: tuple[str, ...] = ("NEE", "GPP", "Reco"),
-                seed: int = 448, progress: bool = True) -> object:
+                seed: int = DEFAULT_SEED, progress: bool = True) -> object:
     """Extraction + training: writes ``out/training/`` and ``out/models/`` (see
     :func:`abz_dask.training.run_training`); returns the model bundle."""
     from abz_dask.training import run_training
@@ -94,20 +98,57 @@ def train_stage(cube_path: Path, zones_path: Path, sites_csv: Path, out: Path, *
                         progress=progress)
 
 
+def check_n_bootstrap(bundle: object, n_bootstrap: int | None,
+                      name: str = "n_bootstrap") -> None:
+    """Refuse a bootstrap count the model bundle cannot supply.
+
+    :func:`abz_dask.upscale.compile_bundle` takes the first ``n_bootstrap`` replicates of each
+    flux, so asking for more than were trained would silently use fewer; this makes it an error.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        Trained models (``.bootstraps``: flux -> list of replicate models).
+    n_bootstrap : int, optional
+        Replicates asked for (``None``: all there are).
+    name : str
+        The option or key named in the message (``--n-bootstrap``, ``upscale.n_bootstrap``).
+
+    Raises
+    ------
+    ValueError
+        ``n_bootstrap`` is negative or above the replicates of some flux.
+    """
+    if n_bootstrap is None:
+        return
+    if n_bootstrap < 0:
+        raise ValueError(f"{name} {n_bootstrap}: must be >= 0")
+    held = {f: len(b) for f, b in getattr(bundle, "bootstraps", {}).items()}
+    short = {f: n for f, n in held.items() if n < n_bootstrap}
+    if short:
+        have = ", ".join(f"{f} {n}" for f, n in short.items())
+        raise ValueError(f"{name} {n_bootstrap}: the model bundle holds fewer bootstrap models "
+                         f"({have}); use at most {min(held.values())} or retrain with more")
+
+
 def upscale_stage(layout: TwinLayout, models_dir: Path, out: Path, *, bootstrap_sample: float,
                   n_bootstrap: int | None, progress: bool) -> pd.DataFrame:
-    """Load a model bundle (checked against the cube), compile and run the tile upscaler."""
+    """Load a model bundle (checked against the cube), compile and run the tile upscaler.
+
+    Raises ``ValueError`` when ``n_bootstrap`` exceeds the bundle's replicates
+    (:func:`check_n_bootstrap`)."""
     from abz_dask.training import load_bundle
     from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
 
     cube = xr.open_zarr(layout.cube, consolidated=False)
     bundle = load_bundle(models_dir, cube=cube)
+    check_n_bootstrap(bundle, n_bootstrap)
     models = compile_bundle(bundle, n_bootstrap=n_bootstrap)
     cfg = UpscaleConfig(bootstrap_sample=bootstrap_sample)
     return run_upscale(layout.cube, layout.zones, out, models, cfg, progress=progress)
 
 
-def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = 0,
+def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_SEED,
              profile: str = "light", start_year: int = 2001, end_year: int = 2020,
              bootstrap_sample: float = 1.0, progress: bool = True) -> DemoResult:
     """The digital twin end to end: twin → ABCflux CSV → extraction → training → upscaling →

@@ -38,8 +38,8 @@ from abz_dask.integrity import check_digest, digest_outputs, relative, summarize
 from abz_dask.locks import hold
 from abz_dask.ownership import claim_folder
 
-__all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "identity",
-           "register_stage", "run_pipeline"]
+__all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "check_force", "identity",
+           "preflight", "register_stage", "run_pipeline"]
 
 _BIG = 256 * 2**20
 _ZARR_META = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
@@ -256,8 +256,10 @@ def _remove(ctx: RunContext, paths: Sequence[Path]) -> None:
                 q.unlink()
 
 
-def _check_force(force: Sequence[str], stages: Sequence[Stage], config: RunConfig) -> None:
-    names = [s.name for s in stages if s.applies(config)]
+def check_force(force: Sequence[str], config: RunConfig,
+                stages: Sequence[Stage] | None = None) -> None:
+    """Raise ValueError naming the stages of ``force`` that are not in the run."""
+    names = [s.name for s in (STAGES if stages is None else stages) if s.applies(config)]
     unknown = sorted(set(force) - set(names))
     if unknown:
         raise ValueError(f"--force {', '.join(unknown)}: no such stage in this run; stages: "
@@ -282,6 +284,55 @@ def _state(ctx: RunContext, stage: Stage, old: dict[str, Any] | None, key: str
     if problems:
         return "damaged", "outputs damaged:" + summarize(problems)
     return "current", ""
+
+
+def preflight(config: RunConfig) -> None:
+    """Every check of a run that needs no cluster, before one is started (also ``run
+    --check``): the nested build-cube configuration and its files (patterns, CRS, overlap,
+    units; :func:`abz_dask.cube_build.make_plan`), the input files, the training profile, and
+    the periods of the twin, the upscaling and the budgets against each other.
+
+    Raises
+    ------
+    ConfigError
+        One line per problem, each naming the key or file and the value.
+    """
+    from abz_dask.config import ConfigError
+    from abz_dask.training import resolve_profile
+
+    problems: list[str] = []
+    inp = config.input
+    if isinstance(inp, BuildInput):
+        from abz_dask.cube_build import load_config as load_build
+        from abz_dask.cube_build import make_plan
+
+        try:
+            make_plan(*load_build(inp.cube_config))
+        except (ValueError, OSError) as e:
+            problems.append(f"input.cube_config: {e}")
+    if isinstance(inp, FilesInput | BuildInput):
+        named = {"input.abcflux": inp.abcflux, "input.zones": inp.zones,
+                 **({"input.cube": inp.cube} if isinstance(inp, FilesInput) else {})}
+        for key, path in named.items():
+            if path is not None and not Path(path).exists():
+                problems.append(f"{key}: {path} does not exist")
+        if Path(inp.abcflux).is_dir():
+            problems.append(f"input.abcflux: {inp.abcflux} is a folder; give the ABCflux CSV "
+                            "file")
+    try:
+        resolve_profile(config.training.profile)
+    except (ValueError, OSError) as e:
+        problems.append(f"training.profile: {e}")
+    b, u = config.budgets, config.upscale
+    if isinstance(inp, TwinInput):
+        y0, y1 = int(inp.start[:4]), int(inp.end[:4])
+        if b.start_year > y1 or b.end_year < y0:
+            problems.append(f"budgets: {b.start_year}..{b.end_year} lies outside the twin's "
+                            f"period {inp.start}..{inp.end}")
+    if u.start and u.end and u.start > u.end:
+        problems.append(f"upscale.start {u.start} is after upscale.end {u.end}")
+    if problems:
+        raise ConfigError("the run cannot start:\n  " + "\n  ".join(problems))
 
 
 def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
@@ -311,7 +362,7 @@ def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
     RunResult
     """
     stages = list(stages if stages is not None else STAGES)
-    _check_force(force, stages, config)
+    check_force(force, config, stages)
     ctx = RunContext(config)
     claim_folder(ctx.out)
     with hold(ctx.out, "run folder", inside=True):
@@ -354,6 +405,10 @@ def _run_locked(ctx: RunContext, stages: Sequence[Stage], say: Callable[[str], N
         tmp.replace(rec_path)
         ctx.hashes[stage.name] = key
         results.append(StageResult(stage.name, "ran", dt, key, info))
+        for note in info.get("notes", ()):
+            say(f"{stage.name}: {note}")
+        for w in info.get("warnings", ()):
+            say(f"{stage.name}: WARNING: {w}")
         resumed = {k: v for k, v in info.items() if k.startswith("resumed") and v}
         say(f"{stage.name}: ran in {dt:.1f} s"
             + "".join(f"; {k.replace('_', ' ')}: {v}" for k, v in resumed.items()))
@@ -426,11 +481,15 @@ def _extract(ctx: RunContext) -> dict[str, Any]:
     obs = read_abcflux(ctx.sites, grid=grid, zones=zones, years=years,
                        methods=f.methods if f else None,
                        max_gap_fill=f.max_gap_fill if f else None,
-                       exclude_disturbed=f.exclude_disturbed if f else False)
+                       exclude_disturbed=f.exclude_disturbed if f else False,
+                       gpp_sign=f.gpp_sign if f else "auto")
     table, report = extract_training_table(obs, cube, grid)
     write_training_table(table, ctx.table.parent)
     report.to_csv(ctx.table.parent / "extract_report.csv", index=False)
-    return {"site_months": len(table), "sites": int(table["site_id"].nunique())}
+    sign = obs.attrs.get("abcflux", {}).get("gpp_sign") or {}
+    return {"site_months": len(table), "sites": int(table["site_id"].nunique()),
+            "gpp_sign": sign, "notes": [f"GPP sign: {sign['reason']}"] if "reason" in sign
+            else []}
 
 
 def _train(ctx: RunContext) -> dict[str, Any]:
@@ -453,12 +512,15 @@ def _train_settings(ctx: RunContext) -> dict[str, Any]:
 def _upscale(ctx: RunContext) -> dict[str, Any]:
     import xarray as xr
 
+    from abz_dask.pipeline import check_n_bootstrap
     from abz_dask.training import load_bundle
     from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
 
     u = ctx.config.upscale
     cube = xr.open_zarr(ctx.cube, consolidated=False)
-    models = compile_bundle(load_bundle(ctx.models, cube=cube), n_bootstrap=u.n_bootstrap)
+    bundle = load_bundle(ctx.models, cube=cube)
+    check_n_bootstrap(bundle, u.n_bootstrap, "upscale.n_bootstrap")
+    models = compile_bundle(bundle, n_bootstrap=u.n_bootstrap)
     cfg = UpscaleConfig(start=u.start, end=u.end, tile=u.tile,
                         bootstrap_sample=u.bootstrap_sample,
                         store_replicates=u.store_replicates, seed=u.seed)
@@ -471,13 +533,20 @@ def _upscale(ctx: RunContext) -> dict[str, Any]:
 
 def _budgets(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.pipeline import compare_budgets
-    from abz_dask.upscale import budget_table
+    from abz_dask.upscale import budget_table, excluded_area_message
 
     b = ctx.config.budgets
     est = budget_table(ctx.fluxes, b.start_year, b.end_year)
     if est.empty or int(est["n_years"].iloc[0]) == 0:
         raise ValueError(f"budgets: no whole year of {ctx.fluxes} lies in "
                          f"{b.start_year}..{b.end_year}")
+    lost = excluded_area_message(est)
+    if lost and "excluded_area_mkm2" in est:
+        frac = float((est["excluded_area_mkm2"] / est["area_mkm2"]).max())
+        if b.max_excluded_area is not None and frac > b.max_excluded_area:
+            raise ValueError(f"{lost}; budgets.max_excluded_area is {b.max_excluded_area:g} "
+                             f"(a fraction), the largest loss is {frac:.4f}. Give predictors "
+                             "for these cells or raise the threshold")
     truth = ctx.truth_budgets
     tab = compare_budgets(est, truth, b.start_year, b.end_year) if truth and truth.exists() \
         else est
@@ -485,7 +554,8 @@ def _budgets(ctx: RunContext) -> dict[str, Any]:
     tmp = out.with_name(out.name + ".tmp")
     tab.to_csv(tmp, index=False)
     tmp.replace(out)
-    return {"rows": len(tab), "n_years": int(est["n_years"].iloc[0])}
+    return {"rows": len(tab), "n_years": int(est["n_years"].iloc[0]),
+            **({"warnings": [lost]} if lost else {})}
 
 
 def _trends(ctx: RunContext) -> dict[str, Any]:

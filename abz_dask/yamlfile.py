@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["read_mapping"]
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = ["flat_errors", "read_mapping"]
 
 
 def read_mapping(path: str | Path, what: str = "configuration",
@@ -36,3 +39,22 @@ def read_mapping(path: str | Path, what: str = "configuration",
     if not isinstance(data, dict):
         raise error(f"{p}: a {what} must be a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def flat_errors(err: ValidationError, prefix: str = "", tags: tuple[str, ...] = ()) -> str:
+    """A pydantic error as one line per problem, ``key.path: reason (value …)``, joined by
+    ``; ``: unknown and missing keys by name, no pydantic links or type codes. ``tags`` are the
+    names pydantic gives the members of a tagged union, which are not keys of the file."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "" and p not in tags)
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if not loc:  # a check across keys: the message names them
+            lines.append(msg)
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}")
+        elif e["type"] == "missing":
+            lines.append(f"missing key {loc!r}")
+        else:
+            lines.append(f"{loc}: {msg} (value {e.get('input')!r})")
+    return "; ".join(lines)

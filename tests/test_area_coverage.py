@@ -113,3 +113,33 @@ def test_table1_per_area_means_divide_by_the_area_with_data(holed: tuple[Path, P
     # per-area mean × area with data = the maps' budget (not × the full area)
     assert r["per_area_mean"] * r["area_predicted_mkm2"] == pytest.approx(r["map_budget"],
                                                                          rel=1e-6)
+
+
+def test_budgets_stage_warns_or_fails_above_the_threshold(holed: tuple[Path, Path, Path],
+                                                          tmp_path: Path) -> None:
+    import pandas as pd
+
+    from abz_dask.config import parse_config
+    from abz_dask.runner import RunContext, _budgets
+
+    store, _, zones = holed
+    run = tmp_path / "run"
+    shutil.copytree(store, run / "fluxes.zarr")
+    shutil.copytree(store.with_name(store.name + ".done"), run / "fluxes.zarr.done")
+    base = {"output": str(run), "budgets": {"start_year": 2001, "end_year": 2003},
+            "input": {"kind": "files", "cube": str(zones), "zones": str(zones),
+                      "abcflux": str(zones)},
+            "trends": {"enabled": False}, "report": {"enabled": False}}
+    info = _budgets(RunContext(parse_config(base)))
+    (msg,) = info["warnings"]
+    assert "abz" in msg and "M km²" in msg
+    tab = pd.read_csv(run / "budgets.csv").set_index(["domain", "flux"])
+    area = covered_area(store).set_index("domain")
+    assert tab.loc[("abz", "NEE"), "excluded_area_mkm2"] == pytest.approx(
+        area.loc["abz", "excluded_area_mkm2"], rel=1e-12)
+    frac = float((area["excluded_area_mkm2"] / area["area_mkm2"]).max())
+    strict = {**base, "budgets": {**base["budgets"], "max_excluded_area": frac / 2}}
+    with pytest.raises(ValueError, match="max_excluded_area"):
+        _budgets(RunContext(parse_config(strict)))
+    loose = {**base, "budgets": {**base["budgets"], "max_excluded_area": min(1.0, frac * 2)}}
+    assert _budgets(RunContext(parse_config(loose)))["warnings"] == [msg]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from abz_dask.commands.common import fail, local_cluster
+from abz_dask.commands.common import NON_NEGATIVE, fail, local_cluster
 
 __all__ = ["build_cube", "register"]
 
@@ -22,7 +22,8 @@ def build_cube(
     = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs")] = False,
     workers: Annotated[int | None, typer.Option(
-        help="Local worker processes (0 = no cluster: threads in this process)")] = None,
+        help="Local worker processes (0 = no cluster: threads in this process)",
+        callback=NON_NEGATIVE)] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Build the predictor cube from GeoTIFF / NetCDF files (any CRS and time step).

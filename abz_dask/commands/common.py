@@ -1,31 +1,188 @@
-"""Helpers shared by the ``abz-dask`` commands: the local cluster and error exits."""
+"""Helpers shared by the ``abz-dask`` commands: the local cluster, option checks and error exits.
+
+An option value out of range is an error, never replaced or ignored. Static ranges are option
+callbacks made by :func:`bounded` (click then reports ``Invalid value for '--tile': 0 (must be
+>= 8)``, usage exit code 2; typer's own ``min=``/``max=`` messages omit the value). Checks that
+depend on other options or on data exit through :func:`fail` with a message naming the
+option(s) and the value(s).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterator
-from typing import NoReturn
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import typer
 
-__all__ = ["fail", "local_cluster"]
+__all__ = ["FRACTION", "NON_NEGATIVE", "POSITIVE", "bounded", "check_month", "check_order",
+           "check_resolution", "check_workers", "check_year", "fail", "local_cluster",
+           "quiet_distributed"]
 
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
-@contextlib.contextmanager
-def local_cluster(workers: int | None, threads: int = 1) -> Iterator[object]:
-    """A LocalCluster + Client bound to 127.0.0.1 (dashboard at 127.0.0.1:8787 or the next free
-    port), closed on exit."""
-    from distributed import Client, LocalCluster
-
-    n = workers or max(1, min(os.cpu_count() or 1, 8))
-    with LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                      host="127.0.0.1", dashboard_address="127.0.0.1:8787") as cluster, \
-            Client(cluster) as client:
-        yield client
+#: Loggers of ``distributed`` silenced while a finished cluster shuts down: closing the
+#: scheduler while a worker's heartbeat is in flight logs ``CommClosedError`` tracebacks that
+#: say nothing about the run.
+SHUTDOWN_LOGGERS: tuple[str, ...] = ("distributed", "tornado")
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
     """Print ``error: msg`` in red on stderr and exit with ``code``."""
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def bounded(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False) -> Callable[[Any], Any]:
+    """A typer option callback refusing values outside ``low..high`` (``None`` passes).
+
+    Parameters
+    ----------
+    low, high : float, optional
+        Bounds (``None``: unbounded on that side).
+    low_open, high_open : bool
+        Exclude the bound itself.
+
+    Returns
+    -------
+    callable
+        ``callback=`` of :func:`typer.Option`; raises :class:`typer.BadParameter`, which click
+        reports as ``Invalid value for '--OPTION': VALUE (must be ...)`` with exit code 2.
+    """
+    lo_op, hi_op = ("<" if low_open else "<="), ("<" if high_open else "<=")
+    if low is not None and high is not None:
+        rule = f"{low:g} {lo_op} x {hi_op} {high:g}"
+    elif low is not None:
+        rule = f"x {'>' if low_open else '>='} {low:g}"
+    else:
+        rule = f"x {hi_op} {high:g}"
+
+    def check(value: Any) -> Any:
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is None:
+                continue
+            if (low is not None and (v < low or (low_open and v == low))) or \
+                    (high is not None and (v > high or (high_open and v == high))):
+                raise typer.BadParameter(f"{v:g} (must be {rule})")
+        return value
+
+    return check
+
+
+#: Callbacks of the common ranges.
+POSITIVE = bounded(1)
+NON_NEGATIVE = bounded(0)
+FRACTION = bounded(0.0, 1.0, low_open=True)
+
+
+def check_workers(workers: int | None, option: str = "--workers") -> None:
+    """Exit with an error unless ``workers`` is ``None`` (one per core) or at least 1."""
+    if workers is not None and workers < 1:
+        fail(f"{option} {workers}: needs at least 1 worker process")
+
+
+def check_month(option: str, value: str | None) -> None:
+    """Exit with an error unless ``value`` is ``None`` or a month ``YYYY-MM``."""
+    if value is not None and not _MONTH.match(value):
+        fail(f"{option} {value!r}: not a month YYYY-MM")
+
+
+def check_year(option: str, value: int | None) -> None:
+    """Exit with an error unless ``value`` is ``None`` or within
+    :data:`abz_dask.config.YEAR_RANGE`."""
+    from abz_dask.config import YEAR_RANGE
+
+    if value is not None and not YEAR_RANGE[0] <= value <= YEAR_RANGE[1]:
+        fail(f"{option} {value}: not a year in {YEAR_RANGE[0]}..{YEAR_RANGE[1]}")
+
+
+def check_order(first_option: str, first: object, last_option: str, last: object) -> None:
+    """Exit with an error when ``first`` comes after ``last`` (years or ``YYYY-MM`` months;
+    ``None`` = open end)."""
+    if first is not None and last is not None and first > last:  # type: ignore[operator]
+        fail(f"{first_option} {first} is after {last_option} {last}")
+
+
+def check_resolution(resolution: str, option: str = "--resolution") -> None:
+    """Exit with an error unless ``resolution`` is a preset of :data:`abz_dask.grid.PRESETS`."""
+    from abz_dask.grid import PRESETS
+
+    if resolution not in PRESETS:
+        fail(f"{option} {resolution!r}: unknown grid preset; choose one of "
+             f"{', '.join(PRESETS)}")
+
+
+def _silence(names: tuple[str, ...] = SHUTDOWN_LOGGERS) -> dict[str, int]:
+    """Raise the given loggers to CRITICAL; returns their previous levels."""
+    before = {}
+    for name in names:
+        log = logging.getLogger(name)
+        before[name] = log.level
+        log.setLevel(logging.CRITICAL)
+    return before
+
+
+@contextlib.contextmanager
+def quiet_distributed() -> Iterator[None]:
+    """Silence the ``distributed`` loggers of this process inside the block (levels restored
+    afterwards)."""
+    before = _silence()
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int | None, threads: int = 1) -> Iterator[object]:
+    """A LocalCluster + Client bound to 127.0.0.1 (dashboard at 127.0.0.1:8787 or the next free
+    port), closed on exit.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes (at least 1; default one per core, at most 8).
+    threads : int
+        Threads per worker (at least 1).
+
+    Notes
+    -----
+    On exit the ``distributed`` loggers are silenced, in this process and (through the client)
+    in the workers, then the client is closed before the cluster (which stops the workers before
+    the scheduler), so the heartbeat races of a shutdown print no ``CommClosedError``
+    tracebacks. Errors of the command itself propagate unchanged.
+    """
+    from distributed import Client, LocalCluster
+
+    check_workers(workers)
+    if threads < 1:
+        fail(f"threads per worker {threads}: needs at least 1")
+    n = workers or max(1, min(os.cpu_count() or 1, 8))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
+                           host="127.0.0.1", dashboard_address="127.0.0.1:8787")
+    try:
+        client = Client(cluster)
+    except BaseException:
+        with quiet_distributed():
+            cluster.close()
+        raise
+    interrupted = True
+    try:
+        yield client
+        interrupted = False
+    except Exception:
+        interrupted = False  # an error of the command: the cluster still answers
+        raise
+    finally:
+        with quiet_distributed():
+            if not interrupted:  # not after Ctrl-C: a busy worker would delay the exit
+                with contextlib.suppress(Exception):
+                    client.run(_silence, on_error="ignore")  # the workers' heartbeat loggers
+            with contextlib.suppress(Exception):
+                client.close()
+            cluster.close()

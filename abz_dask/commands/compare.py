@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from abz_dask.commands.common import fail, local_cluster
+from abz_dask.commands.common import (
+    NON_NEGATIVE,
+    POSITIVE,
+    check_order,
+    check_year,
+    fail,
+    local_cluster,
+)
 
 __all__ = ["compare", "register"]
 
@@ -22,13 +29,17 @@ def compare(
         "(process model), fluxcom*. Default: the twin's two comparison products")] = None,
     start: Annotated[int, typer.Option(help="First year of the paper-2 regional table")] = 2002,
     end: Annotated[int, typer.Option(help="Last year of the paper-2 regional table")] = 2014,
-    k: Annotated[int, typer.Option(help="Number of k-means environmental clusters")] = 8,
-    n_sample: Annotated[int, typer.Option(help="Pixels sampled for the clusters")] = 10_000,
-    seed: Annotated[int, typer.Option(help="Seed of the pixel sample and k-means")] = 0,
+    k: Annotated[int, typer.Option(help="Number of k-means environmental clusters (>= 1)",
+                                   callback=POSITIVE)] = 8,
+    n_sample: Annotated[int, typer.Option(help="Pixels sampled for the clusters (>= K)",
+                                          callback=POSITIVE)] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the pixel sample and k-means (>= 0)",
+                                      callback=NON_NEGATIVE)] = 0,
     coverage: Annotated[bool, typer.Option(
         help="Compute MESS extrapolation and k-means clusters")] = True,
     figures: Annotated[bool, typer.Option(help="Write the PNG figures")] = True,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (>= 1)",
+                                                callback=POSITIVE)] = None,
 ) -> None:
     """Compare the upscaled NEE with other products; write CSV tables and PNGs to RUN_DIR/compare.
 
@@ -38,6 +49,11 @@ def compare(
     """
     from abz_dask.compare.run import parse_product, run_compare
 
+    check_year("--start", start)
+    check_year("--end", end)
+    check_order("--start", start, "--end", end)
+    if n_sample < k:
+        fail(f"--n-sample {n_sample} is below --k {k}: k-means needs at least k pixels")
     t0 = time.perf_counter()
     try:
         specs = [parse_product(p) for p in product] if product else None

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from abz_dask.commands.common import fail, local_cluster
+from abz_dask.commands.common import POSITIVE, check_order, check_year, fail, local_cluster
 
 __all__ = ["register", "report", "table1"]
 
@@ -18,11 +18,18 @@ RunDir = Annotated[Path, typer.Argument(
 Start = Annotated[int, typer.Option(help="First year")]
 End = Annotated[int, typer.Option(help="Last year")]
 Workers = Annotated[int | None, typer.Option(
-    help="Local worker processes (default: dask's threaded scheduler, no cluster)")]
+    help="Local worker processes, >= 1 (default: dask's threaded scheduler, no cluster)",
+    callback=POSITIVE)]
 
 
 def _scheduler(workers: int | None) -> contextlib.AbstractContextManager[object]:
-    return local_cluster(workers) if workers else contextlib.nullcontext()
+    return local_cluster(workers) if workers is not None else contextlib.nullcontext()
+
+
+def _check_period(start: int, end: int) -> None:
+    check_year("--start", start)
+    check_year("--end", end)
+    check_order("--start", start, "--end", end)
 
 
 def table1(run_dir: RunDir, start: Start = 2001, end: End = 2020,
@@ -31,6 +38,9 @@ def table1(run_dir: RunDir, start: Start = 2001, end: End = 2020,
     """Write Table 1 (table1.csv, table1_truth.csv, table1_checks.csv, table1.md)."""
     from abz_dask.table1 import IdentityError, table1_markdown, write_table1
 
+    _check_period(start, end)
+    check_year("--fire-start", fire_start)
+    check_order("--fire-start", fire_start, "--end", end)
     t0 = time.perf_counter()
     try:
         with _scheduler(workers):
@@ -44,7 +54,8 @@ def table1(run_dir: RunDir, start: Start = 2001, end: End = 2020,
 
 def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
            fire_year: Annotated[int | None, typer.Option(
-               help="Year of the post-fire bias correction [default: last fire year]")] = None,
+               help="Year of the post-fire bias correction, at most END "
+                    "[default: last fire year up to END]")] = None,
            out: Annotated[Path | None, typer.Option(
                help="HTML file [default: RUN_DIR/report.html]")] = None,
            compare: Annotated[bool, typer.Option(
@@ -55,6 +66,9 @@ def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
     from abz_dask.report import build_report
     from abz_dask.table1 import IdentityError
 
+    _check_period(start, end)
+    check_year("--fire-year", fire_year)
+    check_order("--fire-year", fire_year, "--end", end)
     t0 = time.perf_counter()
     try:
         with _scheduler(workers):

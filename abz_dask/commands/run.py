@@ -24,13 +24,14 @@ def run(
     force: Annotated[list[str] | None, typer.Option(
         help="Rerun this stage even when current (repeatable)")] = None,
     check: Annotated[bool, typer.Option(
-        "--check", help="Only validate the configuration and print it")] = False,
+        "--check", help="Only validate the configuration, its inputs and nested build-cube "
+                        "configuration, and print it")] = False,
 ) -> None:
     """Run every stage (twin or inputs → extract → train → upscale → budgets), skipping the
     stages whose outputs are complete and current."""
     from abz_dask.clusters import open_cluster
     from abz_dask.config import ConfigError, load_config
-    from abz_dask.runner import run_pipeline
+    from abz_dask.runner import check_force, preflight, run_pipeline
 
     try:
         cfg = load_config(config, cluster=cluster)
@@ -40,6 +41,8 @@ def run(
 
             cfg = cfg.model_copy(update={"cluster": ClusterSection.model_validate(
                 {**cfg.cluster.model_dump(), **upd})})
+        check_force(force or (), cfg)
+        preflight(cfg)  # everything that needs no cluster, before one starts
     except (ConfigError, ValueError) as e:
         fail(str(e))
     if check:

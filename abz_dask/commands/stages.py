@@ -13,7 +13,17 @@ from typing import Annotated, Any
 
 import typer
 
-from abz_dask.commands.common import fail, local_cluster
+from abz_dask.commands.common import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    bounded,
+    check_month,
+    check_order,
+    fail,
+    local_cluster,
+)
+from abz_dask.config import DEFAULT_SEED, MIN_TILE
 
 __all__ = ["register", "train", "upscale"]
 
@@ -33,6 +43,9 @@ def _train_config(path: Path | None) -> dict[str, Any]:
     unknown = sorted(set(data) - _TRAIN_KEYS)
     if unknown:
         fail(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TRAIN_KEYS)}")
+    seed = data.get("seed")
+    if "seed" in data and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        fail(f"{path}: seed {seed!r}: must be a whole number >= 0")
     return data
 
 
@@ -50,9 +63,11 @@ def train(
         help="Training profile: light, paper, or a YAML file of overrides")] = None,
     flux: Annotated[list[str] | None, typer.Option(
         help="Response to model (repeat; default NEE, GPP, Reco)")] = None,
-    seed: Annotated[int | None, typer.Option(help="Base seed (default 448, seed-spec §4.2)")]
-    = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help=f"Base seed, >= 0 (default: the config file's, else {DEFAULT_SEED}, the seed of "
+             "the demo and of run configurations)", callback=NON_NEGATIVE)] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (>= 1)",
+                                                callback=POSITIVE)] = None,
 ) -> None:
     """Extract predictors at the sites, tune forests by leave-one-site-out CV, fit the central
     and bootstrap models and write diagnostics and the model bundle."""
@@ -78,7 +93,8 @@ def train(
         with local_cluster(workers):
             bundle: Any = train_stage(paths["cube"], paths["zones"], paths["sites"], run,
                                       profile=prof, fluxes=fluxes,
-                                      seed=seed if seed is not None else cfg.get("seed", 448))
+                                      seed=seed if seed is not None
+                                      else cfg.get("seed", DEFAULT_SEED))
     except (InputError, ValueError) as e:
         fail(str(e))
     typer.echo(f"models written to {run / 'models'} in {time.perf_counter() - t0:.1f} s "
@@ -101,19 +117,26 @@ def upscale(
     models: Annotated[Path | None, typer.Option(help="Model bundle (default RUN/models)")] = None,
     out: Annotated[Path | None, typer.Option(help="Flux store (default RUN/fluxes.zarr)")] = None,
     bootstrap_sample: Annotated[float, typer.Option(
-        help="Fraction f of domain cells on which bootstrap replicates run (1 = exact)")] = 1.0,
-    n_bootstrap: Annotated[int | None, typer.Option(help="Use only the first N bootstraps")]
-    = None,
-    start: Annotated[str | None, typer.Option(help="First month YYYY-MM")] = None,
-    end: Annotated[str | None, typer.Option(help="Last month YYYY-MM")] = None,
-    tile: Annotated[int | None, typer.Option(help="Tile edge in cells (default: cube chunk)")]
-    = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
+        help="Fraction f of domain cells on which bootstrap replicates run, in (0, 1] "
+             "(1 = exact)", callback=FRACTION)] = 1.0,
+    n_bootstrap: Annotated[int | None, typer.Option(
+        help="Use only the first N bootstraps (0 <= N <= bootstraps in the bundle)",
+        callback=NON_NEGATIVE)] = None,
+    start: Annotated[str | None, typer.Option(
+        help="First month YYYY-MM, a January (default: the cube's first whole year)")] = None,
+    end: Annotated[str | None, typer.Option(
+        help="Last month YYYY-MM, a December (default: the cube's last whole year)")] = None,
+    tile: Annotated[int | None, typer.Option(
+        help=f"Tile edge in cells, >= {MIN_TILE} (default: cube chunk)",
+        callback=bounded(MIN_TILE))] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (>= 1)",
+                                                callback=POSITIVE)] = None,
 ) -> None:
     """Predict every month and cell (central + bootstrap models, single pass, resumable) and
     report throughput and the projected cost of the full 1-km product."""
     import xarray as xr
 
+    from abz_dask.pipeline import check_n_bootstrap
     from abz_dask.training import BundleMismatchError, load_bundle
     from abz_dask.upscale import (
         UpscaleConfig,
@@ -123,6 +146,7 @@ def upscale(
         run_upscale,
     )
 
+    _check_period(start, end)
     cube = cube or run / "twin" / "cube.zarr"
     zones = zones or run / "twin" / "zones.zarr"
     models = models or run / "models"
@@ -132,7 +156,10 @@ def upscale(
             fail(f"{name} input {p} does not exist")
     t0 = time.perf_counter()
     try:
-        bundle = load_bundle(models, cube=xr.open_zarr(cube, consolidated=False))
+        cube_ds = xr.open_zarr(cube, consolidated=False)
+        _check_period_in_cube(start, end, cube_ds, cube)
+        bundle = load_bundle(models, cube=cube_ds)
+        check_n_bootstrap(bundle, n_bootstrap, "--n-bootstrap")
         cfg = UpscaleConfig(start=start, end=end, tile=tile, bootstrap_sample=bootstrap_sample)
         with local_cluster(workers):
             ms = compile_bundle(bundle, n_bootstrap=n_bootstrap)
@@ -152,6 +179,29 @@ def upscale(
                    f"({nf} fluxes x (1 + 20 bootstraps x f={f_:g}), "
                    f"240 months, 20.7 M land cells, 500 trees): "
                    f"{proj['core_hours_1km']:,.0f} core-hours")
+
+
+def _check_period(start: str | None, end: str | None) -> None:
+    """``--start`` / ``--end`` of ``upscale``: months, whole years (the upscaler predicts whole
+    years only, so a partial year would be dropped without a word), in order."""
+    check_month("--start", start)
+    check_month("--end", end)
+    if start is not None and not start.endswith("-01"):
+        fail(f"--start {start!r}: the upscaler predicts whole years; give a January")
+    if end is not None and not end.endswith("-12"):
+        fail(f"--end {end!r}: the upscaler predicts whole years; give a December")
+    check_order("--start", start, "--end", end)
+
+
+def _check_period_in_cube(start: str | None, end: str | None, cube: Any, path: Path) -> None:
+    """Refuse ``--start`` / ``--end`` outside the months of the predictor cube."""
+    import pandas as pd
+
+    t = pd.DatetimeIndex(cube["time"].values)
+    first, last = t.min().strftime("%Y-%m"), t.max().strftime("%Y-%m")
+    for opt, v in (("--start", start), ("--end", end)):
+        if v is not None and not first <= v <= last:
+            fail(f"{opt} {v}: outside the months of the cube {path} ({first}..{last})")
 
 
 def register(app: typer.Typer) -> None:

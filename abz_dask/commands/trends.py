@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from abz_dask.commands.common import fail, local_cluster
+from abz_dask.commands.common import (
+    POSITIVE,
+    bounded,
+    check_order,
+    check_year,
+    fail,
+    local_cluster,
+)
 
 __all__ = ["register", "trends"]
 
@@ -31,19 +38,22 @@ def trends(
     out: Annotated[Path | None, typer.Option(
         help="Output folder [default: RUN_DIR/trends]")] = None,
     start: Annotated[int, typer.Option(help="First year")] = 2001,
-    end: Annotated[int, typer.Option(help="Last year")] = 2020,
+    end: Annotated[int, typer.Option(help="Last year (at least 3 after START)")] = 2020,
     method: Annotated[str, typer.Option(help="Prewhitening: zhang, yuepilon or none")]
     = "zhang",
     preserve_range: Annotated[bool, typer.Option(
         help="zyp preserve.range.for.sig.test")] = True,
-    alpha: Annotated[float, typer.Option(help="Significance level")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Significance level, in (0, 1)",
+                                         callback=bounded(0.0, 1.0, low_open=True,
+                                                          high_open=True))] = 0.05,
     predictors: Annotated[str, typer.Option(
         help="Comma-separated cube variables whose annual-mean trends are mapped; "
              "NAME:SEASON (JJA, spring, autumn) for a seasonal mean")]
     = "tair,snow_cover,soil_moisture,ndvi",
     overwrite: Annotated[bool, typer.Option(
         help="Replace outputs made with other settings")] = False,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (>= 1)",
+                                                callback=POSITIVE)] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
 ) -> None:
     """Per-pixel and budget trends (zyp.zhang), overlay, greening and shoulder seasons.
@@ -53,8 +63,15 @@ def trends(
     the same settings finishes only what is missing.
     """
     from abz_dask.analyses import TrendConfig, TrendInputs, run_trends
-    from abz_dask.analyses.run import prepare_output
+    from abz_dask.analyses.run import METHODS, prepare_output
 
+    check_year("--start", start)
+    check_year("--end", end)
+    check_order("--start", start, "--end", end)
+    if end - start < 3:
+        fail(f"--start {start} --end {end}: a trend needs at least 4 years")
+    if method not in METHODS:
+        fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     t0 = time.perf_counter()
     names = tuple(p.strip() for p in predictors.split(",") if p.strip())
     try:

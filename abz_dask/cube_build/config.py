@@ -41,10 +41,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from abz_dask.predictors import PREDICTORS, VEG_CLASSES
-from abz_dask.yamlfile import read_mapping
+from abz_dask.yamlfile import flat_errors, read_mapping
 
 __all__ = ["BuildConfig", "GapFillSpec", "SourceSpec", "ZoneSpec", "load_config"]
 
@@ -252,5 +259,5 @@ def load_config(path: str | Path) -> tuple[BuildConfig, Path]:
     raw = read_mapping(path, "build-cube configuration")
     try:
         return BuildConfig.model_validate(raw), path.absolute().parent
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    except ValidationError as e:  # one tidy line per problem: key path, reason, value
+        raise ValueError(f"{path}: {flat_errors(e)}") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from abz_dask.config import DEFAULT_SEED
 from abz_dask.training.bundle import (
     BundleMismatchError,
     FluxModel,
@@ -31,7 +32,8 @@ __all__ = ["PROFILES", "BundleMismatchError", "FluxModel", "ModelBundle", "Train
 
 def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, *,
                  profile: str | TrainingProfile = "light",
-                 fluxes: Sequence[str] = ("NEE", "GPP", "Reco"), seed: int = 448,
+                 fluxes: Sequence[str] = ("NEE", "GPP", "Reco"),
+                 seed: int = DEFAULT_SEED,
                  progress: bool = True) -> ModelBundle:
     """The ``train`` stage: training table in, model bundle and diagnostics out.
 
@@ -52,7 +54,7 @@ def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, 
     fluxes : sequence of str
         Responses to model.
     seed : int
-        Base seed.
+        Base seed (default :data:`abz_dask.config.DEFAULT_SEED`).
     progress : bool
         Show progress bars.
 

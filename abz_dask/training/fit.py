@@ -47,6 +47,7 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.tree import DecisionTreeRegressor
 
+from abz_dask.config import DEFAULT_SEED
 from abz_dask.encoding import CategoricalEncoding, fit_encoding
 from abz_dask.predictors import (
     BOOTSTRAP_PREDICTORS,
@@ -456,7 +457,7 @@ def _cv_frame(table: pd.DataFrame, d: FluxData, pred: np.ndarray) -> pd.DataFram
 
 
 def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light",
-                 fluxes: Sequence[str] = ("NEE", "GPP", "Reco"), seed: int = 448,
+                 fluxes: Sequence[str] = ("NEE", "GPP", "Reco"), seed: int = DEFAULT_SEED,
                  progress: bool = True, diagnostics_dir: str | Path | None = None,
                  checkpoint_dir: str | Path | None = None) -> ModelBundle:
     """Tune, fit and bootstrap one random forest per flux (see the module docstring).
@@ -472,8 +473,8 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     fluxes : sequence of str
         Response columns (any numeric column such as ``CH4`` works).
     seed : int
-        Base seed (448 as in the authors' code): folds, CV fits, central model
-        (``random_state = seed``), bootstrap b (``seed + b``), diagnostics.
+        Base seed (default :data:`abz_dask.config.DEFAULT_SEED`): folds, CV fits, central
+        model (``random_state = seed``), bootstrap b (``seed + b``), diagnostics.
     progress : bool
         Show progress bars of fits done.
     diagnostics_dir : path, optional

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from abz_dask.config import DEFAULT_SEED
+
 __all__ = ["fold_ids", "iter_folds"]
 
 
 def fold_ids(sites: np.ndarray | pd.Series, scheme: str = "loso", n_folds: int = 5,
-             seed: int = 448) -> np.ndarray:
+             seed: int = DEFAULT_SEED) -> np.ndarray:
     """Fold number (0-based) of every row.
 
     Parameters
@@ -29,7 +31,8 @@ def fold_ids(sites: np.ndarray | pd.Series, scheme: str = "loso", n_folds: int =
     n_folds : int
         Folds for ``group_kfold`` (capped at the number of sites).
     seed : int
-        Shuffles the order of the sites (fold numbering for ``loso``).
+        Shuffles the order of the sites (fold numbering for ``loso``); default
+        :data:`abz_dask.config.DEFAULT_SEED`.
 
     Returns
     -------
