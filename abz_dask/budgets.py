@@ -54,10 +54,14 @@ def annual_domain_budgets(flux: xr.DataArray | xr.Dataset, weights: xr.DataArray
     than 12 months are dropped. Missing pixels (NaN) contribute nothing.
     """
     w = weights.astype(np.float64)
-    if isinstance(flux, xr.Dataset):
-        monthly = flux.fillna(0.0).map(lambda v: xr.dot(v, w, dim=("y", "x"))) * 1e-12
-    else:
-        monthly = xr.dot(flux.fillna(0.0), w, dim=("y", "x")) * 1e-12
+
+    def total(v: xr.DataArray) -> xr.DataArray:
+        # product then sum (numpy's pairwise sum in a fixed dask tree), not xr.dot: BLAS dot
+        # products may split the sum differently from one call to the next (multi-threaded
+        # kernels), which made twin/truth_budgets.csv differ at 1e-13 between identical runs
+        return (v.fillna(0.0).astype(np.float64) * w).sum(("y", "x"))
+
+    monthly = (flux.map(total) if isinstance(flux, xr.Dataset) else total(flux)) * 1e-12
     counts = monthly["time"].dt.year.to_series().value_counts()
     full = counts.index[counts.to_numpy() == 12].to_numpy()
     annual = monthly.groupby("time.year").sum()

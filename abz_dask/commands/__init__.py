@@ -16,4 +16,5 @@ MODULES: tuple[str, ...] = (
     "abz_dask.commands.compare",
     "abz_dask.commands.report",
     "abz_dask.commands.verify",
+    "abz_dask.commands.export",
 )
