@@ -26,8 +26,12 @@ import xarray as xr
 from abz_dask.grid import Grid
 from abz_dask.predictors import FLUXES, PREDICTOR_NAMES, PREDICTORS
 
-__all__ = ["COLUMN_UNITS", "extract_training_table", "read_training_table",
-           "write_training_table"]
+__all__ = ["COLUMN_UNITS", "StoreError", "extract_training_table", "find_bad_chunk",
+           "read_training_table", "write_training_table"]
+
+
+class StoreError(ValueError):
+    """A store (predictor cube, zones) that is not what it should be or cannot be read."""
 
 #: Units written into the headers of the training table (``name [units]``).
 COLUMN_UNITS: dict[str, str] = {
@@ -75,6 +79,8 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
     if responses is None:
         extra = obs.attrs.get("abcflux", {}).get("responses", [])
         responses = [c for c in dict.fromkeys([*FLUXES, *extra]) if c in obs]
+    names = [p for p in PREDICTOR_NAMES if p != "month"]
+    _check_variables(cube, names)
     _check_grid(cube, grid)
     x, y = grid.project(obs["longitude"].to_numpy(), obs["latitude"].to_numpy())
     row, col = grid.index_of(x, y)
@@ -89,15 +95,17 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
     cells, cell_of = np.unique(row * grid.shape[1] + col, return_inverse=True)
     crow = xr.DataArray(cells // grid.shape[1], dims="cell")
     ccol = xr.DataArray(cells % grid.shape[1], dims="cell")
-    names = [p for p in PREDICTOR_NAMES if p != "month"]
-    missing = [p for p in names if p not in cube]
-    if missing:
-        raise ValueError(f"the predictor cube lacks variable(s) {missing}")
     picked = []
     for p in names:
         v = cube[p]
         picked.append(v.isel(y=crow, x=ccol) if "y" in v.dims else v)
-    (values,) = dask.compute(picked)
+    try:
+        (values,) = dask.compute(picked)
+    except Exception as e:
+        bad = find_bad_chunk(cube, names, rows=np.unique(crow.values),
+                             cols=np.unique(ccol.values))
+        raise bad or StoreError(f"{_source(cube)}: reading the predictors at the sites failed "
+                                f"({type(e).__name__}: {e})") from e
 
     n = len(obs)
     tsafe = np.where(in_time, ti, 0)
@@ -156,13 +164,88 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
     return table, report
 
 
+_DIMS = {"monthly": ("time", "y", "x"), "annual": ("time", "y", "x"), "static": ("y", "x"),
+         "series": ("time",)}
+
+
+def _source(ds: xr.Dataset | xr.DataArray) -> str:
+    src = ds.encoding.get("source")
+    return f"the predictor cube {src}" if src else "the predictor cube"
+
+
+def _check_variables(cube: xr.Dataset, names: Sequence[str]) -> None:
+    """Raise :class:`StoreError` for missing predictors or predictors of the wrong shape."""
+    missing = [p for p in names if p not in cube]
+    if missing:
+        hint = ""
+        if "land_fraction" in cube.data_vars or "biome" in cube.data_vars:
+            hint = " (it holds zone layers: a zones store given as the cube?)"
+        raise StoreError(f"{_source(cube)} lacks variable(s) {missing}{hint}; variables: "
+                         f"{sorted(map(str, cube.data_vars))[:20]}")
+    kinds = {p.name: p.kind for p in PREDICTORS}
+    for p in names:
+        want = _DIMS.get(kinds.get(p, ""))
+        if want is not None and tuple(cube[p].dims) != want:
+            raise StoreError(f"{_source(cube)}: variable {p!r} has dims {tuple(cube[p].dims)}, "
+                             f"expected {want} for a {kinds[p]} predictor")
+
+
+def find_bad_chunk(cube: xr.Dataset, names: Sequence[str], *, rows: np.ndarray | None = None,
+                   cols: np.ndarray | None = None) -> StoreError | None:
+    """The first chunk of a lazily opened store that cannot be read, as an error to raise.
+
+    Parameters
+    ----------
+    cube : xr.Dataset
+        Opened with dask chunks equal to the store's (``xr.open_zarr``).
+    names : sequence of str
+        Variables to scan.
+    rows, cols : ndarray, optional
+        Only chunks holding one of these rows / columns are read (default: every chunk).
+
+    Returns
+    -------
+    StoreError or None
+        Naming the store, the variable, the chunk index and key and the reason; None when
+        every chunk reads.
+    """
+    import itertools
+
+    for p in names:
+        v = cube[p]
+        data = v.data
+        if not hasattr(data, "blocks"):
+            continue
+        ranges = []
+        for dim, ch in zip(v.dims, data.chunks, strict=True):
+            edges = np.concatenate([[0], np.cumsum(ch)])
+            want = rows if dim == "y" else cols if dim == "x" else None
+            idx: list[int] = list(range(len(ch)))
+            if want is not None:
+                idx = sorted({int(i) for i in np.searchsorted(edges, want, side="right") - 1})
+            ranges.append([(i, int(edges[i]), int(edges[i + 1])) for i in idx])
+        for combo in itertools.product(*ranges):
+            block = tuple(c[0] for c in combo)
+            try:
+                data.blocks[block].compute()
+            except Exception as e:
+                span = ", ".join(f"{d} {a}:{b}" for d, (_, a, b) in zip(v.dims, combo,
+                                                                       strict=True))
+                key = "c/" + "/".join(map(str, block))
+                return StoreError(f"{_source(cube)}: variable {p!r} chunk {block} ({span}; "
+                                  f"file {p}/{key}) cannot be read ({type(e).__name__}: {e}); "
+                                  "the chunk is damaged (truncated, or written with another "
+                                  f"dtype than the store's {v.dtype}): rebuild the cube")
+    return None
+
+
 def _check_grid(cube: xr.Dataset, grid: Grid) -> None:
     ny, nx = grid.shape
     if cube.sizes.get("y") != ny or cube.sizes.get("x") != nx:
-        raise ValueError(f"the predictor cube ({cube.sizes.get('y')} x {cube.sizes.get('x')}) "
+        raise StoreError(f"{_source(cube)} ({cube.sizes.get('y')} x {cube.sizes.get('x')}) "
                          f"is not on the {grid.name} grid ({ny} x {nx})")
     if not (np.allclose(cube["x"].values, grid.x) and np.allclose(cube["y"].values, grid.y)):
-        raise ValueError(f"the predictor cube's x/y coordinates differ from the {grid.name} grid")
+        raise StoreError(f"{_source(cube)}: x/y coordinates differ from the {grid.name} grid")
 
 
 def _with_units(table: pd.DataFrame) -> pd.DataFrame:

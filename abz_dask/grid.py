@@ -90,8 +90,11 @@ class Grid:
         res = float(ds.attrs.get("grid_resolution_m", abs(float(ds.x[1] - ds.x[0]))))
         grid = cls(res, str(ds.attrs.get("grid_name", "custom")))
         if grid.shape != (ds.sizes["y"], ds.sizes["x"]):
-            raise ValueError(f"a {res:g} m polar grid has shape {grid.shape}, the dataset has "
-                             f"({ds.sizes['y']}, {ds.sizes['x']})")
+            src = ds.encoding.get("source")
+            where = f"{src}: " if src else ""
+            raise ValueError(f"{where}grid_resolution_m {res:g} gives a polar grid of shape "
+                             f"{grid.shape}, the store has (y, x) = ({ds.sizes['y']}, "
+                             f"{ds.sizes['x']}); not a store of this package's grid?")
         return grid
 
     @cached_property

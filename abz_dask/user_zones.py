@@ -34,18 +34,70 @@ from affine import Affine
 from pyproj import CRS, Transformer
 
 from abz_dask.cube_build.config import BuildConfig, SourceSpec, ZoneSpec
-from abz_dask.cube_build.validate import CRSError, ExtentError, LegendError
+from abz_dask.cube_build.validate import CRSError, ExtentError, LegendError, ZoneError
 from abz_dask.grid import Grid
 from abz_dask.zones import REGION_ALIASES, replace_zone
 
-__all__ = ["FRACTION_LAYERS", "rasterize_polygons", "read_polygons", "user_zone_layer",
-           "write_user_zones"]
+__all__ = ["FRACTION_LAYERS", "ZONE_STORE_LAYERS", "check_user_zones", "check_zone_store",
+           "rasterize_polygons", "read_polygons", "user_zone_layer", "write_user_zones"]
 
 #: Layers that may be built by fractional coverage.
 FRACTION_LAYERS: tuple[str, ...] = ("land_fraction", "lake_fraction", "ice_fraction")
 _BOOL_LAYERS = ("abz", "permafrost")
 _VECTOR_SUFFIXES = (".shp", ".gpkg", ".geojson", ".json", ".fgb", ".gml", ".kml")
 _BLOCK_PIXELS = 1 << 24
+#: Layers every zones store has (:func:`abz_dask.zones.build_zones`); the budgets, the site
+#: land check and the upscaler read them.
+ZONE_STORE_LAYERS: tuple[str, ...] = ("land_fraction", "abz", "biome", "permafrost")
+_POLYGONAL = ("polygon", "multipolygon", "geometrycollection", "unknown")
+
+
+def _store_kind(path: Path) -> str | None:
+    """``"zarr"`` for a Zarr store folder, ``"folder"`` for another folder, else None."""
+    if not path.is_dir():
+        return None
+    if any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs")):
+        return "zarr"
+    return "folder"
+
+
+def check_zone_store(ds: xr.Dataset, path: str | Path, *, what: str = "zones store") -> None:
+    """Raise :class:`~abz_dask.cube_build.validate.ZoneError` unless ``ds`` is a zones store.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        The opened store.
+    path : path
+        Where it was opened from (for the message).
+    what : str
+        The setting that named it (for the message), e.g. ``"base_zones"``.
+    """
+    from abz_dask.predictors import PREDICTOR_NAMES
+
+    missing = [n for n in ZONE_STORE_LAYERS if n not in ds.data_vars]
+    if not missing:
+        return
+    preds = sorted(set(map(str, ds.data_vars)) & set(PREDICTOR_NAMES))
+    hint = (f"; it holds predictors {preds[:5]}: it is a predictor cube, not a zones store"
+            if preds else "")
+    raise ZoneError(f"{what} {path} lacks the zone layer(s) {missing} (variables: "
+                    f"{sorted(map(str, ds.data_vars))[:12]}){hint}; give a zones.zarr written "
+                    "by build-cube / the twin")
+
+
+def _open_zone_store(path: Path, what: str) -> xr.Dataset:
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    if _store_kind(path) != "zarr":
+        raise ZoneError(f"{what}: {path} is not a Zarr zones store")
+    try:
+        ds = xr.open_zarr(path, consolidated=False)
+    except Exception as e:
+        raise ZoneError(f"{what}: {path} cannot be opened as a Zarr store "
+                        f"({type(e).__name__}: {e})") from e
+    check_zone_store(ds, path, what=what)
+    return ds
 
 
 def _norm(s: str) -> str:
@@ -66,7 +118,12 @@ def read_polygons(path: Path, *, layer: str | None = None, attribute: str | None
     import pyogrio.raw
     import shapely
 
-    meta, _, wkb, fields = pyogrio.raw.read(path, layer=layer)
+    try:
+        meta, _, wkb, fields = pyogrio.raw.read(path, layer=layer)
+    except Exception as e:
+        lay = "" if layer is None else f" (layer {layer!r})"
+        raise ZoneError(f"{path}{lay}: cannot be read as a vector file: "
+                        f"{type(e).__name__}: {e}") from e
     if not meta.get("crs"):
         raise CRSError(f"{path}: the vector layer has no CRS (.prj / srs); cannot place it on "
                        "the grid")
@@ -75,11 +132,19 @@ def read_polygons(path: Path, *, layer: str | None = None, attribute: str | None
     if attribute is None:
         values = [1] * len(wkb)
     elif attribute not in names:
-        raise ValueError(f"{path}: no attribute {attribute!r} (fields: {names})")
+        raise ZoneError(f"{path}: no attribute {attribute!r} (attribute: {attribute!r}; the "
+                        f"layer's fields are {names})")
     else:
         values = list(fields[names.index(attribute)])
     geoms = list(shapely.from_wkb(wkb))
-    return geoms, values, CRS.from_user_input(meta["crs"])
+    poly = [g is not None and shapely.get_type_id(g) in (3, 6, 7) for g in geoms]
+    if not any(poly):
+        types = sorted({g.geom_type for g in geoms if g is not None}) or ["none"]
+        raise ZoneError(f"{path}: holds no polygons ({len(geoms)} feature(s), geometry "
+                        f"types {types}); a zone file needs polygon features")
+    keep = [i for i, ok in enumerate(poly) if ok]
+    return ([geoms[i] for i in keep], [values[i] for i in keep],
+            CRS.from_user_input(meta["crs"]))
 
 
 def _project(geoms: list[Any], crs: CRS, grid: Grid) -> list[Any]:
@@ -212,6 +277,112 @@ def _raster_layer(path: Path, spec: ZoneSpec, name: str, grid: Grid, attrs: dict
     return out.astype(np.float32)
 
 
+def _zone_path(spec: ZoneSpec, name: str, root: Path) -> Path:
+    """The file of a zone entry, refusing missing files and stores given as zone files."""
+    path = Path(spec.file) if Path(spec.file).is_absolute() else root / spec.file
+    if not path.exists():
+        raise FileNotFoundError(f"zones {name}: file {path} does not exist (zones.{name}.file: "
+                                f"{spec.file!r})")
+    kind = _store_kind(path)
+    if kind == "zarr":
+        raise ZoneError(f"zones {name}: file {path} is a Zarr store (zones.{name}.file: "
+                        f"{spec.file!r}); a zone entry names a polygon file (shapefile, "
+                        "GeoPackage, GeoJSON) or a GeoTIFF; to start from an existing zones "
+                        "store set base_zones")
+    if kind == "folder":
+        raise ZoneError(f"zones {name}: file {path} is a folder (zones.{name}.file: "
+                        f"{spec.file!r}); name the polygon file or GeoTIFF in it")
+    return path
+
+
+def _check_vector(path: Path, spec: ZoneSpec, name: str, grid: Grid) -> None:
+    """Metadata checks of a vector zone file: features, polygons, attribute, CRS, overlap."""
+    import pyogrio
+
+    where = f"zones {name}: {path}"
+    lay = "" if spec.layer is None else f" (layer {spec.layer!r})"
+    try:
+        info = pyogrio.read_info(path, layer=spec.layer, force_total_bounds=True)
+    except Exception as e:
+        raise ZoneError(f"{where}{lay} cannot be read as a vector file: "
+                        f"{type(e).__name__}: {e}") from e
+    if int(info.get("features") or 0) == 0:
+        raise ZoneError(f"{where}{lay} has no features; a zone file needs polygon features")
+    gtype = str(info.get("geometry_type") or "Unknown")
+    if not any(gtype.lower().replace(" ", "").startswith(k) for k in _POLYGONAL):
+        raise ZoneError(f"{where} holds {gtype} geometries, no polygons (geometry_type "
+                        f"{gtype!r}); a zone file needs polygon features")
+    fields = [str(f) for f in info.get("fields", [])]
+    if spec.attribute is not None and spec.attribute not in fields:
+        raise ZoneError(f"{where} has no attribute {spec.attribute!r} (zones.{name}.attribute: "
+                        f"{spec.attribute!r}; the layer's fields are {fields})")
+    if not info.get("crs"):
+        raise CRSError(f"{where}: the vector layer has no CRS (.prj / srs); cannot place it on "
+                       "the grid")
+    crs = CRS.from_user_input(info["crs"])
+    b = info.get("total_bounds")
+    if b is None or not np.all(np.isfinite(np.asarray(b, float))):
+        return
+    tr = Transformer.from_crs(crs, grid.crs, always_xy=True)
+    x0, y0, x1, y1 = (float(v) for v in b)
+    ex = np.concatenate([np.linspace(x0, x1, 101)] * 2 + [np.full(101, x0), np.full(101, x1)])
+    ey = np.concatenate([np.full(101, y0), np.full(101, y1)] + [np.linspace(y0, y1, 101)] * 2)
+    gx, gy = (np.asarray(a) for a in tr.transform(ex, ey))
+    inside = np.isfinite(gx) & np.isfinite(gy)
+    hw = grid.half_width
+    if crs.is_geographic:  # a lon/lat box reaching the grid's latitudes overlaps it
+        hit = y1 >= grid.south - 1.0
+    else:  # the projected outline of the bounds against the grid's square
+        hit = bool(inside.any()) and bool(
+            gx[inside].min() <= hw and gx[inside].max() >= -hw
+            and gy[inside].min() <= hw and gy[inside].max() >= -hw)
+    if not hit:
+        bounds = tuple(round(v, 3) for v in (x0, y0, x1, y1))
+        raise ExtentError(f"{where} ({crs.name}, bounds {bounds}) does not overlap the "
+                          f"{grid.name} grid north of {grid.south:g}N; wrong CRS or extent?")
+
+
+def check_user_zones(config: BuildConfig, root: Path, grid: Grid) -> None:
+    """Check the zone sources of a configuration before anything is written.
+
+    Every ``zones`` entry: the file exists and is a polygon file or raster (not a folder or
+    Zarr store); a vector file holds polygon features, the ``attribute`` is one of its fields,
+    it has a CRS and its bounds overlap the grid; a raster opens, has a CRS and overlaps the
+    grid. ``base_zones`` must be a zones store (:func:`check_zone_store`).
+
+    Parameters
+    ----------
+    config : BuildConfig
+        The configuration.
+    root : Path
+        Folder relative paths are resolved from.
+    grid : Grid
+        The cube's grid.
+
+    Raises
+    ------
+    FileNotFoundError, ZoneError, CRSError, ExtentError
+        Naming the layer, the file, the setting and its value.
+    """
+    from abz_dask.cube_build.reproject import check_overlap
+    from abz_dask.cube_build.sources import open_source
+
+    if config.base_zones:
+        bz = Path(config.base_zones)
+        _open_zone_store(bz if bz.is_absolute() else root / bz, "base_zones")
+    for name, spec in config.zones.items():
+        if spec.method == "fraction" and name not in FRACTION_LAYERS:
+            raise ZoneError(f"zones {name}: method fraction applies to {FRACTION_LAYERS} only "
+                            f"(zones.{name}.method: {spec.method!r})")
+        path = _zone_path(spec, name, root)
+        if path.suffix.lower() in _VECTOR_SUFFIXES:
+            _check_vector(path, spec, name, grid)
+        else:
+            src = SourceSpec(files=str(path), band=spec.band, temporal="static")
+            with open_source(path, src, f"zones {name}") as r:
+                check_overlap(r.geometry, grid, name=f"zones {name}", path=path)
+
+
 def user_zone_layer(spec: ZoneSpec, name: str, grid: Grid, root: Path,
                     attrs: dict[str, Any] | None = None) -> np.ndarray:
     """One zone layer on the grid from a user's vector or raster file.
@@ -234,9 +405,7 @@ def user_zone_layer(spec: ZoneSpec, name: str, grid: Grid, root: Path,
     ndarray
         ``grid.shape``.
     """
-    path = Path(spec.file) if Path(spec.file).is_absolute() else root / spec.file
-    if not path.exists():
-        raise FileNotFoundError(f"zones {name}: {path} does not exist")
+    path = _zone_path(spec, name, root)
     attrs = attrs or {}
     if spec.method == "fraction" and name not in FRACTION_LAYERS:
         raise ValueError(f"zones {name}: method fraction applies to {FRACTION_LAYERS} only")
@@ -292,7 +461,7 @@ def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
     grid = Grid.from_preset(config.grid)
     if config.base_zones:
         bz = Path(config.base_zones)
-        base = xr.open_zarr(bz if bz.is_absolute() else root / bz, consolidated=False)
+        base = _open_zone_store(bz if bz.is_absolute() else root / bz, "base_zones")
     else:
         base = build_zones(grid)
     zones = base.load()

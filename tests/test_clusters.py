@@ -110,7 +110,7 @@ def test_rerun_skips_and_changed_settings_rerun_downstream(reference: Path,
                              "upscale": "skipped", "budgets": "ran"}
     assert (out / "budgets.csv").read_text() != before
     rec = json.loads((out / "budgets.stage.json").read_text())
-    assert rec["settings"] == {"start_year": 2002, "end_year": 2003}
+    assert rec["settings"] == {"start_year": 2002, "end_year": 2003, "max_excluded_area": None}
     # a deleted output makes its stage (and only it) run again
     shutil.rmtree(out / "fluxes.zarr")
     shutil.rmtree(out / "fluxes.zarr.done", ignore_errors=True)

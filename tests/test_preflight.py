@@ -41,14 +41,18 @@ def test_invalid_nested_build_cube_yaml_is_found_by_check(tmp_path: Path) -> Non
     assert "input.cube_config" in out and "build.yaml" in out and "sourcez" in out
 
 
-def test_missing_build_cube_sources_are_found_before_the_cluster(tmp_path: Path) -> None:
+def test_missing_build_cube_sources_are_found_before_the_cluster(twin100: Any,
+                                                                 tmp_path: Path) -> None:
     cfg = tmp_path / "build.yaml"
-    cfg.write_text(json.dumps({"grid": "100km", "start": "2001-01", "end": "2001-12",
-                               "sources": {"tair": {"path": "nowhere/tair_*.tif",
-                                                    "units": "degC", "temporal": "monthly"}}}))
+    from abz_dask.twin.export import export_twin
+
+    cfg = export_twin(twin100, tmp_path / "rasters", lonlat_res=2.0).config
+    text = cfg.read_text()
+    assert "tair/" in text
+    cfg.write_text(text.replace("tair/", "nowhere/"))
     code, out = _check(tmp_path, {"input": {"kind": "build", "cube_config": str(cfg),
                                             "abcflux": str(_csv(tmp_path))}})
-    assert code == 2 and "input.cube_config" in out and "tair" in out
+    assert code == 2 and "input.cube_config" in out and "tair: no file matches" in out, out
 
 
 @pytest.mark.parametrize(("cfg", "expect"), [

@@ -171,7 +171,8 @@ def test_runner_skips_current_stages_and_reruns_stale_ones(tmp_path: Path) -> No
     assert run_pipeline(cfg, stages=stages).status() == dict.fromkeys("abc", "ran")
     assert (out / "c.txt").read_text() == "v1|a0|b2001|c0"
     rec = json.loads((out / "b.stage.json").read_text())
-    assert rec["settings"] == {"start_year": 2001, "end_year": 2020} and rec["info"] == {"n": 2}
+    assert rec["settings"] == {"start_year": 2001, "end_year": 2020, "max_excluded_area": None}
+    assert rec["info"] == {"n": 2}
     assert set(rec["inputs"]) == {"stage:a"}
 
     assert run_pipeline(cfg, stages=stages).status() == dict.fromkeys("abc", "skipped")

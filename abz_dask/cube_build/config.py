@@ -50,6 +50,7 @@ from pydantic import (
     model_validator,
 )
 
+from abz_dask.cube_build.validate import SERIES_FORMAT
 from abz_dask.predictors import PREDICTORS, VEG_CLASSES
 from abz_dask.yamlfile import flat_errors, read_mapping
 
@@ -192,8 +193,10 @@ class BuildConfig(BaseModel):
         for name, spec in self.predictors.items():
             p = cat[name]
             if spec.temporal not in ALLOWED_TEMPORAL[p.kind]:
+                hint = f"; {SERIES_FORMAT}" if p.kind == "series" else ""
                 raise ValueError(f"{name}: temporal {spec.temporal!r} cannot feed a "
-                                 f"{p.kind} predictor (use one of {ALLOWED_TEMPORAL[p.kind]})")
+                                 f"{p.kind} predictor (use one of {ALLOWED_TEMPORAL[p.kind]})"
+                                 + hint)
             if spec.categorical != p.categorical:
                 raise ValueError(f"{name}: categorical must be {p.categorical} (catalogue)")
             if spec.units is not None and not same_units(spec.units, p.units):

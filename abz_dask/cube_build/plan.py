@@ -18,10 +18,15 @@ from abz_dask.cube_build.config import BuildConfig, SourceSpec
 from abz_dask.cube_build.reproject import check_overlap
 from abz_dask.cube_build.sources import Entry, Geometry, discover, open_source
 from abz_dask.cube_build.validate import (
+    SERIES_FORMAT,
+    CubeBuildError,
     DuplicateTimeError,
     MissingFileError,
+    SeriesFormatError,
     TimeGapError,
+    check_plausible,
     check_range,
+    check_valid_range_plausible,
 )
 from abz_dask.grid import Grid
 from abz_dask.predictors import PREDICTORS
@@ -128,17 +133,60 @@ def _annual_steps(name: str, spec: SourceSpec, entries: list[Entry], time: pd.Da
     return steps
 
 
+#: Leading bytes of the raster formats most often given where a CSV series is expected.
+_MAGIC = {b"II*\x00": "a GeoTIFF", b"MM\x00*": "a GeoTIFF", b"II+\x00": "a BigTIFF",
+          b"\x89HDF": "a NetCDF-4/HDF5 file", b"CDF\x01": "a NetCDF file",
+          b"CDF\x02": "a NetCDF file", b"PK\x03\x04": "a zip archive"}
+
+
+def _read_series_csv(name: str, path: Path) -> pd.DataFrame:
+    """The table of a series file, or :class:`SeriesFormatError` explaining the format."""
+    if path.is_dir():
+        raise SeriesFormatError(f"{name}: {path} is a folder; {SERIES_FORMAT}")
+    head = path.read_bytes()[:4096]
+    kind = next((k for m, k in _MAGIC.items() if head.startswith(m)), None)
+    if kind is None and b"\x00" in head:
+        kind = "a binary file"
+    if kind is None:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 4:  # not just a character cut at the 4096-byte boundary
+                kind = f"not UTF-8 text (byte {e.start})"
+    if kind is not None:
+        raise SeriesFormatError(f"{name}: {path} is {kind}, not a CSV series (temporal: "
+                                f"series); {SERIES_FORMAT}")
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise SeriesFormatError(f"{name}: {path} cannot be read as CSV ({e}); "
+                                f"{SERIES_FORMAT}") from None
+    if df.shape[1] < 2 or df.empty:
+        raise SeriesFormatError(f"{name}: {path} needs two columns (time, value) and one row "
+                                f"per month, it has columns {list(map(str, df.columns))} and "
+                                f"{len(df)} row(s); {SERIES_FORMAT}")
+    return df
+
+
 def _series(name: str, spec: SourceSpec, path: Path, time: pd.DatetimeIndex) -> np.ndarray:
-    df = pd.read_csv(path)
-    if df.shape[1] < 2:
-        raise ValueError(f"{name}: {path} needs two columns (time, value)")
+    df = _read_series_csv(name, path)
     tcol, vcol = ("time", "value") if {"time", "value"} <= set(df.columns) else df.columns[:2]
-    ts = pd.to_datetime(df[tcol])
+    ts = pd.to_datetime(df[tcol], errors="coerce", format="mixed")
+    if ts.isna().any():
+        i = int(np.flatnonzero(ts.isna().to_numpy())[0])
+        raise SeriesFormatError(f"{name}: {path} line {i + 2}: column {tcol!r} value "
+                                f"{df[tcol].iloc[i]!r} is not a month or date; {SERIES_FORMAT}")
+    num = pd.to_numeric(df[vcol], errors="coerce")
+    bad = num.isna() & df[vcol].notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise SeriesFormatError(f"{name}: {path} line {i + 2}: column {vcol!r} value "
+                                f"{df[vcol].iloc[i]!r} is not a number; {SERIES_FORMAT}")
     key = pd.DatetimeIndex([pd.Timestamp(t.year, t.month, 1) for t in ts])
     dup = key.duplicated()
     if dup.any():
         raise DuplicateTimeError(f"{name}: {path} has month {key[dup][0]:%Y-%m} twice")
-    vals = pd.Series(df[vcol].to_numpy(float), index=key)
+    vals = pd.Series(num.to_numpy(float), index=key)
     for s in spec.nodata:
         vals[vals == s] = np.nan
     vals = vals * spec.scale + spec.offset
@@ -148,7 +196,38 @@ def _series(name: str, spec: SourceSpec, path: Path, time: pd.DatetimeIndex) -> 
                                f"{', '.join(f'{t:%Y-%m}' for t in miss[:6])}")
     out = vals.reindex(time).to_numpy(np.float64)
     check_range(out, spec.valid_range, name=name, path=path)
+    if spec.valid_range is None:
+        check_plausible(out, None, name=name, units=_CATALOGUE[name].units,
+                        path=f"{path} column {vcol!r}")
     return out
+
+
+#: Time steps of a predictor whose pixels are sampled for the plausibility check at planning.
+SAMPLE_STEPS = 3
+
+
+def _sampled(steps: list[list[Entry]]) -> set[Entry]:
+    """Up to :data:`SAMPLE_STEPS` entries spread over the period."""
+    uniq = list(dict.fromkeys(e for s in steps for e in s))
+    if not uniq:
+        return set()
+    pick = np.unique(np.linspace(0, len(uniq) - 1, min(SAMPLE_STEPS, len(uniq))).round())
+    return {uniq[int(i)] for i in pick}
+
+
+def _grid(config: BuildConfig) -> Grid:
+    g = config.grid
+    if isinstance(g, int | float) and not (np.isfinite(g) and g > 0):
+        raise CubeBuildError(f"grid: resolution {g!r} m must be a positive number of metres "
+                             "(or a preset name)")
+    try:
+        grid = Grid.from_preset(g)
+    except ValueError as e:
+        raise CubeBuildError(f"grid: {e}") from None
+    if grid.resolution > grid.half_width / 2:
+        raise CubeBuildError(f"grid: resolution {g!r} m is coarser than the whole domain "
+                             f"(the {grid.south:g}N circle)")
+    return grid
 
 
 def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
@@ -169,11 +248,15 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
     ------
     CubeBuildError
         Missing files or months, duplicated timestamps, time gaps, files without a CRS, files
-        that do not overlap the grid, wrong units.
+        that do not overlap the grid, wrong units, unreadable files, sampled values outside
+        ``valid_range`` or (without one) outside what the predictor can be in its units
+        (:data:`~abz_dask.cube_build.validate.PLAUSIBLE`), a series file that is not a CSV of
+        monthly values, and zone sources that cannot give their layer
+        (:func:`abz_dask.user_zones.check_user_zones`).
     """
     from abz_dask.twin.generate import default_tile
 
-    grid = Grid.from_preset(config.grid)
+    grid = _grid(config)
     time = pd.date_range(config.start, config.end, freq="MS")
     tile = config.tile or default_tile(grid)
     plans: list[VarPlan] = []
@@ -196,12 +279,26 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
         else:
             steps = _annual_steps(p.name, spec, entries, time)
         vp = VarPlan(p.name, spec, p.kind, steps)
+        check_valid_range_plausible(spec.valid_range, name=p.name, units=p.units,
+                                    where=f"predictors.{p.name}")
+        sample = _sampled(steps)
         for path in sorted({e.path for s in steps for e in s}):
             with open_source(path, spec, p.name) as r:
                 r.check_units(p.units)
                 vp.geometry[path] = r.geometry
+                for e in sorted((e for e in sample if e.path == path),
+                                key=lambda e: e.index or 0):
+                    raw, vals = r.sample(e.index)
+                    check_range(vals, spec.valid_range, name=p.name, path=r.where(e.index))
+                    if r.plausible_units is not None:
+                        check_plausible(vals, raw, name=p.name, units=p.units,
+                                        path=r.where(e.index))
             if r.geometry.key not in checked:
                 check_overlap(r.geometry, grid, name=p.name, path=path)
                 checked.add(r.geometry.key)
         plans.append(vp)
+    if config.zones or config.base_zones:
+        from abz_dask.user_zones import check_user_zones
+
+        check_user_zones(config, root, grid)
     return BuildPlan(grid, time, tile, config.token(), plans)

@@ -34,8 +34,11 @@ from abz_dask.cube_build.validate import (
     CubeBuildError,
     DuplicateTimeError,
     MissingFileError,
+    ReadError,
     UnitsError,
+    check_plausible,
 )
+from abz_dask.predictors import PREDICTORS
 
 __all__ = ["Entry", "Geometry", "Reader", "discover", "is_netcdf", "open_source"]
 
@@ -46,6 +49,26 @@ NC_CHUNK_CACHE_BYTES = 16 * 2**20
 #: The HDF5 / netCDF-C libraries are not thread-safe: every NetCDF open, read and close of this
 #: module holds this lock (tile tasks run in threads).
 NC_LOCK = threading.RLock()
+#: Rows read by :meth:`Reader.sample` (evenly spaced over the file).
+SAMPLE_ROWS = 16
+#: Columns kept per sampled row at most (evenly spaced).
+SAMPLE_COLS = 4096
+_UNITS = {p.name: p.units for p in PREDICTORS}
+
+
+def _why(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    return f"{type(e).__name__}: {msg}" if type(e).__name__ not in msg else msg
+
+
+def _not_a_file(path: Path, name: str, what: str) -> None:
+    """Raise a clean error for a path that is not a readable file of kind ``what``."""
+    if not path.exists():
+        raise MissingFileError(f"{name}: {path} does not exist")
+    if path.is_dir():
+        kind = " (a Zarr store)" if (path / "zarr.json").exists() or (
+            path / ".zgroup").exists() else ""
+        raise ReadError(f"{name}: {path} is a folder{kind}, not a {what} file")
 
 
 @dataclass(frozen=True)
@@ -188,8 +211,14 @@ def discover(spec: SourceSpec, root: Path, name: str) -> list[Entry]:
 def _nc_times(path: Path, spec: SourceSpec, name: str) -> list[pd.Timestamp]:
     import xarray as xr
 
-    with NC_LOCK, xr.open_dataset(path, engine="netcdf4", mask_and_scale=False,
-                                  lock=False) as ds:
+    _not_a_file(path, name, "NetCDF")
+    try:
+        with NC_LOCK:
+            opened = xr.open_dataset(path, engine="netcdf4", mask_and_scale=False, lock=False)
+    except Exception as e:
+        raise ReadError(f"{name}: {path} cannot be opened as NetCDF (truncated, corrupt or "
+                        f"another format?): {_why(e)}") from e
+    with NC_LOCK, opened as ds:
         var = _nc_variable(ds, spec, name, path)
         tdim = [d for d in ds[var].dims if d not in ds[var].dims[-2:]]
         if not tdim:
@@ -202,12 +231,14 @@ def _nc_times(path: Path, spec: SourceSpec, name: str) -> list[pd.Timestamp]:
 def _nc_variable(ds: Any, spec: SourceSpec, name: str, path: Path) -> str:
     if spec.variable is not None:
         if spec.variable not in ds.data_vars:
-            raise ValueError(f"{name}: {path} has no variable {spec.variable!r} "
-                             f"(variables: {sorted(map(str, ds.data_vars))})")
+            raise CubeBuildError(f"{name}: {path} has no variable {spec.variable!r} "
+                                 f"(variable: {spec.variable!r}; the file holds "
+                                 f"{sorted(map(str, ds.data_vars))})")
         return spec.variable
     cand = [str(v) for v in ds.data_vars if ds[v].ndim >= 2]
     if len(cand) != 1:
-        raise ValueError(f"{name}: {path} holds {cand}; set 'variable'")
+        raise CubeBuildError(f"{name}: {path} holds {len(cand)} variables with two spatial "
+                             f"dimensions ({cand}); set 'variable' to one of them")
     return cand[0]
 
 
@@ -226,9 +257,15 @@ class Reader:
         self.sentinels = [float(v) for v in spec.nodata]
         self.file_scale = 1.0
         self.file_offset = 0.0
+        self.plausible_units = _UNITS.get(name) if spec.valid_range is None else None
+        _not_a_file(path, name, "NetCDF" if is_netcdf(path) else "GeoTIFF")
         if is_netcdf(path):
             self._open_nc()
         else:
+            if spec.variable is not None:
+                raise CubeBuildError(f"{name}: {path} is read as a GeoTIFF, which has bands, "
+                                     f"not named variables (variable: {spec.variable!r}); "
+                                     "use 'band', or give a NetCDF file (.nc)")
             self._open_tif()
         if (self.file_scale != 1.0 or self.file_offset != 0.0) and (
                 spec.scale != 1.0 or spec.offset != 0.0):
@@ -239,8 +276,12 @@ class Reader:
     def _open_tif(self) -> None:
         import rasterio
 
-        self._ds = rasterio.open(self.path)
         self.variable = f"band {self.spec.band}"
+        try:
+            self._ds = rasterio.open(self.path)
+        except Exception as e:
+            raise ReadError(f"{self.name}: {self.path} cannot be opened as a GeoTIFF "
+                            f"(truncated, corrupt or another format?): {_why(e)}") from e
         if self.spec.band > self._ds.count:
             raise ValueError(f"{self.name}: {self.path} has {self._ds.count} band(s), "
                              f"band {self.spec.band} requested")
@@ -273,8 +314,13 @@ class Reader:
         # memory does not grow with the size of the file
         with NC_LOCK:
             netCDF4.set_chunk_cache(NC_CHUNK_CACHE_BYTES)
-            ds = xr.open_dataset(self.path, engine="netcdf4", mask_and_scale=False,
-                                 decode_times=False, cache=False, lock=False)
+            try:
+                ds = xr.open_dataset(self.path, engine="netcdf4", mask_and_scale=False,
+                                     decode_times=False, cache=False, lock=False)
+            except Exception as e:
+                self.variable = str(self.spec.variable)
+                raise ReadError(f"{self.name}: {self.path} cannot be opened as NetCDF "
+                                f"(truncated, corrupt or another format?): {_why(e)}") from e
         self._nc = ds
         self.variable = _nc_variable(ds, self.spec, self.name, self.path)
         var = ds[self.variable]
@@ -338,20 +384,35 @@ class Reader:
                              f"{self.units!r}, expected {expected!r}; convert with scale/offset "
                              "and declare 'units' in the configuration")
 
-    def read(self, rows: tuple[int, int], cols: tuple[int, int], index: int | None = None
-             ) -> np.ndarray:
-        """Decoded float64 values of a window (NaN = no data)."""
-        (r0, r1), (c0, c1) = rows, cols
-        if self._nc is None:
-            from rasterio.windows import Window
+    def read_raw(self, rows: tuple[int, int], cols: tuple[int, int],
+                 index: int | None = None) -> np.ndarray:
+        """Raw (undecoded) values of a window.
 
-            raw = self._ds.read(self.spec.band, window=Window(c0, r0, c1 - c0, r1 - r0))
-        else:
+        Raises
+        ------
+        ReadError
+            The file cannot be read there (truncated or corrupt), naming file, variable,
+            window and time step.
+        """
+        (r0, r1), (c0, c1) = rows, cols
+        try:
+            if self._nc is None:
+                from rasterio.windows import Window
+
+                return self._ds.read(self.spec.band, window=Window(c0, r0, c1 - c0, r1 - r0))
             sel: dict[Any, Any] = {self._dims[-2]: slice(r0, r1), self._dims[-1]: slice(c0, c1)}
             if self._tdim:
                 sel[self._tdim[0]] = 0 if index is None else index
             with NC_LOCK:
-                raw = np.asarray(self._nc[self.variable].isel(sel).values)
+                return np.asarray(self._nc[self.variable].isel(sel).values)
+        except Exception as e:
+            step = "" if index is None else f", time step {index}"
+            raise ReadError(f"{self.name}: {self.path} {self.variable} cannot be read at rows "
+                            f"{r0}:{r1}, columns {c0}:{c1}{step} (truncated or corrupt "
+                            f"file?): {_why(e)}") from e
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """Decoded float64 values of raw values (NaN = no data)."""
         out = raw.astype(np.float64)
         for s in self.sentinels:
             out[raw == s if not np.isnan(s) else np.isnan(out)] = np.nan
@@ -367,6 +428,41 @@ class Reader:
                 out[src == a] = b
         out = out * self.file_scale + self.file_offset
         return out * self.spec.scale + self.spec.offset
+
+    def where(self, index: int | None = None) -> str:
+        """File, time step and variable, for messages."""
+        step = "" if index is None else f" (time step {index})"
+        return f"{self.path}{step} {self.variable}"
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int], index: int | None = None
+             ) -> np.ndarray:
+        """Decoded float64 values of a window (NaN = no data).
+
+        Predictors of :data:`~abz_dask.cube_build.validate.PLAUSIBLE` without a declared
+        ``valid_range`` are checked to lie where their catalogue units can be
+        (:func:`~abz_dask.cube_build.validate.check_plausible`).
+        """
+        raw = self.read_raw(rows, cols, index)
+        out = self.decode(raw)
+        if self.plausible_units is not None:
+            check_plausible(out, raw, name=self.name, units=self.plausible_units,
+                            path=self.where(index))
+        return out
+
+    def sample(self, index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and decoded values of :data:`SAMPLE_ROWS` rows spread over the file.
+
+        Returns
+        -------
+        raw, values : ndarray
+            Flat arrays of the sampled pixels (at most :data:`SAMPLE_COLS` per row).
+        """
+        ny, nx = self.geometry.shape
+        rows = np.unique(np.linspace(0, ny - 1, min(SAMPLE_ROWS, ny)).round().astype(int))
+        cols = np.unique(np.linspace(0, nx - 1, min(SAMPLE_COLS, nx)).round().astype(int))
+        raw = np.concatenate([self.read_raw((int(r), int(r) + 1), (0, nx), index)[0][cols]
+                              for r in rows])
+        return raw, self.decode(raw)
 
     def close(self) -> None:
         """Close the file."""
