@@ -316,6 +316,13 @@ def preflight(config: RunConfig) -> None:
         for key, path in named.items():
             if path is not None and not Path(path).exists():
                 problems.append(f"{key}: {path} does not exist")
+        if inp.zones is not None and Path(inp.zones).exists():
+            from abz_dask.user_zones import open_zone_store
+
+            try:
+                open_zone_store(Path(inp.zones), "input.zones")
+            except (ValueError, OSError) as e:
+                problems.append(str(e))
         if Path(inp.abcflux).is_dir():
             problems.append(f"input.abcflux: {inp.abcflux} is a folder; give the ABCflux CSV "
                             "file")

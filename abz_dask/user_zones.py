@@ -39,7 +39,8 @@ from abz_dask.grid import Grid
 from abz_dask.zones import REGION_ALIASES, replace_zone
 
 __all__ = ["FRACTION_LAYERS", "ZONE_STORE_LAYERS", "check_user_zones", "check_zone_store",
-           "rasterize_polygons", "read_polygons", "user_zone_layer", "write_user_zones"]
+           "open_zone_store", "rasterize_polygons", "read_polygons", "user_zone_layer",
+           "write_user_zones"]
 
 #: Layers that may be built by fractional coverage.
 FRACTION_LAYERS: tuple[str, ...] = ("land_fraction", "lake_fraction", "ice_fraction")
@@ -86,7 +87,8 @@ def check_zone_store(ds: xr.Dataset, path: str | Path, *, what: str = "zones sto
                     "by build-cube / the twin")
 
 
-def _open_zone_store(path: Path, what: str) -> xr.Dataset:
+def open_zone_store(path: Path, what: str) -> xr.Dataset:
+    """Open a zones store, or raise an error naming ``what`` (the setting) and ``path``."""
     if not path.exists():
         raise FileNotFoundError(f"{what}: {path} does not exist")
     if _store_kind(path) != "zarr":
@@ -369,7 +371,7 @@ def check_user_zones(config: BuildConfig, root: Path, grid: Grid) -> None:
 
     if config.base_zones:
         bz = Path(config.base_zones)
-        _open_zone_store(bz if bz.is_absolute() else root / bz, "base_zones")
+        open_zone_store(bz if bz.is_absolute() else root / bz, "base_zones")
     for name, spec in config.zones.items():
         if spec.method == "fraction" and name not in FRACTION_LAYERS:
             raise ZoneError(f"zones {name}: method fraction applies to {FRACTION_LAYERS} only "
@@ -461,7 +463,7 @@ def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
     grid = Grid.from_preset(config.grid)
     if config.base_zones:
         bz = Path(config.base_zones)
-        base = _open_zone_store(bz if bz.is_absolute() else root / bz, "base_zones")
+        base = open_zone_store(bz if bz.is_absolute() else root / bz, "base_zones")
     else:
         base = build_zones(grid)
     zones = base.load()

@@ -82,3 +82,10 @@ def test_files_input_problems_are_listed_together(tmp_path: Path) -> None:
 def test_force_of_an_unknown_stage_is_an_error(tmp_path: Path) -> None:
     code, out = _check(tmp_path, {}, "--force", "nosuchstage")
     assert code == 2 and "--force nosuchstage: no such stage" in out and "upscale" in out
+
+
+def test_files_input_zones_that_are_a_cube_are_refused(twin100: Any, tmp_path: Path) -> None:
+    code, out = _check(tmp_path, {"input": {"kind": "files", "cube": str(twin100.cube),
+                                            "zones": str(twin100.cube),
+                                            "abcflux": str(twin100.sites)}}, "--check")
+    assert code == 2 and "input.zones" in out and "it is a predictor cube" in out, out
