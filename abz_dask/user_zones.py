@@ -39,8 +39,8 @@ from abz_dask.grid import Grid
 from abz_dask.zones import REGION_ALIASES, replace_zone
 
 __all__ = ["FRACTION_LAYERS", "ZONE_STORE_LAYERS", "check_user_zones", "check_zone_store",
-           "open_zone_store", "rasterize_polygons", "read_polygons", "user_zone_layer",
-           "write_user_zones"]
+           "clip_subdomains", "open_zone_store", "rasterize_polygons", "read_polygons",
+           "user_zone_layer", "write_user_zones"]
 
 #: Layers that may be built by fractional coverage.
 FRACTION_LAYERS: tuple[str, ...] = ("land_fraction", "lake_fraction", "ice_fraction")
@@ -425,6 +425,25 @@ def user_zone_layer(spec: ZoneSpec, name: str, grid: Grid, root: Path,
     return lay
 
 
+def clip_subdomains(zones: xr.Dataset) -> xr.Dataset:
+    """The sub-domain layers (``biome``: tundra / boreal, ``permafrost``) set to 0 outside the
+    ``abz`` domain, so a user's domain is never exceeded by its sub-domains.
+
+    The outside area removed from each layer is recorded in its attributes
+    (``clipped_to_abz_cells``).
+    """
+    inside = zones["abz"].astype(bool)
+    out = zones.copy()
+    for name in ("biome", "permafrost"):
+        if name not in zones:
+            continue
+        lay = zones[name]
+        outside = int(((lay != 0) & ~inside).sum())
+        out[name] = lay.where(inside, 0).astype(lay.dtype)
+        out[name].attrs = {**lay.attrs, "clipped_to_abz_cells": outside}
+    return out
+
+
 def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
                      overwrite: bool = False) -> Path:
     """Write the zones store: the base layers with the configured user layers replaced.
@@ -450,6 +469,7 @@ def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
 
     out = Path(out)
     token = json.dumps({"grid": str(config.grid), "base_zones": config.base_zones,
+                        "subdomains": config.subdomains,
                         "zones": {n: z.model_dump(mode="json")
                                   for n, z in sorted(config.zones.items())}}, sort_keys=True)
     if out.exists() and not overwrite:
@@ -471,6 +491,8 @@ def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
         attrs = dict(zones[name].attrs) if name in zones else {}
         lay = user_zone_layer(spec, name, grid, root, attrs)
         zones = replace_zone(zones, name, lay, source=str(spec.file))
+    if "abz" in config.zones and config.subdomains == "clip":
+        zones = clip_subdomains(zones)
     for v in zones.variables.values():
         v.encoding = {}
     tmp = out.with_name(out.name + ".tmp")

@@ -156,3 +156,29 @@ def test_other_code_for_unlisted_values(tmp_path: Path, lat: np.ndarray) -> None
     with pytest.raises(LegendError, match=r"permafrost: value 'L'"):
         user_zone_layer(ZoneSpec(file=str(f), attribute="zone", values={"C": 1}),
                         "permafrost", GRID, tmp_path)
+
+
+@pytest.mark.parametrize("subdomains", ["clip", "keep"])
+def test_a_user_domain_clips_the_subdomains(tmp_path: Path, lat: np.ndarray,
+                                            subdomains: str) -> None:
+    from abz_dask.zones import build_zones
+
+    _write_vector(tmp_path / "dom.gpkg", [_band(60, 70)], ["in"], driver="GPKG")
+    cfg = BuildConfig.model_construct(
+        grid="100km", base_zones=None, subdomains=subdomains,
+        zones={"abz": ZoneSpec(file="dom.gpkg", attribute="zone", values={"in": 1}, other=0)})
+    z = xr.open_zarr(write_user_zones(cfg, tmp_path, tmp_path / "zones.zarr"),
+                     consolidated=False)
+    base = build_zones(GRID)
+    inside = z["abz"].values.astype(bool)
+    clear = (np.abs(lat - 60) > 0.3) & (np.abs(lat - 70) > 0.3)
+    np.testing.assert_array_equal(inside[clear], ((lat > 60) & (lat < 70))[clear])
+    for name in ("biome", "permafrost"):
+        outside_base = (base[name].values != 0) & ~inside
+        assert outside_base.sum() > 0  # the built-in layer does extend outside the domain
+        if subdomains == "clip":
+            assert (z[name].values[~inside] == 0).all()
+            np.testing.assert_array_equal(z[name].values[inside], base[name].values[inside])
+            assert z[name].attrs["clipped_to_abz_cells"] == int(outside_base.sum())
+        else:
+            np.testing.assert_array_equal(z[name].values, base[name].values)

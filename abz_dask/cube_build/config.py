@@ -167,6 +167,10 @@ class BuildConfig(BaseModel):
     base_zones: str | None = Field(
         default=None, description="zones.zarr whose layers the user zones "
                                    "replace (default: the built-in layers of the grid).")
+    subdomains: Literal["clip", "keep"] = Field(
+        default="clip", description="With a user 'abz' zone: clip the tundra / boreal "
+        "(biome) and permafrost layers to it, so no sub-domain extends outside the domain "
+        "(clip), or keep them as they are (keep).")
 
     @field_validator("start", "end", mode="before")
     @classmethod
