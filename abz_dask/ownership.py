@@ -81,6 +81,10 @@ def claim_folder(path: str | os.PathLike[str], what: str = "run folder") -> Path
             mark.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     except PermissionError as e:
         raise PermissionError(f"{what} {path} is not writable: {e.strerror}") from None
+    except (FileExistsError, NotADirectoryError):
+        above = next((p for p in path.parents if p.exists()), None)
+        raise ForeignPathError(f"{what} {path} cannot be made: {above} is a file, not a "
+                               "folder") from None
     return path
 
 

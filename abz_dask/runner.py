@@ -37,6 +37,7 @@ from abz_dask.config import BuildInput, FilesInput, RunConfig, TwinInput
 from abz_dask.integrity import check_digest, digest_outputs, relative, summarize
 from abz_dask.locks import hold
 from abz_dask.ownership import claim_folder
+from abz_dask.twin.generate import FIRE_START
 
 __all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "check_force", "identity",
            "preflight", "register_stage", "run_pipeline"]
@@ -336,10 +337,40 @@ def preflight(config: RunConfig) -> None:
         if b.start_year > y1 or b.end_year < y0:
             problems.append(f"budgets: {b.start_year}..{b.end_year} lies outside the twin's "
                             f"period {inp.start}..{inp.end}")
+    if isinstance(inp, TwinInput) and int(inp.end[:4]) < FIRE_START:
+        problems.append(f"input.end {inp.end}: the twin's fire record starts in {FIRE_START}; "
+                        f"end the twin in {FIRE_START} or later")
+    if config.trends.enabled:
+        problems += _trend_problems(config)
     if u.start and u.end and u.start > u.end:
         problems.append(f"upscale.start {u.start} is after upscale.end {u.end}")
     if problems:
         raise ConfigError("the run cannot start:\n  " + "\n  ".join(problems))
+
+
+def _trend_problems(config: RunConfig) -> list[str]:
+    """Trend predictors that are not time series of the cube (catalogue names for a twin or a
+    built cube, the cube's own variables for a files input), and unknown seasons."""
+    import xarray as xr
+
+    from abz_dask.analyses import TrendConfig
+    from abz_dask.predictors import PREDICTORS
+
+    t, b = config.trends, config.budgets
+    try:
+        TrendConfig(start=b.start_year, end=b.end_year, method=t.method, alpha=t.alpha,
+                    predictors=t.predictors)
+    except (ValueError, KeyError) as e:
+        return [f"trends: {e}"]
+    inp = config.input
+    if isinstance(inp, FilesInput) and Path(inp.cube).exists():
+        cube = xr.open_zarr(inp.cube, consolidated=False)
+        series = {str(n) for n, v in cube.data_vars.items() if "time" in v.dims}
+    else:
+        series = {p.name for p in PREDICTORS if p.kind in ("monthly", "annual")}
+    return [f"trends.predictors: {name!r} is not a time series of the cube; choose from "
+            f"{sorted(series)}" for name in (item.partition(":")[0] for item in t.predictors)
+            if name not in series]
 
 
 def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,

@@ -89,3 +89,26 @@ def test_files_input_zones_that_are_a_cube_are_refused(twin100: Any, tmp_path: P
                                             "zones": str(twin100.cube),
                                             "abcflux": str(twin100.sites)}}, "--check")
     assert code == 2 and "input.zones" in out and "it is a predictor cube" in out, out
+
+
+@pytest.mark.parametrize(("cfg", "expect"), [
+    ({"input": {"kind": "twin", "start": "1995-01", "end": "2001-12"},
+      "budgets": {"start_year": 1996, "end_year": 2001}},
+     "input.end 2001-12: the twin's fire record starts in 2002"),
+    ({"trends": {"predictors": ["tair", "no_such_var"]}},
+     "trends.predictors: 'no_such_var' is not a time series of the cube"),
+    ({"trends": {"predictors": ["tair:winterish"]}}, "winterish"),
+])
+def test_twin_and_trend_settings_checked_first(tmp_path: Path, cfg: dict[str, Any],
+                                               expect: str) -> None:
+    code, out = _check(tmp_path, cfg, "--check")
+    assert code == 2 and expect in out, out
+
+
+def test_output_under_a_file_is_a_clean_error(tmp_path: Path) -> None:
+    from abz_dask.ownership import ForeignPathError, claim_folder
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ForeignPathError, match=r"notes\.txt is a file"):
+        claim_folder(tmp_path / "notes.txt" / "run")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
