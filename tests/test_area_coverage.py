@@ -143,3 +143,33 @@ def test_budgets_stage_warns_or_fails_above_the_threshold(holed: tuple[Path, Pat
         _budgets(RunContext(parse_config(strict)))
     loose = {**base, "budgets": {**base["budgets"], "max_excluded_area": min(1.0, frac * 2)}}
     assert _budgets(RunContext(parse_config(loose)))["warnings"] == [msg]
+
+
+def test_budgets_command_any_period_and_layer(holed: tuple[Path, Path, Path],
+                                              tmp_path: Path) -> None:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from abz_dask.cli import app
+    from abz_dask.zonal import zonal_budget_table
+
+    store, _, zones = holed
+    run = tmp_path / "run"
+    shutil.copytree(store, run / "fluxes.zarr")
+    shutil.copytree(store.with_name(store.name + ".done"), run / "fluxes.zarr.done")
+    shutil.copytree(zones, run / "twin" / "zones.zarr")
+    cli = CliRunner()
+    res = cli.invoke(app, ["budgets", str(run), "--start", "2002", "--end", "2003",
+                           "--out", str(tmp_path / "b.csv")])
+    assert res.exit_code == 0, res.output
+    assert "budgets exclude domain cells" in res.output  # the warning (stderr, mixed in)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b.csv"),
+                                  budget_table(store, 2002, 2003), check_exact=False, rtol=1e-12)
+    res = cli.invoke(app, ["budgets", str(run), "--layer", "biome", "--out",
+                           str(tmp_path / "z.csv")])
+    assert res.exit_code == 0, res.output
+    ref = zonal_budget_table(store, xr.open_zarr(zones, consolidated=False), "biome")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "z.csv"), ref, check_exact=False,
+                                  rtol=1e-12)
+    res = cli.invoke(app, ["budgets", str(run), "--start", "2010"])
+    assert res.exit_code == 2 and "no whole year" in res.output

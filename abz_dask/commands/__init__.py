@@ -17,4 +17,5 @@ MODULES: tuple[str, ...] = (
     "abz_dask.commands.report",
     "abz_dask.commands.verify",
     "abz_dask.commands.export",
+    "abz_dask.commands.budgets",
 )
