@@ -22,6 +22,17 @@ gateway    ``dask_gateway.Gateway(address).new_cluster(**options)``; authenticat
 ``workers`` (or ``adapt``) sets the scale of the last four; the context waits until the first
 workers have joined (``wait_timeout``; for ``address``: ``workers``, default 1) and closes
 everything it created on exit.
+
+Security. Without ``cluster.security`` a ``local`` cluster listens on 127.0.0.1 only (scheduler,
+workers, nannies and dashboard) but in plain TCP with no authentication, so any local user can
+connect a client. ``cluster.security: {tls: true}`` (or your own certificate files) makes every
+Dask connection mutual TLS: ``local`` listens on ``tls://127.0.0.1`` and refuses clients
+without a certificate of the run's CA; ``slurm`` / ``pbs`` pass ``security=`` and
+``protocol="tls://"`` to dask-jobqueue (workers get ``--tls-*`` arguments); ``address`` connects
+with client-side ``Security``; ``gateway`` is always TLS through the gateway's proxy;
+``threads`` and ``kubernetes`` refuse it (see :mod:`abz_dask.security`). The dashboard is
+plain HTTP; ``local`` binds it to 127.0.0.1, ``slurm`` / ``pbs`` default it to
+``127.0.0.1:8787`` unless the jobqueue ``scheduler-options`` set ``dashboard_address``.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from typing import Any
 
 from abz_dask.config import ClusterSection
 
-__all__ = ["ClusterSession", "machine_cores", "open_cluster"]
+__all__ = ["ClusterSession", "jobqueue_cluster", "machine_cores", "open_cluster"]
 
 
 @dataclass
@@ -123,36 +134,43 @@ def open_cluster(spec: ClusterSection) -> Iterator[ClusterSession]:
 
     from distributed import Client
 
+    tls = _tls_words(spec)
+
     if kind == "address":
-        with Client(spec.address, **spec.options) as client:
+        kw: dict[str, Any] = dict(spec.options)
+        if spec.security.enabled:
+            kw["security"] = spec.security.to_security()  # client side: your certificates
+        with Client(spec.address, **kw) as client:
             _wait(client, spec.workers or 1, spec, f"scheduler at {spec.address}")
-            yield ClusterSession(kind, client, None, f"scheduler at {spec.address}")
+            yield ClusterSession(kind, client, None, f"scheduler at {spec.address}{tls}")
         return
 
     if kind == "local":
         from distributed import LocalCluster
 
         n = spec.workers or machine_cores()
-        kw: dict[str, Any] = {"n_workers": n, "threads_per_worker": spec.threads_per_worker,
-                              "processes": True, "host": "127.0.0.1",
-                              "dashboard_address": "127.0.0.1:0", "memory_limit": "auto",
-                              **spec.options}
+        kw = {"n_workers": n, "threads_per_worker": spec.threads_per_worker,
+              "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+              "memory_limit": "auto", **spec.options}
+        if spec.security.enabled:
+            kw.update(security=spec.security.to_security(), protocol="tls://")
         with LocalCluster(**kw) as cluster, Client(cluster) as client:
+            _check_tls(client, spec)
             yield ClusterSession(kind, client, cluster,
-                                 f"LocalCluster on 127.0.0.1, {n} worker process(es) × "
-                                 f"{kw['threads_per_worker']} thread(s)")
+                                 f"LocalCluster at {cluster.scheduler_address}{tls}, {n} "
+                                 f"worker process(es) × {kw['threads_per_worker']} thread(s)")
         return
 
     if kind in ("slurm", "pbs"):
-        jq = _import("dask_jobqueue", "hpc")
-        cls = jq.SLURMCluster if kind == "slurm" else jq.PBSCluster
-        with cls(**spec.options) as cluster:
+        with jobqueue_cluster(spec) as (cluster, notes):
             n = _scale(cluster, spec, default=1)
             with Client(cluster) as client:
+                name = type(cluster).__name__
                 s = ClusterSession(kind, client, cluster,
-                                   f"{cls.__name__} (jobqueue config '{kind}'), scheduler "
-                                   f"{cluster.scheduler_address}")
-                _wait(client, n, spec, cls.__name__)
+                                   f"{name} (jobqueue config '{kind}'), scheduler "
+                                   f"{cluster.scheduler_address}{tls}", events=notes)
+                _wait(client, n, spec, name)
+                _check_tls(client, spec)
                 s.events.append(f"jobs submitted: {_job_ids(cluster)}")
                 yield s
         return
@@ -176,9 +194,19 @@ def open_cluster(spec: ClusterSection) -> Iterator[ClusterSession]:
                 n = _scale(cluster, spec, default=2)
                 with cluster.get_client(set_as_default=True) as client:
                     _wait(client, n, spec, "dask-gateway cluster")
-                    yield ClusterSession(kind, client, cluster,
-                                         f"dask-gateway cluster {cluster.name} at "
-                                         f"{gateway.address}")
+                    s = ClusterSession(kind, client, cluster,
+                                       f"dask-gateway cluster {cluster.name} at "
+                                       f"{gateway.address} (TLS: gateway-issued certificate)")
+                    if spec.security.tls and (cluster.security is None or not str(
+                            client.scheduler.address).startswith("gateway://")):
+                        raise RuntimeError("cluster.security.tls: the gateway cluster's "
+                                           f"scheduler {client.scheduler.address} is not "
+                                           "reached through TLS")
+                    if str(gateway.address).startswith("http://") and not \
+                            _is_loopback(str(gateway.address)):
+                        s.events.append(f"warning: the gateway API {gateway.address} is plain "
+                                        "HTTP: its credentials travel unencrypted (use https)")
+                    yield s
             finally:
                 cluster.shutdown()
                 _closed(cluster.gateway)
@@ -199,3 +227,84 @@ def _closed(gateway: Any) -> None:
 
 def _job_ids(cluster: Any) -> list[str]:
     return sorted(str(getattr(job, "job_id", None)) for job in cluster.workers.values())
+
+
+def _tls_words(spec: ClusterSection) -> str:
+    """The TLS part of a session description."""
+    sec = spec.security
+    if not sec.enabled:
+        return ""
+    return " (TLS, per-run self-signed certificate)" if sec.tls else \
+        f" (TLS, CA {sec.tls_ca_file})"
+
+
+def _check_tls(client: Any, spec: ClusterSection) -> None:
+    """With TLS on, the scheduler and every worker must be at a ``tls://`` address."""
+    if not spec.security.enabled:
+        return
+    info = client.scheduler_info(n_workers=-1)
+    plain = [a for a in (info["address"], *info["workers"]) if not a.startswith("tls://")]
+    if plain:
+        raise RuntimeError(f"cluster.security is on but these are not TLS addresses: {plain}")
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def jobqueue_cluster(spec: ClusterSection) -> Iterator[tuple[Any, list[str]]]:
+    """The dask-jobqueue ``SLURMCluster`` / ``PBSCluster`` of ``spec`` (not scaled), with TLS
+    when ``spec.security`` is on; closed on exit.
+
+    Parameters
+    ----------
+    spec : ClusterSection
+        Kind ``slurm`` or ``pbs``; ``options`` are the cluster's keyword arguments, everything
+        else comes from dask's ``jobqueue.<kind>`` config.
+
+    Yields
+    ------
+    (cluster, notes)
+        The cluster and lines for the run's log (where a per-run certificate was written).
+
+    Notes
+    -----
+    TLS: ``security=`` and ``protocol="tls://"``; the scheduler listens on ``tls://`` and the
+    job script starts each worker with ``--protocol tls:// --tls-ca-file ... --tls-cert ...
+    --tls-key ...``. Your own certificate files must be readable at the same path on the
+    compute nodes. A per-run certificate (``tls: true``) is written by dask-jobqueue to the
+    ``shared_temp_directory`` (``options`` or ``jobqueue.<kind>.shared-temp-directory``;
+    default here: the current folder), files of mode 0600 deleted when the cluster closes;
+    that folder must be on a filesystem the compute nodes share.
+
+    Dashboard: dask-jobqueue's default binds it to every interface (``:8787``); unless
+    ``scheduler_options`` (in ``options`` or the jobqueue config) set ``dashboard_address``, it is
+    bound to ``127.0.0.1:8787`` here (reach it with ``ssh -L 8787:127.0.0.1:8787 HOST``).
+    """
+    import dask
+
+    jq = _import("dask_jobqueue", "hpc")
+    cls = jq.SLURMCluster if spec.kind == "slurm" else jq.PBSCluster
+    kw: dict[str, Any] = dict(spec.options)
+    name = kw.get("config_name") or spec.kind
+    notes: list[str] = []
+    # scheduler_options given as an argument replace the config's: merge them here
+    so = dict(kw.get("scheduler_options") or
+              dask.config.get(f"jobqueue.{name}.scheduler-options", None) or {})
+    if "dashboard_address" not in so:
+        so["dashboard_address"] = "127.0.0.1:8787"
+    kw["scheduler_options"] = so
+    security = spec.security.to_security()
+    if security is not None:
+        kw.update(security=security, protocol="tls://")
+        if spec.security.tls:
+            shared = kw.get("shared_temp_directory") or dask.config.get(
+                f"jobqueue.{name}.shared-temp-directory", None) or os.getcwd()
+            kw["shared_temp_directory"] = shared
+            notes.append(f"TLS: per-run worker certificate written to {shared} (must be "
+                         "shared with the compute nodes; deleted at the end)")
+    with cls(**kw) as cluster:
+        yield cluster, notes

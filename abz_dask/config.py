@@ -276,6 +276,13 @@ class ClusterSection(_Section):
     dask-jobqueue with its settings from dask's ``jobqueue.yaml`` (``options`` override
     keys); ``kubernetes``: the dask-kubernetes operator's ``KubeCluster``; ``gateway``:
     ``dask_gateway.Gateway(address).new_cluster(**options)``.
+
+    ``security`` (:class:`SecuritySection`) switches on TLS: ``{tls: true}`` (a per-run
+    self-signed certificate; local, slurm, pbs; accepted for gateway, which is always TLS) or
+    your own PEM files (``tls_ca_file``, ``tls_<client|scheduler|worker>_<cert|key>``; local,
+    slurm, pbs, address). ``threads`` and ``kubernetes`` refuse it. What each kind does:
+    :mod:`abz_dask.security`. ``options.security`` is an error (use this section), and so is
+    ``options.protocol`` while TLS is on.
     """
 
     kind: Literal["threads", "local", "address", "slurm", "pbs", "kubernetes", "gateway"] = \
@@ -294,6 +301,10 @@ class ClusterSection(_Section):
         "(LocalCluster, SLURMCluster, PBSCluster, KubeCluster, Gateway.new_cluster).")
     wait_timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for the "
                                 "first worker(s) to join.")
+    security: SecuritySection = Field(
+        default_factory=lambda: SecuritySection(),
+        description="TLS of the Dask connections: {tls: true} or certificate files "
+        "(abz_dask.security); default off.")
 
     @model_validator(mode="after")
     def _needs(self) -> ClusterSection:
@@ -302,6 +313,7 @@ class ClusterSection(_Section):
                              "(e.g. tcp://scheduler:8786)")
         if self.kind in ("threads", "local") and self.adapt is not None:
             raise ValueError(f"cluster.adapt is not used with kind {self.kind!r}")
+        _check_cluster_security(self)
         return self
 
 
@@ -417,3 +429,127 @@ def load_config(path: str | Path, *, cluster: str | None = None) -> RunConfig:
         if isinstance(data, dict):
             data = {**data, "cluster": {**(data.get("cluster") or {}), "kind": cluster}}
     return parse_config(data, source=str(p), base=p.resolve().parent)
+
+
+# ------------------------------------------------------------------------ cluster.security
+
+
+class SecuritySection(_Section):
+    """TLS of the Dask connections (``cluster.security``; :mod:`abz_dask.security`).
+
+    Off by default. ``tls: true`` makes a self-signed CA / certificate / key in memory for the
+    run (``distributed.Security.temporary()``); alternatively give your own PEM files: the CA
+    and, per role, a certificate and its key (the key may be omitted when the certificate file
+    holds it). Paths are absolute (``~`` and ``$VARS`` expanded) and must exist; every file is
+    loaded once here, so a wrong or encrypted key is a configuration error. With TLS on, only
+    clients presenting a certificate signed by the CA can connect (mutual TLS); plain-TCP
+    clients are refused.
+    """
+
+    tls: bool = Field(default=False, description="A self-signed certificate made for this run "
+                      "(local, slurm, pbs; gateway: always TLS).")
+    tls_ca_file: Path | None = Field(default=None, description="CA certificate (PEM) that "
+                                     "signed every certificate below.")
+    tls_client_cert: Path | None = Field(default=None, description="Client certificate.")
+    tls_client_key: Path | None = Field(default=None, description="Client private key.")
+    tls_scheduler_cert: Path | None = Field(default=None,
+                                            description="Scheduler certificate.")
+    tls_scheduler_key: Path | None = Field(default=None, description="Scheduler private key.")
+    tls_worker_cert: Path | None = Field(default=None, description="Worker certificate.")
+    tls_worker_key: Path | None = Field(default=None, description="Worker private key.")
+
+    @field_validator("tls_ca_file", "tls_client_cert", "tls_client_key", "tls_scheduler_cert",
+                     "tls_scheduler_key", "tls_worker_cert", "tls_worker_key", mode="before")
+    @classmethod
+    def _file(cls, v: Any) -> Path | None:
+        from abz_dask.security import expand_path
+
+        return None if v is None else expand_path(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecuritySection:
+        from abz_dask.security import ROLES, check_pem
+
+        files = self.files()
+        given = [k for k, v in files.items() if v is not None]
+        if self.tls and given:
+            raise ValueError(f"cluster.security: tls: true makes a per-run certificate; it "
+                             f"cannot be combined with certificate files {given}")
+        for role in ROLES:
+            if files[f"tls_{role}_key"] is not None and files[f"tls_{role}_cert"] is None:
+                raise ValueError(f"cluster.security.tls_{role}_key needs "
+                                 f"cluster.security.tls_{role}_cert")
+        if given and files["tls_ca_file"] is None:
+            raise ValueError(f"cluster.security: certificate files {given} need "
+                             "cluster.security.tls_ca_file (the CA that signed them)")
+        check_pem(files)
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """TLS is on (``tls: true`` or certificate files)."""
+        return self.tls or any(v is not None for v in self.files().values())
+
+    def files(self) -> dict[str, Path | None]:
+        """The certificate-file keys (:data:`abz_dask.security.TLS_FILE_KEYS`) → path or None."""
+        from abz_dask.security import TLS_FILE_KEYS
+
+        return {k: getattr(self, k) for k in TLS_FILE_KEYS}
+
+    def to_security(self) -> Any:
+        """The ``distributed.Security`` of this section (``None`` when TLS is off)."""
+        from abz_dask.security import make_security
+
+        return make_security(self.tls, self.files())
+
+
+def _check_cluster_security(spec: ClusterSection) -> None:
+    """The ``cluster.security`` rules of each ``cluster.kind`` (:mod:`abz_dask.security`)."""
+    from abz_dask.security import CERT_KEYS, roles_needed
+
+    opts, sec, kind = spec.options, spec.security, spec.kind
+    if "security" in opts:
+        raise ValueError("cluster.options.security: TLS is configured by cluster.security "
+                         "({tls: true} or certificate files), not passed through options")
+    if not sec.enabled:
+        return
+    if "protocol" in opts:
+        raise ValueError(f"cluster.options.protocol {opts['protocol']!r}: with "
+                         "cluster.security the protocol is tls://; remove it")
+    if kind == "threads":
+        raise ValueError("cluster.security: kind 'threads' has no network connections to "
+                         "secure; remove cluster.security or use kind 'local'")
+    if kind == "kubernetes":
+        raise ValueError("cluster.security: kind 'kubernetes' (the dask-kubernetes operator's "
+                         "KubeCluster) has no TLS option; start the cluster with certificates "
+                         "mounted in its pods (dask config distributed.comm.tls.*) and join it "
+                         "with kind 'address' and your tls_ca_file / tls_client_cert")
+    given = [k for k, v in sec.files().items() if v is not None]
+    if kind == "gateway":
+        if given:
+            raise ValueError(f"cluster.security {given}: a dask-gateway cluster always uses "
+                             "TLS with the certificate the gateway issues for it; certificate "
+                             "files are not used (tls: true alone is accepted)")
+        return
+    if kind == "address":
+        if sec.tls:
+            raise ValueError("cluster.security.tls: true makes a certificate the scheduler "
+                             "already running at cluster.address cannot trust; give that "
+                             "cluster's tls_ca_file and a tls_client_cert (+ tls_client_key)")
+        unused = [k for k in given if "scheduler" in k or "worker" in k]
+        if unused:
+            raise ValueError(f"cluster.security {unused}: not used with kind 'address' (the "
+                             "scheduler and workers already run with their own certificates)")
+        if not str(spec.address).startswith("tls://"):
+            raise ValueError(f"cluster.address {spec.address!r}: with cluster.security the "
+                             "scheduler address must start with tls://")
+    if not sec.tls:
+        missing = [CERT_KEYS[r] for r in roles_needed(kind) if getattr(sec, CERT_KEYS[r]) is None]
+        if missing:
+            raise ValueError(f"cluster.security: kind {kind!r} with your own certificates "
+                             f"needs {missing} too")
+
+
+__all__ += ["SecuritySection"]
+ClusterSection.model_rebuild()
+RunConfig.model_rebuild()

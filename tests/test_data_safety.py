@@ -255,3 +255,29 @@ def test_two_concurrent_runs_leave_a_valid_result(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["run", str(cfg)])
     assert res.exit_code == 0 and "ran in" not in res.output, res.output
+
+
+def test_consumers_refuse_an_unfinished_flux_store(tiny_run: Path, tmp_path: Path) -> None:
+    """A store of an upscale killed part-way (ledger short of the tiles): budgets and the
+    budget trends refuse it instead of summing the finished tiles only."""
+    import dask
+
+    from abz_dask.analyses.budget_trends import store_domain_sums
+    from abz_dask.training import load_bundle
+    from abz_dask.upscale import UpscaleConfig, budget_table, compile_bundle, run_upscale
+
+    cube = tiny_run / "twin" / "cube.zarr"
+    models = compile_bundle(load_bundle(tiny_run / "models",
+                                        cube=xr.open_zarr(cube, consolidated=False)),
+                            n_bootstrap=0)
+    out = tmp_path / "fluxes.zarr"
+    with dask.config.set(scheduler="threads"):
+        run_upscale(cube, tiny_run / "twin" / "zones.zarr", out, models,
+                    UpscaleConfig(tile=32), progress=False)
+    ledger = out.with_name(out.name + ".done")
+    n = len(list(ledger.iterdir()))
+    for p in sorted(ledger.iterdir())[: n // 2]:
+        p.unlink()
+    for consumer in (budget_table, store_domain_sums):
+        with pytest.raises(ValueError, match=rf"unfinished: {n - n // 2} of {n} tiles"):
+            consumer(out)

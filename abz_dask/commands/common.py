@@ -14,9 +14,12 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from abz_dask.config import SecuritySection
 
 __all__ = ["FRACTION", "NON_NEGATIVE", "POSITIVE", "bounded", "check_month", "check_order",
            "check_resolution", "check_workers", "check_year", "fail", "local_cluster",
@@ -139,7 +142,8 @@ def quiet_distributed() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def local_cluster(workers: int | None, threads: int = 1) -> Iterator[object]:
+def local_cluster(workers: int | None, threads: int = 1, *,
+                  security: SecuritySection | None = None) -> Iterator[object]:
     """A LocalCluster + Client bound to 127.0.0.1 (dashboard at 127.0.0.1:8787 or the next free
     port), closed on exit.
 
@@ -149,6 +153,12 @@ def local_cluster(workers: int | None, threads: int = 1) -> Iterator[object]:
         Worker processes (at least 1; default one per core, at most 8).
     threads : int
         Threads per worker (at least 1).
+    security : SecuritySection, optional
+        TLS (``SecuritySection(tls=True)`` or certificate files, as ``cluster.security`` of a
+        run configuration; :mod:`abz_dask.security`). Default: plain TCP on 127.0.0.1, which
+        every local user can connect to. With TLS the scheduler and workers listen on
+        ``tls://127.0.0.1`` and accept only clients holding a certificate of the CA (the
+        yielded client has it); the dashboard stays plain HTTP on 127.0.0.1.
 
     Notes
     -----
@@ -163,8 +173,10 @@ def local_cluster(workers: int | None, threads: int = 1) -> Iterator[object]:
     if threads < 1:
         fail(f"threads per worker {threads}: needs at least 1")
     n = workers or max(1, min(os.cpu_count() or 1, 8))
+    sec = None if security is None else security.to_security()
+    tls: dict[str, Any] = {} if sec is None else {"security": sec, "protocol": "tls://"}
     cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                           host="127.0.0.1", dashboard_address="127.0.0.1:8787")
+                           host="127.0.0.1", dashboard_address="127.0.0.1:8787", **tls)
     try:
         client = Client(cluster)
     except BaseException:
