@@ -91,8 +91,8 @@ def demo(
     try:
         with local_cluster(workers):
             res = run_demo(out, resolution=resolution, seed=seed, profile=profile,
-                           bootstrap_sample=bootstrap_sample)
-    except (ValueError, FileExistsError) as e:
+                           bootstrap_sample=bootstrap_sample, echo=typer.echo)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
     wall = time.perf_counter() - t0
     _print_budgets(res.budgets)

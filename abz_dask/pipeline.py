@@ -6,7 +6,7 @@ runs on whatever scheduler is active.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import xarray as xr
 
-from abz_dask.config import DEFAULT_SEED
+from abz_dask.config import DEFAULT_SEED, RunConfig
 from abz_dask.grid import Grid
-from abz_dask.twin import TwinLayout, generate_twin
+from abz_dask.twin import TwinLayout
 
 if TYPE_CHECKING:
     from abz_dask.training import TrainingProfile
 
-__all__ = ["DemoResult", "check_n_bootstrap", "compare_budgets", "extract_stage", "run_demo",
-           "train_stage", "upscale_stage"]
+__all__ = ["DemoResult", "check_n_bootstrap", "compare_budgets", "demo_config", "extract_stage",
+           "run_demo", "train_stage", "upscale_stage"]
 
 
 @dataclass
@@ -93,7 +93,7 @@ def train_stage(cube_path: Path, zones_path: Path, sites_csv: Path, out: Path, *
 
     table, report = extract_stage(cube_path, zones_path, sites_csv)
     (out / "training").mkdir(parents=True, exist_ok=True)
-    report.to_csv(out / "training" / "extraction_report.csv")
+    report.to_csv(out / "training" / "extract_report.csv", index=False)  # as the runner
     return run_training(table, out, profile=profile, fluxes=fluxes, seed=seed,
                         progress=progress)
 
@@ -148,16 +148,37 @@ def upscale_stage(layout: TwinLayout, models_dir: Path, out: Path, *, bootstrap_
     return run_upscale(layout.cube, layout.zones, out, models, cfg, progress=progress)
 
 
+def demo_config(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_SEED,
+                profile: str = "light", start_year: int = 2001, end_year: int = 2020,
+                bootstrap_sample: float = 1.0, progress: bool = True) -> RunConfig:
+    """The run configuration of the demo: a twin input, the training profile, budgets and the
+    report (no trends), every seed ``seed``."""
+    from abz_dask.config import parse_config
+
+    return parse_config({
+        "output": str(Path(out).absolute()),
+        "input": {"kind": "twin", "resolution": resolution, "seed": seed},
+        "training": {"profile": profile, "seed": seed},
+        "upscale": {"bootstrap_sample": bootstrap_sample},
+        "budgets": {"start_year": start_year, "end_year": end_year},
+        "trends": {"enabled": False}, "report": {"enabled": True}, "progress": progress})
+
+
 def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_SEED,
              profile: str = "light", start_year: int = 2001, end_year: int = 2020,
-             bootstrap_sample: float = 1.0, progress: bool = True) -> DemoResult:
+             bootstrap_sample: float = 1.0, progress: bool = True,
+             echo: Callable[[str], None] | None = None) -> DemoResult:
     """The digital twin end to end: twin → ABCflux CSV → extraction → training → upscaling →
-    budgets compared with the planted truth.
+    budgets compared with the planted truth → Table 1 and the report.
+
+    The demo is the stage runner (:func:`abz_dask.runner.run_pipeline`) on
+    :func:`demo_config`: one pipeline path, one run layout, resumable (finished stages are
+    skipped), locked and verified like every run.
 
     Parameters
     ----------
     out : path
-        Run folder (resumable: finished stages are skipped).
+        Run folder.
     resolution : str
         Twin grid preset.
     seed : int
@@ -170,35 +191,21 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_S
         Fraction of cells for bootstrap replicates (1 = exact).
     progress : bool
         Show progress bars.
+    echo : callable, optional
+        Receives the runner's line per stage.
     """
-    from abz_dask.report import build_report  # Table 1 (CSV + Markdown) and report.html
-    from abz_dask.upscale import budget_table, project_core_hours
+    from abz_dask.runner import run_pipeline
+    from abz_dask.upscale import project_core_hours
 
-    out = Path(out)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    layout = generate_twin(out / "twin", resolution=resolution, seed=seed, progress=progress)
-    timings["twin_s"] = time.perf_counter() - t0
-    models_dir = out / "models"
-    t0 = time.perf_counter()
-    if not (models_dir / "card.json").exists():
-        train_stage(layout.cube, layout.zones, layout.sites, out, profile=profile, seed=seed,
-                    progress=progress)
-    timings["train_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tiles = upscale_stage(layout, models_dir, out / "fluxes.zarr",
-                          bootstrap_sample=bootstrap_sample, n_bootstrap=None, progress=progress)
-    timings["upscale_s"] = time.perf_counter() - t0
-    est = budget_table(out / "fluxes.zarr", start_year, end_year)
-    tab = compare_budgets(est, layout.truth_budgets, start_year, end_year)
-    tmp = out / "budgets.csv.tmp"
-    tab.to_csv(tmp, index=False)
-    tmp.replace(out / "budgets.csv")
-    nb = int(est["n_bootstrap"].iloc[0]) if len(est) else 0
+    cfg = demo_config(out, resolution=resolution, seed=seed, profile=profile,
+                      start_year=start_year, end_year=end_year,
+                      bootstrap_sample=bootstrap_sample, progress=progress)
+    res = run_pipeline(cfg, echo=echo)
+    timings = {f"{s.name}_s": s.seconds for s in res.stages}
+    tab = pd.read_csv(res.out / "budgets.csv")
+    tiles = pd.read_csv(res.out / "upscale_tiles.csv")
     proj = project_core_hours(tiles, n_fluxes=3, n_bootstrap=20,
                               bootstrap_sample=bootstrap_sample)
-    proj["n_bootstrap_run"] = nb
-    t0 = time.perf_counter()
-    build_report(out, start=start_year, end=end_year)
-    timings["report_s"] = time.perf_counter() - t0
-    return DemoResult(out, tab, timings, proj)
+    proj["n_bootstrap_run"] = int(xr.open_zarr(res.out / "fluxes.zarr", consolidated=False)
+                                  .attrs.get("n_bootstrap", 0))
+    return DemoResult(res.out, tab, timings, proj)

@@ -37,7 +37,7 @@ def test_train_from_a_config_file_with_flag_overrides(tiny_run: Path, tmp_path: 
     assert "CV R²" in res.output
     pooled = pd.read_csv(run / "training" / "metrics_pooled.csv")
     assert list(pooled["flux"]) == ["NEE"]
-    assert (run / "training" / "extraction_report.csv").exists()
+    assert (run / "training" / "extract_report.csv").exists()
 
 
 @pytest.mark.parametrize(("content", "message"), [
