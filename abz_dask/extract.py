@@ -10,6 +10,13 @@ A row is dropped when its month is not in the cube or any predictor is missing a
 in a cell outside the domain, or a gap in one layer). Since every flux uses the same predictors,
 such rows are lost to every flux; the report counts them per flux among the rows that observed
 that flux, with one column per predictor counting the rows where that predictor is missing.
+
+Predictors of the user's own — cube variables outside the catalogue with an ``abz_kind``
+attribute (:func:`abz_dask.predictors.cube_user_predictors`, written by ``build-cube`` for extra
+entries of its ``predictors:`` section) — are extracted too, after the 17, by the same rules
+(a row missing one is dropped like a row missing a catalogue predictor); the table records them
+in ``attrs["user_predictors"]`` (names, kinds, units; kept by the Parquet file), from which
+training resolves a profile's ``predictors.add``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.grid import Grid
-from abz_dask.predictors import FLUXES, PREDICTOR_NAMES, PREDICTORS
+from abz_dask.predictors import (
+    FLUXES,
+    PREDICTOR_NAMES,
+    PREDICTORS,
+    cube_user_predictors,
+    predictor_record,
+    predictors_from_record,
+)
 
 __all__ = ["COLUMN_UNITS", "StoreError", "extract_training_table", "find_bad_chunk",
            "read_training_table", "write_training_table"]
@@ -71,7 +85,7 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
         the responses (NaN where not observed), metadata (``flux_method, disturbance,
         disturb_year, biome, …``) and one float32 column per predictor of
         :data:`~abz_dask.predictors.PREDICTOR_NAMES` (``month``, an integer column, is the
-        month predictor).
+        month predictor), then one per user predictor of the cube.
     report : DataFrame
         Per response: ``observed`` (rows with a value), ``outside_time``, ``missing_predictor``,
         ``kept``, ``sites_kept`` and ``na_<predictor>`` counts.
@@ -79,7 +93,9 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
     if responses is None:
         extra = obs.attrs.get("abcflux", {}).get("responses", [])
         responses = [c for c in dict.fromkeys([*FLUXES, *extra]) if c in obs]
-    names = [p for p in PREDICTOR_NAMES if p != "month"]
+    user = cube_user_predictors(cube)
+    names = [p for p in PREDICTOR_NAMES if p != "month"] + [p.name for p in user]
+    all_names = [*PREDICTOR_NAMES, *(p.name for p in user)]
     _check_variables(cube, names)
     _check_grid(cube, grid)
     x, y = grid.project(obs["longitude"].to_numpy(), obs["latitude"].to_numpy())
@@ -121,7 +137,7 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
         else:
             raise ValueError(f"cube variable {p!r} has unsupported dims {v.dims}")
         pred[p] = np.where(in_time, col_v, np.float32(np.nan)).astype(np.float32)
-    X = pd.DataFrame(pred, index=obs.index)[list(PREDICTOR_NAMES)]
+    X = pd.DataFrame(pred, index=obs.index)[all_names]
     na = X.isna()
     complete = in_time & ~na.any(axis=1).to_numpy()
 
@@ -138,7 +154,7 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
     for m in _META:
         if m in obs:
             table[m] = obs[m].to_numpy()
-    for p in PREDICTOR_NAMES:
+    for p in all_names:
         if p != "month":  # the site-month's own month column (int) is the month predictor
             table[p] = X[p].to_numpy()
     observed_any = table[list(responses)].notna().any(axis=1).to_numpy()
@@ -154,11 +170,13 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
             "kept": int((has & complete).sum()),
             "sites_kept": int(obs.loc[has & complete, "site_id"].nunique()),
         }
-        for p in PREDICTOR_NAMES:
+        for p in all_names:
             rec[f"na_{p}"] = int((has & in_time & na[p].to_numpy()).sum())
         recs.append(rec)
     report = pd.DataFrame.from_records(recs)
     table.attrs["responses"] = list(responses)
+    if user:
+        table.attrs["user_predictors"] = predictor_record(user)
     table.attrs["extract"] = {"grid": grid.name, "n_site_months": n,
                               "rule": "cell containing the site (Grid.index_of)"}
     return table, report
@@ -182,7 +200,7 @@ def _check_variables(cube: xr.Dataset, names: Sequence[str]) -> None:
             hint = " (it holds zone layers: a zones store given as the cube?)"
         raise StoreError(f"{_source(cube)} lacks variable(s) {missing}{hint}; variables: "
                          f"{sorted(map(str, cube.data_vars))[:20]}")
-    kinds = {p.name: p.kind for p in PREDICTORS}
+    kinds = {p.name: p.kind for p in (*PREDICTORS, *cube_user_predictors(cube))}
     for p in names:
         want = _DIMS.get(kinds.get(p, ""))
         if want is not None and tuple(cube[p].dims) != want:
@@ -250,7 +268,9 @@ def _check_grid(cube: xr.Dataset, grid: Grid) -> None:
 
 def _with_units(table: pd.DataFrame) -> pd.DataFrame:
     # extra responses (e.g. CH4) are monthly flux densities like NEE
-    units = {**COLUMN_UNITS, **dict.fromkeys(table.attrs.get("responses", []), _FLUX_UNITS)}
+    units = {**COLUMN_UNITS, **dict.fromkeys(table.attrs.get("responses", []), _FLUX_UNITS),
+             **{p.name: p.units for p in predictors_from_record(
+                 table.attrs.get("user_predictors") or [])}}
     return table.rename(columns={c: f"{c} [{units[c]}]" for c in table.columns if c in units})
 
 
@@ -304,7 +324,8 @@ def read_training_table(path: str | Path) -> pd.DataFrame:
     t = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
         path, dtype={"site_id": str})
     t = t.rename(columns=lambda c: m.group("name") if (m := _HEADER.match(str(c))) else c)
-    for p in PREDICTOR_NAMES:
+    user = [p.name for p in predictors_from_record(t.attrs.get("user_predictors") or [])]
+    for p in [*PREDICTOR_NAMES, *user]:
         if p in t and p != "month":
             t[p] = t[p].astype(np.float32)
     return t

@@ -203,20 +203,22 @@ def test_raster_series_csv_in_the_wrong_units(twin: dict[str, Any], tmp_path: Pa
         _plan(cfg)
 
 
-def test_raster_monthly_co2_rasters_for_a_series_predictor(twin: dict[str, Any],
-                                                           tmp_path: Path) -> None:
+def test_raster_monthly_co2_rasters_of_another_quantity(twin: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """Monthly co2 rasters are accepted (reduced to the land-weighted mean), but radiation
+    rasters given as co2 fail the plausibility of co2 in ppm before anything is written."""
     cfg = _variant(twin, tmp_path)
     _edit(cfg, lambda d: d["predictors"]["co2"].update(files="srad/srad_{year}{month:02d}.tif",
                                                        temporal="monthly"))
-    _cli_fails(cfg, tmp_path, "co2", "temporal 'monthly'", "series")
+    _cli_fails(cfg, tmp_path, "co2", "ppm")
 
 
-def test_raster_monthly_co2_message_explains_the_series_format(twin: dict[str, Any],
-                                                               tmp_path: Path) -> None:
+def test_raster_static_co2_message_explains_the_series_format(twin: dict[str, Any],
+                                                              tmp_path: Path) -> None:
     cfg = _variant(twin, tmp_path)
     _edit(cfg, lambda d: d["predictors"]["co2"].update(files="srad/srad_{year}{month:02d}.tif",
-                                                       temporal="monthly"))
-    with pytest.raises(ValueError, match="CSV") as e:
+                                                       temporal="static"))
+    with pytest.raises(ValueError, match="temporal 'static' cannot feed a series") as e:
         load_config(cfg)
     assert SERIES_FORMAT in str(e.value)
 

@@ -214,6 +214,16 @@ def _spatial_chunks(ref: xr.Dataset) -> tuple[int, int]:
     return int(chunks[-2]), int(chunks[-1])
 
 
+def _mapped_series(maps: xr.Dataset) -> list[str]:
+    """Names of the series in trend maps (``<name>_trend``) in a fixed order: the fluxes, the
+    NEE seasons, NEE + fire and the JJA NDVI, then the rest sorted. Not the order of
+    ``maps.data_vars``: a reopened Zarr store lists its arrays in file-system order, which
+    differs between runs, and the tables' rows would follow it."""
+    names = {str(v)[:-6] for v in maps.data_vars if str(v).endswith("_trend")}
+    first = [*FLUXES, *(f"NEE_{s}" for s in NEE_SEASONS), "NEE_fire", "ndvi_JJA"]
+    return [n for n in first if n in names] + sorted(names - set(first))
+
+
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     df.to_csv(tmp, index=False)
@@ -359,7 +369,7 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
     def shares() -> pd.DataFrame:
         parts = []
         for src, m in sources.items():
-            names = [str(v)[:-6] for v in m.data_vars if str(v).endswith("_trend")]
+            names = _mapped_series(m)
             df = shares_table(trend_area_shares(m, names, weights, cfg.alpha))
             parts.append(df.assign(source=src))
         return pd.concat(parts, ignore_index=True)

@@ -31,6 +31,8 @@ def run(
     stages whose outputs are complete and current."""
     from abz_dask.clusters import open_cluster
     from abz_dask.config import ConfigError, load_config
+    from abz_dask.locks import hold
+    from abz_dask.ownership import claim_folder
     from abz_dask.runner import check_force, preflight, run_pipeline
 
     try:
@@ -52,11 +54,17 @@ def run(
         return
     t0 = time.perf_counter()
     try:
+        claim_folder(cfg.output)  # a foreign, read-only or impossible output fails here, early
+        with hold(cfg.output, "run folder", inside=True):  # a second run fails before a cluster
+            pass
         with open_cluster(cfg.cluster) as session:
             typer.echo(f"cluster: {session.description}; {session.n_workers} worker(s)")
             for ev in session.events:
                 typer.echo(ev)
             res = run_pipeline(cfg, echo=typer.echo, force=tuple(force or ()))
+    except PermissionError as e:
+        fail(f"{e.filename or cfg.output}: permission denied ({e.strerror}); the run folder "
+             "and its parent must be writable" if e.filename else str(e))
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
     ran = [s.name for s in res.stages if s.status == "ran"]

@@ -7,7 +7,16 @@ The cube is written to ``<out>.tmp`` (with its tile ledger ``<out>.tmp.done``) a
 Layout (identical to the twin's cube, :mod:`abz_dask.twin.generate`): ``monthly``/``annual``
 predictors ``(time, y, x)`` float32 in chunks ``(12, tile, tile)``, ``static`` ``(y, x)``
 float32, ``co2`` ``(time,)``; attributes ``long_name``, ``units``, ``abz_kind``,
-``categorical``; the grid's CRS as a ``spatial_ref`` coordinate.
+``categorical``; the grid's CRS as a ``spatial_ref`` coordinate. Predictors of the user's own are
+stored the same way, after the catalogue's.
+
+A constant (``value``) fills the predictor's usual layout: every month of a series, every cell of
+a static layer, every cell and month of a monthly or annual one. A ``series`` predictor from
+rasters (co2 as monthly maps) is resampled tile by tile like a monthly predictor, and each month
+is reduced to the land-area-weighted mean over the grid cells that have a value and land,
+``Σ a·f·v / Σ a·f`` (``a`` cell area, ``f`` the zones' ``land_fraction``): every tile contributes
+its partial sums, the series is written as ``(time,)`` when all tiles are done, described in the
+variable's ``series_reduction`` attribute and printed with the build report.
 
 Memory per task: the tile's resampling maps, one 12-month ``(12, tile, tile)`` block, and for
 gap-filled predictors the whole ``(time, tile, tile)`` float32 series of the tile (gap filling
@@ -17,7 +26,7 @@ needs every month of a cell; 240 months of a 512² tile = 250 MB — choose ``ti
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +40,7 @@ from abz_dask.cube_build.gapfill import fill_gaps
 from abz_dask.cube_build.plan import BuildPlan, VarPlan
 from abz_dask.cube_build.reproject import TileMap, tile_map
 from abz_dask.cube_build.sources import Entry, Reader, open_source
-from abz_dask.cube_build.validate import check_legend, check_range
+from abz_dask.cube_build.validate import CubeBuildError, check_legend, check_range
 from abz_dask.locks import hold
 from abz_dask.ownership import check_replaceable, remove_created
 from abz_dask.predictors import PREDICTORS
@@ -50,6 +59,8 @@ class BuildResult:
     report: dict[str, dict[str, int]]
     n_tiles: int
     resumed_tiles: int
+    #: how every constant and every series reduced from rasters was stored (name -> text)
+    series: dict[str, str] = field(default_factory=dict)
 
 
 def _template(plan: BuildPlan) -> xr.Dataset:
@@ -59,17 +70,22 @@ def _template(plan: BuildPlan) -> xr.Dataset:
     sta = da.empty((ny, nx), dtype=np.float32, chunks=(tile, tile))
     cube = xr.Dataset(coords={**grid.coords(), "time": ("time", time)})
     for v in plan.variables:
-        p = _CATALOGUE[v.name]
-        attrs = {"long_name": p.long_name, "units": p.units, "abz_kind": p.kind,
-                 "categorical": int(p.categorical), "source": v.spec.files,
-                 "source_temporal": v.spec.temporal}
+        p = v.predictor or _CATALOGUE[v.name]
+        attrs: dict[str, Any] = {"long_name": p.long_name, "units": p.units, "abz_kind": p.kind,
+                                 "categorical": int(p.categorical), "source": v.spec.files,
+                                 "source_temporal": v.spec.temporal}
+        if v.constant is not None:
+            attrs.update(source=f"constant {v.constant:g}", source_temporal="constant",
+                         constant=v.constant)
+        if p.name not in _CATALOGUE:
+            attrs["abz_user_predictor"] = 1
         if p.kind in ("monthly", "annual"):
             cube[p.name] = (("time", "y", "x"), dyn, attrs)
         elif p.kind == "static":
             cube[p.name] = (("y", "x"), sta, attrs)
-        else:
-            assert v.series is not None
-            cube[p.name] = (("time",), v.series.astype(np.float32), attrs)
+        else:  # a series reduced from rasters is written when every tile is done
+            vals = v.series if v.series is not None else np.full(len(time), np.nan)
+            cube[p.name] = (("time",), vals.astype(np.float32), attrs)
     cube = grid.attach(cube)
     cube.attrs.update(provenance(generator="abz_dask.cube_build", grid=grid.name,
                                  build_config_token=plan.token))
@@ -158,10 +174,15 @@ def _build_tile_in_env(plan: BuildPlan, tile: Tile, store: Path, ledger: TileLed
     ys, xs = tile.slices
     report: dict[str, dict[str, int]] = {}
     months = plan.time.month.values
+    series: dict[str, dict[str, list[float]]] = {}
     for v in plan.variables:
         if v.series is not None:
             continue
-        if v.kind == "static":
+        if v.constant is not None:
+            _write_constant(plan, v, tile, store)
+        elif v.reduced:
+            series[v.name] = _reduce_tile(plan, rs, v, tile)
+        elif v.kind == "static":
             write_region(store, v.name, rs.variable(v), (ys, xs))
         elif v.spec.gapfill is not None:  # gap filling needs the whole series of the tile
             arr, rep = fill_gaps(rs.variable(v), months, v.spec.gapfill.max_gap)
@@ -171,8 +192,87 @@ def _build_tile_in_env(plan: BuildPlan, tile: Tile, store: Path, ledger: TileLed
             for t0 in range(0, len(plan.time), 12):
                 t1 = min(t0 + 12, len(plan.time))
                 write_region(store, v.name, rs.variable(v, t0, t1), (slice(t0, t1), ys, xs))
-    ledger.mark(tile, {"gapfill": report})
-    return {"resumed": False, "gapfill": report}
+    ledger.mark(tile, {"gapfill": report, "series": series})
+    return {"resumed": False, "gapfill": report, "series": series}
+
+
+def _write_constant(plan: BuildPlan, v: VarPlan, tile: Tile, store: Path) -> None:
+    """Fill the tile of a constant static, monthly or annual predictor."""
+    assert v.constant is not None
+    ys, xs = tile.slices
+    if v.kind == "static":
+        write_region(store, v.name, np.full(tile.shape, v.constant, np.float32), (ys, xs))
+        return
+    for t0 in range(0, len(plan.time), 12):
+        t1 = min(t0 + 12, len(plan.time))
+        write_region(store, v.name, np.full((t1 - t0, *tile.shape), v.constant, np.float32),
+                     (slice(t0, t1), ys, xs))
+
+
+def _reduce_tile(plan: BuildPlan, rs: _Resampler, v: VarPlan, tile: Tile
+                 ) -> dict[str, list[float]]:
+    """Partial sums of a series reduced from rasters over the tile: per month ``Σ a·f·v``,
+    ``Σ a·f`` and the number of cells, over cells with a value and land (``f > 0``)."""
+    assert plan.land is not None
+    ys, xs = tile.slices
+    land = xr.open_zarr(plan.land, consolidated=False, chunks=None)["land_fraction"]
+    w = np.nan_to_num(np.asarray(land.isel(y=ys, x=xs).values, np.float64)) * plan.grid.cell_area
+    nt = len(plan.time)
+    out = {"sum": np.zeros(nt), "weight": np.zeros(nt), "cells": np.zeros(nt)}
+    for t0 in range(0, nt, 12):
+        t1 = min(t0 + 12, nt)
+        block = rs.variable(v, t0, t1).astype(np.float64)
+        ok = np.isfinite(block) & (w > 0)[None]
+        out["sum"][t0:t1] = np.where(ok, block * w, 0.0).sum(axis=(1, 2))
+        out["weight"][t0:t1] = np.where(ok, w, 0.0).sum(axis=(1, 2))
+        out["cells"][t0:t1] = ok.sum(axis=(1, 2))
+    return {k: a.tolist() for k, a in out.items()}
+
+
+def _finish_series(plan: BuildPlan, results: list[dict[str, Any]], tmp: Path
+                   ) -> dict[str, str]:
+    """Write the series reduced from rasters and describe every constant and reduction."""
+    group = zarr.open_group(str(tmp), mode="r+")
+    described: dict[str, str] = {}
+    nt = len(plan.time)
+    for v in plan.variables:
+        p = v.predictor or _CATALOGUE[v.name]
+        if v.constant is not None:
+            described[v.name] = (f"constant {v.constant:g} {p.units} in every "
+                                 f"{'month' if v.kind == 'series' else 'cell'} "
+                                 f"({v.kind} layout)")
+            continue
+        if not v.reduced:
+            continue
+        tot = {k: np.zeros(nt) for k in ("sum", "weight", "cells")}
+        for res in results:
+            part = res.get("series", {}).get(v.name)
+            if part is None:
+                raise CubeBuildError(f"{v.name}: a finished tile lacks its series sums (built by "
+                                     "an older abz_dask?); rebuild with overwrite")
+            for k in tot:
+                tot[k] += np.asarray(part[k], np.float64)
+        empty = np.flatnonzero(tot["weight"] <= 0)
+        if empty.size:
+            months = ", ".join(f"{plan.time[i]:%Y-%m}" for i in empty[:6])
+            raise CubeBuildError(f"{v.name}: the rasters of month(s) {months} have no value on "
+                                 "any land cell of the grid; cannot reduce them to a series")
+        vals = tot["sum"] / tot["weight"]
+        check_range(vals, v.spec.valid_range, name=v.name, path="the reduced series")
+        how = ("land-area-weighted mean over the grid cells with a value and land of each "
+               "month's raster, sum(a*f*v)/sum(a*f), a = cell area, f = land_fraction of "
+               f"{plan.land}")
+        arr = zarr.open_array(str(tmp / v.name), mode="r+")
+        arr[:] = vals.astype(np.float32)
+        arr.attrs.update({"series_reduction": how,
+                          "series_cells_min": int(tot["cells"].min()),
+                          "series_cells_max": int(tot["cells"].max())})
+        described[v.name] = (f"{how}: {nt} months over {int(tot['cells'].min())}-"
+                             f"{int(tot['cells'].max())} cells, {vals.min():.6g} to "
+                             f"{vals.max():.6g} {p.units}")
+    if described:
+        group.attrs["series_report"] = json.dumps(described, sort_keys=True)
+    return described
 
 
 def run_plan(plan: BuildPlan, out: str | Path, *, overwrite: bool = False,
@@ -211,7 +311,8 @@ def _run_locked(plan: BuildPlan, out: Path, overwrite: bool, progress: bool) -> 
             attrs = {}
         if attrs.get("build_config_token") == plan.token:
             rep = json.loads(str(attrs.get("build_report", "{}")))
-            return BuildResult(out, rep, 0, 0)
+            return BuildResult(out, rep, 0, 0,
+                               json.loads(str(attrs.get("series_report", "{}"))))
         raise FileExistsError(f"{out} exists (built from another configuration); remove "
                               "it or pass overwrite")
     tmp = out.with_name(out.name + ".tmp")
@@ -228,6 +329,10 @@ def _run_locked(plan: BuildPlan, out: Path, overwrite: bool, progress: bool) -> 
             tot = report.setdefault(name, {"linear": 0, "climatology": 0, "unfilled": 0})
             for k, n in rep.items():
                 tot[k] += int(n)
+    series = _finish_series(plan, results, tmp)
+    if progress:
+        for name, text in series.items():
+            print(f"{name}: {text}")
     group = zarr.open_group(str(tmp), mode="r+")
     for name, rep in report.items():
         group[name].attrs.update({f"gapfilled_{k}": n for k, n in rep.items()}
@@ -239,4 +344,5 @@ def _run_locked(plan: BuildPlan, out: Path, overwrite: bool, progress: bool) -> 
     ledger = TileLedger(tmp).dir
     if ledger.exists():
         ledger.rename(TileLedger(out).dir)
-    return BuildResult(out, report, len(tiles), sum(bool(r.get("resumed")) for r in results))
+    return BuildResult(out, report, len(tiles), sum(bool(r.get("resumed")) for r in results),
+                       series)

@@ -25,6 +25,12 @@ A configuration names the grid, the period and, for every stored predictor of th
       co2:
         files: "co2_brw.csv"                        # columns: time, value
         temporal: series
+      # co2: {value: 412.5}                         # a constant, or monthly rasters reduced
+      # co2: {files: "co2/xco2_{year}{month:02d}.tif", temporal: monthly}  # to a series
+      peat_depth:                                   # a predictor of the user's own
+        files: "peat/depth.tif"
+        kind: static                                # monthly / annual / static / series
+        units: m
     zones:
       biome: {file: "resolve.gpkg", attribute: "BIOME_NAME",
               values: {"Tundra": 1, "Boreal Forests/Taiga": 2}}
@@ -32,6 +38,19 @@ A configuration names the grid, the period and, for every stored predictor of th
 File patterns accept ``{year}``, ``{month}``, ``{day}`` and ``{doy}`` (optionally with a
 zero-padding spec such as ``{month:02d}``) and ``*`` wildcards; a pattern without time fields may
 name one multi-time NetCDF file whose ``time`` coordinate gives the timestamps.
+
+Any predictor may instead be a constant, ``value: 412.5`` (stored in the usual layout of its
+kind: a ``(time,)`` series, a ``(y, x)`` layer or a ``(time, y, x)`` cube filled with the value).
+A ``series`` predictor (co2) may come from monthly rasters (``temporal: monthly``, or
+``daily`` / ``8day``): each month is resampled onto the grid as a monthly predictor would be and
+reduced to one value, the land-area-weighted mean ``Σ a·f·v / Σ a·f`` over the grid cells with a
+value and land (``a`` the cell area, ``f`` the ``land_fraction`` of ``base_zones`` or of the
+built-in zones), stored as ``(time,)`` (:mod:`abz_dask.cube_build.build`).
+
+Names outside the catalogue are predictors of the user's own: they need ``kind`` and ``units``
+(continuous only), are stored like a catalogue predictor of that kind with ``abz_kind`` /
+``units`` / ``long_name`` attributes, and are used by a model only when its training profile adds
+them (:mod:`abz_dask.training.profiles`).
 """
 
 from __future__ import annotations
@@ -51,7 +70,7 @@ from pydantic import (
 )
 
 from abz_dask.cube_build.validate import SERIES_FORMAT
-from abz_dask.predictors import PREDICTORS, VEG_CLASSES
+from abz_dask.predictors import PREDICTORS, STORED_KINDS, VEG_CLASSES, Predictor, user_predictor
 from abz_dask.yamlfile import flat_errors, read_mapping
 
 __all__ = ["BuildConfig", "GapFillSpec", "SourceSpec", "ZoneSpec", "load_config"]
@@ -63,8 +82,11 @@ ALLOWED_TEMPORAL: dict[str, tuple[str, ...]] = {
     "monthly": ("monthly", "daily", "8day"),
     "annual": ("annual", "monthly"),
     "static": ("static",),
-    "series": ("series",),
+    "series": ("series", "monthly", "daily", "8day"),
 }
+#: Source fields added for constants and user predictors; left out of the configuration token
+#: when unset, so configurations that do not use them keep their token.
+_NEW_FIELDS = ("value", "kind", "long_name")
 
 
 class GapFillSpec(BaseModel):
@@ -84,8 +106,16 @@ class SourceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    files: str = Field(description="Glob pattern with {year}/{month}/{day}/{doy} fields, "
-                       "relative to the configuration file.")
+    files: str | None = Field(default=None, description="Glob pattern with "
+                              "{year}/{month}/{day}/{doy} fields, relative to the "
+                              "configuration file (or give 'value').")
+    value: float | None = Field(
+        default=None, description="A constant instead of files, stored in the layout of the "
+        "predictor's kind.")
+    kind: Literal["monthly", "annual", "static", "series"] | None = Field(
+        default=None, description="Storage kind; required for a predictor of the user's own "
+        "(outside the catalogue), must match the catalogue's otherwise.")
+    long_name: str | None = Field(default=None, description="Description of a user predictor.")
     variable: str | None = Field(default=None, description="NetCDF variable (default: the only "
                                  "data variable with two spatial dimensions).")
     band: int = Field(default=1, ge=1, description="GeoTIFF band (1-based).")
@@ -103,7 +133,8 @@ class SourceSpec(BaseModel):
         default=None, description="Allowed range after scaling; values outside are an error.")
     units: str | None = Field(
         default=None, description="Units after scaling; must be the catalogue's.")
-    temporal: Temporal
+    temporal: Temporal | None = Field(
+        default=None, description="Time step of the files (required with 'files').")
     missing_year: Literal["error", "previous", "next", "nearest"] = Field(
         default="error", description="Annual layers: which year to use when a year has no file.")
     categorical: bool = False
@@ -123,9 +154,16 @@ class SourceSpec(BaseModel):
         if not self.categorical and res != "average":
             raise ValueError("a continuous predictor must use resampling: average")
         self.resampling = res
+        if (self.files is None) == (self.value is None):
+            raise ValueError("give either 'files' or a constant 'value'")
+        if self.files is not None and self.temporal is None:
+            raise ValueError("'temporal' is required with 'files'")
+        if self.value is not None and self.categorical:
+            raise ValueError("a constant 'value' cannot be categorical")
         if self.valid_range is not None and self.valid_range[0] > self.valid_range[1]:
             raise ValueError(f"valid_range {list(self.valid_range)} is not [low, high]")
-        if self.gapfill is not None and self.temporal in ("static", "series"):
+        if self.gapfill is not None and (self.temporal in ("static", "series")
+                                         or self.value is not None):
             raise ValueError("gapfill applies to time series only")
         return self
 
@@ -187,23 +225,36 @@ class BuildConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> BuildConfig:
         cat = {p.name: p for p in PREDICTORS if p.kind != "calendar"}
-        unknown = sorted(set(self.predictors) - set(cat))
-        if unknown:
-            raise ValueError(f"unknown predictor(s) {unknown}; the catalogue has {sorted(cat)}")
+        for name in sorted(set(self.predictors) - set(cat)):
+            spec = self.predictors[name]
+            if spec.kind is None or spec.units is None:
+                raise ValueError(f"unknown predictor {name!r}: the catalogue has {sorted(cat)}; "
+                                 "a predictor of your own needs 'kind' (one of "
+                                 f"{list(STORED_KINDS)}) and 'units'")
+            if spec.categorical:
+                raise ValueError(f"{name}: predictors of your own must be continuous "
+                                 "(categorical: false)")
+            user_predictor(name, spec.kind, spec.units, spec.long_name)  # checks the name
         missing = sorted(set(cat) - set(self.predictors))
         if missing:
             raise ValueError(f"predictor(s) {missing} have no source; every stored predictor "
                              "of the catalogue is needed for a cube the models accept")
         for name, spec in self.predictors.items():
-            p = cat[name]
-            if spec.temporal not in ALLOWED_TEMPORAL[p.kind]:
+            p = self.predictor(name)
+            if spec.kind is not None and spec.kind != p.kind:
+                raise ValueError(f"{name}: kind {spec.kind!r} differs from the catalogue's "
+                                 f"{p.kind!r}")
+            if spec.temporal is not None and spec.temporal not in ALLOWED_TEMPORAL[p.kind]:
                 hint = f"; {SERIES_FORMAT}" if p.kind == "series" else ""
                 raise ValueError(f"{name}: temporal {spec.temporal!r} cannot feed a "
                                  f"{p.kind} predictor (use one of {ALLOWED_TEMPORAL[p.kind]})"
                                  + hint)
+            if p.kind == "series" and spec.gapfill is not None:
+                raise ValueError(f"{name}: gapfill does not apply to a series predictor")
             if spec.categorical != p.categorical:
                 raise ValueError(f"{name}: categorical must be {p.categorical} (catalogue)")
-            if spec.units is not None and not same_units(spec.units, p.units):
+            if name in cat and spec.units is not None and not same_units(spec.units,
+                                                                          p.units):
                 raise ValueError(f"{name}: units {spec.units!r} after scaling are not the "
                                  f"catalogue's {p.units!r}; convert with scale/offset")
             if p.categorical and spec.legend is None and name == "vegtype":
@@ -214,9 +265,29 @@ class BuildConfig(BaseModel):
             raise ValueError(f"start {self.start} is after end {self.end}")
         return self
 
+    def predictor(self, name: str) -> Predictor:
+        """The catalogue entry of ``name``, or the user predictor its source declares."""
+        cat = {p.name: p for p in PREDICTORS}
+        if name in cat:
+            return cat[name]
+        spec = self.predictors[name]
+        assert spec.kind is not None and spec.units is not None
+        return user_predictor(name, spec.kind, spec.units, spec.long_name)
+
+    def stored(self) -> list[Predictor]:
+        """Every predictor the cube stores: the catalogue's, then the user's (config order)."""
+        cat = [p for p in PREDICTORS if p.kind != "calendar"]
+        names = {p.name for p in cat}
+        return cat + [self.predictor(n) for n in self.predictors if n not in names]
+
     def token(self) -> str:
         """Hash of the configuration (a resumed build must use the same one)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        dump = self.model_dump(mode="json")
+        for spec in dump["predictors"].values():  # unset new fields: the token stays as before
+            for k in _NEW_FIELDS:
+                if spec.get(k) is None:
+                    spec.pop(k, None)
+        blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -29,7 +29,7 @@ from abz_dask.cube_build.validate import (
     check_valid_range_plausible,
 )
 from abz_dask.grid import Grid
-from abz_dask.predictors import PREDICTORS
+from abz_dask.predictors import PREDICTORS, Predictor
 
 __all__ = ["BuildPlan", "VarPlan", "make_plan"]
 
@@ -47,8 +47,17 @@ class VarPlan:
     steps: list[list[Entry]]
     #: georeferencing of every file
     geometry: dict[Path, Geometry] = field(default_factory=dict)
-    #: values of a spatially constant series (co2)
+    #: values of a spatially constant series (co2) from a CSV or a constant
     series: np.ndarray | None = None
+    #: the predictor (catalogue entry or the user's own)
+    predictor: Predictor | None = None
+    #: a constant ``value`` given instead of files
+    constant: float | None = None
+
+    @property
+    def reduced(self) -> bool:
+        """A ``series`` predictor from rasters: each month reduced to its land-area mean."""
+        return self.kind == "series" and self.series is None and self.constant is None
 
 
 @dataclass
@@ -60,6 +69,8 @@ class BuildPlan:
     tile: int
     token: str
     variables: list[VarPlan]
+    #: zones store whose ``land_fraction`` weights series reduced from rasters
+    land: Path | None = None
 
 
 def _month_index(time: pd.DatetimeIndex) -> dict[tuple[int, int], int]:
@@ -197,7 +208,8 @@ def _series(name: str, spec: SourceSpec, path: Path, time: pd.DatetimeIndex) -> 
     out = vals.reindex(time).to_numpy(np.float64)
     check_range(out, spec.valid_range, name=name, path=path)
     if spec.valid_range is None:
-        check_plausible(out, None, name=name, units=_CATALOGUE[name].units,
+        check_plausible(out, None, name=name, units=_CATALOGUE[name].units
+                        if name in _CATALOGUE else spec.units or "",
                         path=f"{path} column {vcol!r}")
     return out
 
@@ -261,13 +273,21 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
     tile = config.tile or default_tile(grid)
     plans: list[VarPlan] = []
     checked: set[tuple[object, ...]] = set()
-    for p in PREDICTORS:
-        if p.kind == "calendar":
-            continue
+    for p in config.stored():
         spec = config.predictors[p.name]
+        if spec.value is not None:
+            val = np.array([spec.value], dtype=np.float64)
+            where = f"predictors.{p.name}.value"
+            check_range(val, spec.valid_range, name=p.name, path=where)
+            check_plausible(val, None, name=p.name, units=p.units, path=where)
+            plans.append(VarPlan(p.name, spec, p.kind, [], predictor=p,
+                                 constant=float(spec.value),
+                                 series=np.full(len(time), spec.value, np.float64)
+                                 if p.kind == "series" else None))
+            continue
         entries = discover(spec, root, p.name)
         if spec.temporal == "series":
-            plans.append(VarPlan(p.name, spec, p.kind, [],
+            plans.append(VarPlan(p.name, spec, p.kind, [], predictor=p,
                                  series=_series(p.name, spec, entries[0].path, time)))
             continue
         if spec.temporal == "static":
@@ -278,7 +298,7 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
             steps = _submonthly_steps(p.name, spec, entries, time)
         else:
             steps = _annual_steps(p.name, spec, entries, time)
-        vp = VarPlan(p.name, spec, p.kind, steps)
+        vp = VarPlan(p.name, spec, p.kind, steps, predictor=p)
         check_valid_range_plausible(spec.valid_range, name=p.name, units=p.units,
                                     where=f"predictors.{p.name}")
         sample = _sampled(steps)
@@ -301,4 +321,29 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
         from abz_dask.user_zones import check_user_zones
 
         check_user_zones(config, root, grid)
-    return BuildPlan(grid, time, tile, config.token(), plans)
+    land = _land_zones(config, root, grid) if any(v.reduced for v in plans) else None
+    return BuildPlan(grid, time, tile, config.token(), plans, land)
+
+
+def _land_zones(config: BuildConfig, root: Path, grid: Grid) -> Path:
+    """The zones store whose ``land_fraction`` weights the series reduced from rasters:
+    ``base_zones`` when set, else the built-in zones of the grid (built and cached if needed)."""
+    import xarray as xr
+
+    if config.base_zones is not None:
+        path = Path(config.base_zones)
+        path = path if path.is_absolute() else root / path
+    else:
+        from abz_dask.zones import build_zones, zones_store_path
+
+        build_zones(grid)
+        path = zones_store_path(grid)
+    try:
+        lf = xr.open_zarr(path, consolidated=False)["land_fraction"]
+    except Exception as e:
+        raise CubeBuildError(f"{path}: no land_fraction to weight the series reduced from "
+                             f"rasters ({type(e).__name__}: {e})") from None
+    if lf.shape != grid.shape:
+        raise CubeBuildError(f"{path}: land_fraction {lf.shape} is not on the {grid.name} grid "
+                             f"{grid.shape}")
+    return path

@@ -160,6 +160,8 @@ def discover(spec: SourceSpec, root: Path, name: str) -> list[Entry]:
     DuplicateTimeError
         Two files (or two NetCDF steps) with the same timestamp.
     """
+    if spec.files is None:
+        raise ValueError(f"{name}: a constant 'value' has no files to discover")
     pattern = spec.files if Path(spec.files).is_absolute() else str(root / spec.files)
     globpat, rx, fields = _pattern_regex(pattern)
     paths = sorted(glob.glob(globpat))

@@ -19,7 +19,9 @@ Nothing in a bundle is trusted silently:
 * **Seal.** :meth:`ModelBundle.save` records, per model, the forest's own ``n_features_in``
   (and ``feature_names_in`` when the forest has them) and seals the card: ``card["seal"]`` holds
   the SHA-256 of the canonical JSON (sorted keys, no spaces) of every model-defining field —
-  format, version, fluxes, categorical predictors and, per model, the predictor names in order,
+  format, version, fluxes, categorical predictors, the predictor set (``predictors``: names in
+  model order, kinds, units; cards written before predictor sets existed lack it) and, per
+  model, the predictor names in order,
   the encoding (every category → code), the unseen levels, mtry, seed, tree count, file name,
   file SHA-256 and the forest's input count/names — one SHA-256 per field and the sealed values.
   :func:`load_bundle` recomputes them and names each changed field with its sealed and current
@@ -57,10 +59,16 @@ import xarray as xr
 from sklearn.ensemble import RandomForestRegressor
 
 from abz_dask.encoding import CategoricalEncoding
-from abz_dask.predictors import CATEGORICAL, PREDICTOR_NAMES
+from abz_dask.predictors import (
+    CATEGORICAL,
+    PREDICTOR_NAMES,
+    PREDICTORS,
+    Predictor,
+    predictors_from_record,
+)
 
-__all__ = ["BundleMismatchError", "FluxModel", "ModelBundle", "check_cube", "check_skops_file",
-           "load_bundle", "load_forest", "reseal_bundle"]
+__all__ = ["BundleMismatchError", "FluxModel", "ModelBundle", "card_predictors", "check_cube",
+           "check_skops_file", "load_bundle", "load_forest", "reseal_bundle"]
 
 CARD_FORMAT = "abz_dask.model_bundle"
 CARD_VERSION = 1
@@ -72,7 +80,7 @@ FOREST_TYPE = "sklearn.ensemble._forest.RandomForestRegressor"
 #: Hash of the card's seal (:func:`load_bundle`).
 SEAL_ALGORITHM = "sha256"
 #: Top-level card fields covered by the seal.
-SEALED_CARD_FIELDS = ("format", "version", "fluxes", "categorical")
+SEALED_CARD_FIELDS = ("format", "version", "fluxes", "categorical", "predictors")
 #: Per-model card fields covered by the seal (those present when the bundle was saved).
 SEALED_MODEL_FIELDS = ("predictors", "encoding", "unseen_levels", "mtry", "seed",
                        "n_estimators", "file", "sha256", "n_features_in", "feature_names_in")
@@ -159,6 +167,11 @@ class ModelBundle:
     def fluxes(self) -> list[str]:
         """Modelled fluxes, in training order."""
         return list(self.models)
+
+    @property
+    def predictors(self) -> tuple[Predictor, ...]:
+        """The predictor set of the card in model order (the paper's 17 for older cards)."""
+        return card_predictors(self.card)
 
     def save(self, directory: str | Path) -> Path:
         """Write the bundle (atomically: into a temporary folder renamed at the end).
@@ -709,11 +722,37 @@ def reseal_bundle(directory: str | Path, *, force: bool = False) -> Path:
     return card_path
 
 
+def card_predictors(card: dict[str, Any]) -> tuple[Predictor, ...]:
+    """The predictor set a card records (``card["predictors"]``), in model order.
+
+    Cards written before predictor sets existed have none: their models use the paper's 17
+    (:data:`~abz_dask.predictors.PREDICTORS`).
+
+    Raises
+    ------
+    BundleMismatchError
+        The record is malformed.
+    """
+    rec = card.get("predictors")
+    if rec is None:
+        return PREDICTORS
+    try:
+        return predictors_from_record(rec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleMismatchError(f"model card field 'predictors' is malformed ({e})") from e
+
+
+_KIND_DIMS = {"monthly": ("time", "y", "x"), "annual": ("time", "y", "x"), "static": ("y", "x"),
+              "series": ("time",)}
+
+
 def check_cube(card: dict[str, Any], cube: xr.Dataset) -> None:
     """Refuse a predictor cube that does not match a model card.
 
     Checks that every predictor of every model is a variable of the cube (``month`` comes from
-    ``time``) and that every category present in the cube (vegetation-type codes, calendar
+    ``time``) with the dimensions of its kind in the card's predictor set (``(time, y, x)``
+    monthly/annual, ``(y, x)`` static, ``(time,)`` series) and that every category
+    present in the cube (vegetation-type codes, calendar
     months) has a code in the model's encoding. Categories that the training rows lacked but the
     legend holds (coded with the encoding's fallback) are accepted with a warning.
 
@@ -741,9 +780,17 @@ def check_cube(card: dict[str, Any], cube: xr.Dataset) -> None:
         have = sorted(map(str, cube.data_vars))
         raise BundleMismatchError(f"the predictor cube lacks variable(s) {absent} that the "
                                   f"models use (cube variables: {have})")
-    unknown = [p for p in needed if p not in PREDICTOR_NAMES]
+    kinds = {p.name: p.kind for p in card_predictors(card)}
+    unknown = sorted(p for p in needed if p not in PREDICTOR_NAMES and p not in kinds)
     if unknown:
-        raise BundleMismatchError(f"the model card uses predictors unknown to abz_dask: {unknown}")
+        raise BundleMismatchError(f"the model card uses predictors unknown to abz_dask and "
+                                  f"absent from its predictor set: {unknown}")
+    for name in sorted(needed - {"month"}):
+        want = _KIND_DIMS.get(kinds.get(name, ""))
+        if want is not None and tuple(cube[name].dims) != want:
+            raise BundleMismatchError(f"the cube's variable {name!r} has dims "
+                                      f"{tuple(cube[name].dims)}, but the model card records "
+                                      f"a {kinds[name]} predictor {want}")
     present = {name: _cube_levels(cube, name) for name in CATEGORICAL if name in needed}
     unseen: dict[str, set[int]] = {}
     unseen_in: dict[str, set[str]] = {}

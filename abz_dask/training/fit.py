@@ -10,7 +10,8 @@ The method (seed-spec §4.2–4.6, DECISIONS 5–8), per flux:
    smaller mtry); the pooled held-out predictions at that mtry are the CV predictions;
 4. the central model: the same forest refit on all rows;
 5. bootstrap replicate b = 1..B: rows drawn with replacement (same size) with seed
-   ``seed + b``, the 15 non-categorical predictors, mtry = min(tuned mtry, 15), forest
+   ``seed + b``, the 15 non-categorical predictors (the continuous predictors of the
+   profile's set), mtry = min(tuned mtry, 15), forest
    ``random_state = seed + b``. With the profile's ``bootstrap_unit = "site"`` the draw is of
    sites instead (as many as the flux has, with replacement), each bringing all its rows
    (:func:`site_block_sample`).
@@ -50,11 +51,13 @@ from sklearn.tree import DecisionTreeRegressor
 from abz_dask.config import DEFAULT_SEED
 from abz_dask.encoding import CategoricalEncoding, fit_encoding
 from abz_dask.predictors import (
-    BOOTSTRAP_PREDICTORS,
     CATEGORICAL,
     PREDICTOR_NAMES,
     PREDICTORS,
     VEG_CLASSES,
+    Predictor,
+    predictor_record,
+    predictors_from_record,
 )
 from abz_dask.progress import active_client, compute_with_progress
 from abz_dask.training.bundle import CARD_FORMAT, CARD_VERSION, FluxModel, ModelBundle
@@ -133,6 +136,18 @@ class TrainingData:
 
     fluxes: dict[str, FluxData]
     profile: TrainingProfile
+    #: the predictor set, in model order (the paper's 17 unless the profile names one)
+    predictors: tuple[Predictor, ...] = PREDICTORS
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Predictor names of the central models, in order."""
+        return tuple(p.name for p in self.predictors)
+
+    @property
+    def bootstrap_names(self) -> tuple[str, ...]:
+        """Predictors of the bootstrap models: the set's continuous ones, in order."""
+        return tuple(p.name for p in self.predictors if not p.categorical)
 
 
 @dataclass(frozen=True)
@@ -155,16 +170,21 @@ def prepare(table: pd.DataFrame, fluxes: Sequence[str], profile: TrainingProfile
     fluxes : sequence of str
         Response columns to model.
     profile : TrainingProfile
-        CV scheme.
+        CV scheme and predictor set (user predictors are those recorded in
+        ``table.attrs["user_predictors"]`` by :func:`abz_dask.extract.extract_training_table`).
     seed : int
         Base seed (fold shuffling).
     """
-    missing = [c for c in ("site_id", *fluxes, *PREDICTOR_NAMES) if c not in table]
+    preds = profile.predictor_set(training_predictors(table))
+    names = [p.name for p in preds]
+    if len([p for p in preds if not p.categorical]) == 0 and profile.n_bootstrap:
+        raise ValueError("predictors: bootstrap models need at least one continuous predictor")
+    missing = [c for c in ("site_id", *fluxes, *names) if c not in table]
     if missing:
         raise ValueError(f"the training table lacks column(s) {missing}")
-    X = table[list(PREDICTOR_NAMES)]
+    X = table[names]
     if X.isna().to_numpy().any():
-        bad = [c for c in PREDICTOR_NAMES if table[c].isna().any()]
+        bad = [c for c in names if table[c].isna().any()]
         raise ValueError(f"the training table has missing predictor values in {bad}; "
                          "extract_training_table drops such rows")
     out: dict[str, FluxData] = {}
@@ -177,7 +197,13 @@ def prepare(table: pd.DataFrame, fluxes: Sequence[str], profile: TrainingProfile
         frame = X.iloc[keep].astype(np.float32).reset_index(drop=True)
         out[flux] = FluxData(flux, frame, table[flux].to_numpy(np.float64)[keep], sites, folds,
                              keep)
-    return TrainingData(out, profile)
+    return TrainingData(out, profile, preds)
+
+
+def training_predictors(table: pd.DataFrame) -> dict[str, Predictor]:
+    """User predictors a training table carries (``attrs["user_predictors"]``), by name."""
+    rec = table.attrs.get("user_predictors") or []
+    return {p.name: p for p in predictors_from_record(rec)}
 
 
 def _task_seed(seed: int, *parts: int | str) -> int:
@@ -243,10 +269,10 @@ def _cv_fit(data: TrainingData, flux: str, fold: int, mtry: int, seed: int) -> _
     test = np.flatnonzero(d.folds == fold)
     train = np.flatnonzero(d.folds != fold)
     ftrain = d.frame.iloc[train]
-    enc = _encode(ftrain, d.y[train], PREDICTOR_NAMES, data.profile)
-    rf = fit_forest(enc.transform(ftrain, PREDICTOR_NAMES), d.y[train], mtry,
+    enc = _encode(ftrain, d.y[train], data.names, data.profile)
+    rf = fit_forest(enc.transform(ftrain, data.names), d.y[train], mtry,
                     data.profile.tuning_trees, seed, data.profile)
-    pred = rf.predict(enc.transform(d.frame.iloc[test], PREDICTOR_NAMES))
+    pred = rf.predict(enc.transform(d.frame.iloc[test], data.names))
     return _CVFit(flux, fold, mtry, test, np.asarray(pred, dtype=np.float64))
 
 
@@ -268,10 +294,10 @@ def _with_legend(enc: CategoricalEncoding) -> CategoricalEncoding:
 
 def _final_fit(data: TrainingData, flux: str, mtry: int, seed: int) -> FluxModel:
     d = data.fluxes[flux]
-    enc = _encode(d.frame, d.y, PREDICTOR_NAMES, data.profile)
-    rf = fit_forest(enc.transform(d.frame, PREDICTOR_NAMES), d.y, mtry,
+    enc = _encode(d.frame, d.y, data.names, data.profile)
+    rf = fit_forest(enc.transform(d.frame, data.names), d.y, mtry,
                     data.profile.final_trees, seed, data.profile)
-    return FluxModel(flux, rf, tuple(PREDICTOR_NAMES), _with_legend(enc), mtry, seed)
+    return FluxModel(flux, rf, data.names, _with_legend(enc), mtry, seed)
 
 
 def site_block_sample(sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -303,10 +329,11 @@ def _bootstrap_fit(data: TrainingData, flux: str, b: int, mtry: int, seed: int) 
     rng = np.random.default_rng(s)
     idx = (site_block_sample(d.sites, rng) if data.profile.bootstrap_unit == "site"
            else rng.integers(0, len(d.y), size=len(d.y)))
-    m = min(mtry, len(BOOTSTRAP_PREDICTORS))
-    X = d.frame[list(BOOTSTRAP_PREDICTORS)].to_numpy(np.float32)[idx]
+    names = data.bootstrap_names
+    m = min(mtry, len(names))
+    X = d.frame[list(names)].to_numpy(np.float32)[idx]
     rf = fit_forest(X, d.y[idx], m, data.profile.bootstrap_trees, s, data.profile)
-    return FluxModel(flux, rf, tuple(BOOTSTRAP_PREDICTORS), CategoricalEncoding(), m, s)
+    return FluxModel(flux, rf, names, CategoricalEncoding(), m, s)
 
 
 def ship_training_data(data: TrainingData | FluxModel) -> Any:
@@ -330,8 +357,8 @@ def ship_training_data(data: TrainingData | FluxModel) -> Any:
     return dask.delayed(data, traverse=False)
 
 
-def _mtry_grid(profile: TrainingProfile) -> tuple[int, ...]:
-    return profile.mtry_grid or caret_mtry_grid(len(PREDICTOR_NAMES))
+def _mtry_grid(profile: TrainingProfile, p: int = len(PREDICTOR_NAMES)) -> tuple[int, ...]:
+    return profile.mtry_grid or caret_mtry_grid(p)
 
 
 @dataclass
@@ -379,7 +406,7 @@ def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True,
     dict
         Flux → :class:`TuneResult`.
     """
-    grid = _mtry_grid(data.profile)
+    grid = _mtry_grid(data.profile, len(data.predictors))
     fit = dask.delayed(_cv_fit, pure=True)
     results: list[_CVFit] = []
     todo: list[tuple[str, int, int]] = []
@@ -426,9 +453,11 @@ def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True,
     return out
 
 
-def _table_hash(table: pd.DataFrame, fluxes: Sequence[str]) -> str:
+def _table_hash(table: pd.DataFrame, fluxes: Sequence[str],
+                names: Sequence[str] = PREDICTOR_NAMES) -> str:
+    extra = [p for p in names if p not in PREDICTOR_NAMES]  # user predictors, after the 17
     cols = ["site_id", "year", "month", *fluxes,
-            *[p for p in PREDICTOR_NAMES if p != "month"]]
+            *[p for p in PREDICTOR_NAMES if p != "month"], *extra]
     sub = table[[c for c in cols if c in table]].copy()
     sub["site_id"] = sub["site_id"].astype(str)
     h = pd.util.hash_pandas_object(sub, index=False).to_numpy()
@@ -496,7 +525,8 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     data = prepare(table, fluxes, prof, seed)
     ref = ship_training_data(data)
     ledger = None if checkpoint_dir is None else FitLedger(checkpoint_dir, {
-        "table": _table_hash(table, fluxes), "profile": prof.model_dump(mode="json"),
+        "table": _table_hash(table, fluxes, data.names),
+        "profile": prof.model_dump(mode="json"),
         "seed": seed, "fluxes": fluxes, "scikit-learn": _versions()["scikit-learn"]})
     tuned = tune(data, ref, seed, progress, ledger)
 
@@ -508,8 +538,9 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     diagnostics: list[Any] = []
     if diagnostics_dir is not None:
         named = [(f"diag_{f}_{j}", t) for f in fluxes for j, t in enumerate(
-            diag.interpretation_tasks(ship_training_data(models[f]), ref, f,
-                                      prof.importance_repeats, _task_seed(seed, "diag", f)))]
+            _interpretation_tasks(ship_training_data(models[f]), ref, f,
+                                  prof.importance_repeats, _task_seed(seed, "diag", f),
+                                  len(data.predictors)))]
         diagnostics = _resume(named, "diagnostics", progress, *(
             (ledger.load_diagnostic, ledger.save_diagnostic) if ledger is not None else ()))
     boots = {f: list(reps[i * nb:(i + 1) * nb]) for i, f in enumerate(fluxes)}
@@ -527,6 +558,19 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     if diagnostics_dir is not None:
         diag.write_diagnostics(bundle, tuned, diagnostics, Path(diagnostics_dir))
     return bundle
+
+
+def _interpretation_tasks(model: Any, ref: Any, flux: str, repeats: int, seed: int, n: int
+                          ) -> list[Any]:
+    """One diagnostic task per predictor of the set (``n``): the 17 of the paper by
+    :func:`abz_dask.training.diagnostics.interpretation_tasks`, other sets the same way."""
+    from abz_dask.training import diagnostics as diag
+
+    if n == len(PREDICTOR_NAMES):
+        return list(diag.interpretation_tasks(model, ref, flux, repeats, seed))
+    prep = dask.delayed(diag._prepare, pure=True)(model, ref, seed)
+    part = dask.delayed(diag._interpret, pure=True)
+    return [part(prep, j, repeats, seed + 1 + j) for j in range(n)]
 
 
 def _resume(named: list[tuple[str, Any]], what: str, progress: bool,
@@ -565,7 +609,7 @@ def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],
     entries: dict[str, Any] = {}
     for f, model in models.items():
         d = data.fluxes[f]
-        trained = _encode(d.frame, d.y, PREDICTOR_NAMES, prof)  # the codes before the legend
+        trained = _encode(d.frame, d.y, data.names, prof)  # the codes before the legend
         entries[f] = {
             "n_rows": len(d.y), "n_sites": len(np.unique(d.sites)),
             "n_folds": len(np.unique(d.folds)),
@@ -585,10 +629,13 @@ def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],
         "format": CARD_FORMAT, "version": CARD_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "fluxes": list(models), "units": {"response": "g C m-2 month-1",
-                                          **{p.name: p.units for p in PREDICTORS}},
+                                          **{p.name: p.units for p in PREDICTORS},
+                                          **{p.name: p.units for p in data.predictors}},
+        "predictors": predictor_record(data.predictors),
         "profile": prof.model_dump(mode="json"), "seed": seed,
         "cv": {"scheme": prof.cv, "n_folds": prof.n_folds if prof.cv == "group_kfold" else None,
-               "mtry_grid": list(_mtry_grid(prof)), "selection": "lowest mean fold RMSE",
+               "mtry_grid": list(_mtry_grid(prof, len(data.predictors))),
+               "selection": "lowest mean fold RMSE",
                "reported": "pooled held-out predictions"},
         "tree_settings": {"min_samples_split": prof.min_samples_split,
                           "min_samples_leaf": prof.min_samples_leaf, "bootstrap": True,
@@ -597,12 +644,15 @@ def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],
         "bootstrap": {"replicates": prof.n_bootstrap,
                       "resampling": ("rows with replacement" if prof.bootstrap_unit == "row"
                                      else "sites with replacement, all rows of each"),
-                      "predictors": list(BOOTSTRAP_PREDICTORS),
-                      "mtry": "min(tuned mtry, 15)", "seed": "seed + b, b = 1..B"},
-        "categorical": {"predictors": list(CATEGORICAL), "month_scheme": prof.month_scheme,
+                      "predictors": list(data.bootstrap_names),
+                      "mtry": f"min(tuned mtry, {len(data.bootstrap_names)})",
+                      "seed": "seed + b, b = 1..B"},
+        "categorical": {"predictors": [c for c in CATEGORICAL if c in data.names],
+                        "month_scheme": prof.month_scheme,
                         "rule": "levels ordered by mean response of the training rows "
                                 "(DECISIONS 7); unseen levels get the middle code"},
-        "training_table": {"sha256": _table_hash(table, list(models)), "n_rows": len(table),
+        "training_table": {"sha256": _table_hash(table, list(models), data.names),
+                           "n_rows": len(table),
                            "n_sites": int(table["site_id"].nunique()),
                            "years": [int(table["year"].min()), int(table["year"].max())]
                            if "year" in table else None},

@@ -33,6 +33,17 @@ Both named profiles also keep scikit-learn's node-size counting (``node_size_cou
 ``min_samples_split`` counts the distinct rows in a node, where randomForest's ``nodesize``
 counts bootstrap draws, so its trees have ≈ 1.5× as many leaves. ``node_size_counts: draws``
 grows trees of randomForest's size (``benchmarks/RESULTS_fit.md``).
+
+The **predictor set** is the paper's 17 unless the profile names one (``predictors``)::
+
+    predictors: {drop: [soil_ph, cti], add: [peat_depth]}   # the 17 - drop + add (appended)
+    predictors: [month, tair, srad, ndvi, co2, peat_depth]   # or the whole set, in model order
+
+``add`` and full lists may name predictors of the user's own: continuous cube variables built
+from an entry of build-cube's ``predictors:`` section with its ``kind`` and ``units``
+(:func:`abz_dask.predictors.select_predictors`). Bootstrap models use the set's continuous
+predictors (the paper's 15 by default); the default mtry grid follows the set's size. A profile
+without ``predictors`` dumps exactly as before (the key is left out), so its runs are unchanged.
 """
 
 from __future__ import annotations
@@ -41,9 +52,46 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
-__all__ = ["PROFILES", "TrainingProfile", "resolve_profile"]
+__all__ = ["PROFILES", "PredictorChoice", "TrainingProfile", "resolve_profile"]
+
+
+class PredictorChoice(BaseModel):
+    """The paper's 17 predictors minus ``drop`` plus ``add`` (appended in order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drop: tuple[str, ...] = Field(default=(), description="Catalogue predictors left out.")
+    add: tuple[str, ...] = Field(
+        default=(), description="Predictors of the user's own (cube variables) appended.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PredictorChoice:
+        from abz_dask.predictors import CATALOGUE
+
+        bad = [n for n in self.drop if n not in CATALOGUE]
+        if bad:
+            raise ValueError(f"drop: {bad} are not catalogue predictors ({list(CATALOGUE)})")
+        cat = [n for n in self.add if n in CATALOGUE]
+        if cat:
+            raise ValueError(f"add: {cat} are catalogue predictors (already in the default "
+                             "set; give a full list to reorder)")
+        both = [*self.drop, *self.add]
+        dup = sorted({n for n in both if both.count(n) > 1})
+        if dup:
+            raise ValueError(f"{dup} named more than once")
+        if len(self.drop) == len(CATALOGUE) and not self.add:
+            raise ValueError("drop leaves no predictor")
+        return self
 
 
 class TrainingProfile(BaseModel):
@@ -85,12 +133,48 @@ class TrainingProfile(BaseModel):
         default=51, ge=0, description="Grid points per continuous predictor; 0 = no PDP.")
     pdp_rows: int | None = Field(
         default=None, ge=10, description="Rows (random subset) averaged in PDPs; None = all.")
+    predictors: tuple[str, ...] | PredictorChoice | None = Field(
+        default=None, description="Predictor set: the whole list in model order, or "
+        "{drop: [...], add: [...]} applied to the paper's 17; None = the paper's 17.")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler,
+              info: SerializationInfo) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if self.predictors is None:  # profiles without a set dump exactly as before
+            out.pop("predictors", None)
+        return out
 
     @model_validator(mode="after")
     def _check_grid(self) -> TrainingProfile:
         if self.mtry_grid is not None and (not self.mtry_grid or min(self.mtry_grid) < 1):
             raise ValueError("mtry_grid must hold positive integers")
+        if isinstance(self.predictors, tuple):
+            names = list(self.predictors)
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if not names or dup:
+                raise ValueError(f"predictors: the list is empty or names {dup} twice")
         return self
+
+    def predictor_set(self, available: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
+        """The profile's predictors (:class:`~abz_dask.predictors.Predictor`) in model order.
+
+        Parameters
+        ----------
+        available : mapping, optional
+            User predictors that may be named (name -> Predictor).
+
+        Raises
+        ------
+        ValueError
+            A name that is neither a catalogue predictor nor available.
+        """
+        from abz_dask.predictors import select_predictors
+
+        p = self.predictors
+        if isinstance(p, PredictorChoice):
+            return select_predictors(drop=p.drop, add=p.add, available=available)
+        return select_predictors(p, available=available)
 
 
 PROFILES: dict[str, TrainingProfile] = {

@@ -44,7 +44,7 @@ from abz_dask.predictors import PREDICTORS
 from abz_dask.progress import compute_with_progress
 from abz_dask.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.twin.fields import cell_noise
-from abz_dask.upscale.blocks import block_rows, scatter_rows
+from abz_dask.upscale.blocks import block_arrays, block_rows, scatter_rows
 from abz_dask.upscale.models import ModelSet, ship
 
 __all__ = ["UpscaleConfig", "plan_upscale", "run_upscale", "upscale_tile"]
@@ -200,15 +200,8 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
     for iy, yr in enumerate(years):
         k = np.flatnonzero(time.year == yr)
         src = slice(int(tpos[k[0]]), int(tpos[k[-1]]) + 1)
-        arrays = {}
-        for p in PREDICTORS:
-            if p.kind == "calendar":
-                continue
-            v = cube[p.name]
-            v = v.isel(time=src) if "time" in v.dims else v
-            v = v.isel(y=ys, x=xs) if "y" in v.dims else v
-            arrays[p.name] = v.values
-        rows = block_rows(arrays, time.month.values[k])
+        arrays = block_arrays(cube, models.predictors, src, ys, xs)
+        rows = block_rows(arrays, time.month.values[k], models.predictors)
         invalid += int((~rows.valid & dom[None]).sum())
         excluded[k] = np.einsum("tyx,dyx->td", (~rows.valid).astype(np.float64), weights)
         boot_rows = rows.valid & sampled[None]
