@@ -179,6 +179,9 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
         table.attrs["user_predictors"] = predictor_record(user)
     table.attrs["extract"] = {"grid": grid.name, "n_site_months": n,
                               "rule": "cell containing the site (Grid.index_of)"}
+    sign = obs.attrs.get("abcflux", {}).get("gpp_sign")
+    if sign:  # the reader's GPP sign decision travels with the table into the model card
+        table.attrs["gpp_sign"] = sign
     return table, report
 
 

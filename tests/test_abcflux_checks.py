@@ -7,8 +7,10 @@ the line (header = line 1), the column and the value as written in the file.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pydantic
@@ -344,3 +346,35 @@ def test_invalid_checks_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(pydantic.ValidationError):
         FluxChecks.model_validate(bad)
 
+
+
+def test_gpp_sign_decision_is_recorded_in_the_model_card(twin100: Any, tmp_path: Path) -> None:
+    """The reader's GPP sign decision travels with the training table (through its Parquet
+    file, as the runner passes it) into card.json."""
+    import dask
+    import xarray as xr
+
+    from abz_dask.extract import (
+        extract_training_table,
+        read_training_table,
+        write_training_table,
+    )
+    from abz_dask.grid import Grid
+    from abz_dask.training import resolve_profile, run_training
+    from tests.conftest import TINY_PROFILE
+
+    cube = xr.open_zarr(twin100.cube, consolidated=False)
+    zones = xr.open_zarr(twin100.zones, consolidated=False)
+    grid = Grid.of_dataset(cube)
+    obs = read_abcflux(twin100.sites, grid=grid, zones=zones, years=(1990, 2020))
+    table, _ = extract_training_table(obs, cube, grid)
+    paths = write_training_table(table, tmp_path / "training")
+    back = read_training_table(paths["parquet"])
+    assert back.attrs["gpp_sign"] == obs.attrs["abcflux"]["gpp_sign"]
+    with dask.config.set(scheduler="threads"):
+        bundle = run_training(back, tmp_path, profile=resolve_profile(TINY_PROFILE),
+                              fluxes=("GPP",), progress=False)
+    card = json.loads((tmp_path / "models" / "card.json").read_text())
+    assert card["observations"]["gpp_sign"] == obs.attrs["abcflux"]["gpp_sign"]
+    assert card["observations"]["gpp_sign"]["flipped"] is True  # the twin stores GPP negative
+    assert bundle.card["observations"] == card["observations"]
