@@ -526,8 +526,9 @@ def _extract(ctx: RunContext) -> dict[str, Any]:
     report.to_csv(ctx.table.parent / "extract_report.csv", index=False)
     sign = obs.attrs.get("abcflux", {}).get("gpp_sign") or {}
     return {"site_months": len(table), "sites": int(table["site_id"].nunique()),
-            "gpp_sign": sign, "notes": [f"GPP sign: {sign['reason']}"] if "reason" in sign
-            else []}
+            "gpp_sign": sign,
+            "notes": [f"GPP sign: stored {sign['stored']} ({sign['basis']})"
+                      + ("; flipped to positive" if sign["flipped"] else "")] if sign else []}
 
 
 def _train(ctx: RunContext) -> dict[str, Any]:
