@@ -38,6 +38,7 @@ plain HTTP; ``local`` binds it to 127.0.0.1, ``slurm`` / ``pbs`` default it to
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ from typing import Any
 
 from abz_dask.config import ClusterSection
 
-__all__ = ["ClusterSession", "jobqueue_cluster", "machine_cores", "open_cluster"]
+__all__ = ["ClusterSession", "jobqueue_cluster", "local", "machine_cores", "open_cluster",
+           "quiet_distributed"]
 
 
 @dataclass
@@ -104,6 +106,82 @@ def _wait(client: Any, n: int, spec: ClusterSection, what: str) -> None:
                            "and the worker logs") from e
 
 
+#: Loggers of ``distributed`` silenced while a finished cluster shuts down: closing the
+#: scheduler while a worker's heartbeat is in flight logs ``CommClosedError`` tracebacks that
+#: say nothing about the run.
+SHUTDOWN_LOGGERS: tuple[str, ...] = ("distributed", "tornado")
+
+
+def _silence(names: tuple[str, ...] = SHUTDOWN_LOGGERS) -> dict[str, int]:
+    """Raise the given loggers to CRITICAL; returns their previous levels."""
+    before = {}
+    for name in names:
+        log = logging.getLogger(name)
+        before[name] = log.level
+        log.setLevel(logging.CRITICAL)
+    return before
+
+
+@contextlib.contextmanager
+def quiet_distributed() -> Iterator[None]:
+    """Silence the ``distributed`` loggers of this process inside the block (levels restored
+    afterwards)."""
+    before = _silence()
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+
+
+
+@contextlib.contextmanager
+def local(kw: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """A ``LocalCluster(**kw)`` and its client, closed quietly.
+
+    On exit the ``distributed`` loggers are silenced, in this process and (through the client)
+    in the workers, then the client is closed before the cluster (which stops the workers before
+    the scheduler), so the heartbeat races of a shutdown print no ``CommClosedError``
+    tracebacks. Errors of the command itself propagate unchanged.
+    """
+    import inspect
+
+    from distributed import Client, LocalCluster, Nanny, Worker
+
+    known = {n for f in (LocalCluster, Nanny, Worker)
+             for n in inspect.signature(f.__init__).parameters}
+    unknown = sorted(set(kw) - known)
+    if unknown:  # LocalCluster passes unknown keywords to the workers, which then fail to start
+        raise ValueError(f"cluster.options: unknown LocalCluster / worker option(s) {unknown}")
+    try:
+        cluster = LocalCluster(**kw)
+    except TypeError as e:
+        raise ValueError(f"cluster.options: {e}") from None
+    try:
+        client = Client(cluster)
+    except BaseException:
+        with quiet_distributed():
+            cluster.close()
+        raise
+    interrupted = True
+    try:
+        yield cluster, client
+        interrupted = False
+    except Exception:
+        interrupted = False  # an error of the command: the cluster still answers
+        raise
+    finally:
+        with quiet_distributed():
+            if not interrupted:  # not after Ctrl-C: a busy worker would delay the exit
+                with contextlib.suppress(Exception):
+                    client.run(_silence, on_error="ignore")  # the workers' heartbeat loggers
+            with contextlib.suppress(Exception):
+                client.close()
+            cluster.close()
+
+
 @contextlib.contextmanager
 def open_cluster(spec: ClusterSection) -> Iterator[ClusterSession]:
     """Create (or connect to) the cluster described by ``spec`` and make it the active one.
@@ -140,21 +218,27 @@ def open_cluster(spec: ClusterSection) -> Iterator[ClusterSession]:
         kw: dict[str, Any] = dict(spec.options)
         if spec.security.enabled:
             kw["security"] = spec.security.to_security()  # client side: your certificates
-        with Client(spec.address, **kw) as client:
+        kw.setdefault("timeout", spec.wait_timeout)
+        try:
+            client = Client(spec.address, **kw)
+        except (OSError, TimeoutError) as e:
+            raise RuntimeError(f"cluster.address {spec.address}: no scheduler answered within "
+                               f"{spec.wait_timeout:g} s (cluster.wait_timeout): {e}") from None
+        except TypeError as e:
+            raise ValueError(f"cluster.options: {e}") from None
+        with client:
             _wait(client, spec.workers or 1, spec, f"scheduler at {spec.address}")
             yield ClusterSession(kind, client, None, f"scheduler at {spec.address}{tls}")
         return
 
     if kind == "local":
-        from distributed import LocalCluster
-
         n = spec.workers or machine_cores()
         kw = {"n_workers": n, "threads_per_worker": spec.threads_per_worker,
               "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
               "memory_limit": "auto", **spec.options}
         if spec.security.enabled:
             kw.update(security=spec.security.to_security(), protocol="tls://")
-        with LocalCluster(**kw) as cluster, Client(cluster) as client:
+        with local(kw) as (cluster, client):
             _check_tls(client, spec)
             yield ClusterSession(kind, client, cluster,
                                  f"LocalCluster at {cluster.scheduler_address}{tls}, {n} "

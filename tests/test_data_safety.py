@@ -109,14 +109,15 @@ def test_run_folder_claim(tmp_path: Path) -> None:
 _HOLDER = textwrap.dedent("""
     import sys, time
     from abz_dask.locks import hold
-    with hold(sys.argv[1], "run folder", inside=True):
+    with hold(sys.argv[1], "run folder", inside=sys.argv[2] == "inside"):
         print("held", flush=True)
         time.sleep(120)
 """)
 
 
-def _hold_in_child(target: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target)],
+def _hold_in_child(target: Path, inside: bool = True) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target),
+                             "inside" if inside else "beside"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
@@ -281,3 +282,23 @@ def test_consumers_refuse_an_unfinished_flux_store(tiny_run: Path, tmp_path: Pat
     for consumer in (budget_table, store_domain_sums):
         with pytest.raises(ValueError, match=rf"unfinished: {n - n // 2} of {n} tiles"):
             consumer(out)
+
+
+def test_a_second_upscale_into_the_same_store_is_refused(tiny_run: Path, tmp_path: Path
+                                                         ) -> None:
+    from abz_dask.training import load_bundle
+    from abz_dask.upscale import compile_bundle, run_upscale
+
+    cube = tiny_run / "twin" / "cube.zarr"
+    models = compile_bundle(load_bundle(tiny_run / "models",
+                                        cube=xr.open_zarr(cube, consolidated=False)),
+                            n_bootstrap=0)
+    out = tmp_path / "fluxes.zarr"
+    proc = _hold_in_child(out, inside=False)  # as a running upscale holds it
+    try:
+        with pytest.raises(LockedError, match=rf"fluxes\.zarr is in use by pid {proc.pid}"):
+            run_upscale(cube, tiny_run / "twin" / "zones.zarr", out, models, progress=False)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()  # refused before anything was written

@@ -17,12 +17,14 @@ from abz_dask.cli import app
 runner = CliRunner()
 
 
-def _check(tmp_path: Path, cfg: dict[str, Any], *extra: str) -> tuple[int, str]:
+def _check(tmp_path: Path, cfg: dict[str, Any], *extra: str, started: bool = False
+           ) -> tuple[int, str]:
     cfg = {"output": str(tmp_path / "run"), **cfg}
     path = tmp_path / "run.yaml"
     path.write_text(json.dumps(cfg))
     res = runner.invoke(app, ["run", str(path), *extra])
-    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+    if not started:
+        assert not (tmp_path / "run").exists()  # nothing started, nothing written
     return res.exit_code, res.output
 
 
@@ -112,3 +114,20 @@ def test_output_under_a_file_is_a_clean_error(tmp_path: Path) -> None:
     with pytest.raises(ForeignPathError, match=r"notes\.txt is a file"):
         claim_folder(tmp_path / "notes.txt" / "run")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_unreachable_scheduler_and_bad_cluster_options_are_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out = _check(tmp_path, {"cluster": {"kind": "address",
+                                              "address": f"tcp://127.0.0.1:{port}",
+                                              "wait_timeout": 3}}, started=True)
+    assert code == 2 and "no scheduler answered within 3 s" in out, out
+    assert "Traceback" not in out
+    code, out = _check(tmp_path, {"cluster": {"kind": "local", "workers": 1,
+                                              "options": {"n_wrokers": 2}}}, started=True)
+    assert code == 2 and "cluster.options" in out and "n_wrokers" in out, out
+    assert "Traceback" not in out

@@ -10,8 +10,6 @@ option(s) and the value(s).
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,16 +20,9 @@ if TYPE_CHECKING:
     from abz_dask.config import SecuritySection
 
 __all__ = ["FRACTION", "NON_NEGATIVE", "POSITIVE", "bounded", "check_month", "check_order",
-           "check_resolution", "check_workers", "check_year", "fail", "local_cluster",
-           "quiet_distributed"]
+           "check_resolution", "check_workers", "check_year", "fail", "local_cluster"]
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-
-#: Loggers of ``distributed`` silenced while a finished cluster shuts down: closing the
-#: scheduler while a worker's heartbeat is in flight logs ``CommClosedError`` tracebacks that
-#: say nothing about the run.
-SHUTDOWN_LOGGERS: tuple[str, ...] = ("distributed", "tornado")
-
 
 def fail(msg: str, code: int = 2) -> NoReturn:
     """Print ``error: msg`` in red on stderr and exit with ``code``."""
@@ -119,28 +110,6 @@ def check_resolution(resolution: str, option: str = "--resolution") -> None:
              f"{', '.join(PRESETS)}")
 
 
-def _silence(names: tuple[str, ...] = SHUTDOWN_LOGGERS) -> dict[str, int]:
-    """Raise the given loggers to CRITICAL; returns their previous levels."""
-    before = {}
-    for name in names:
-        log = logging.getLogger(name)
-        before[name] = log.level
-        log.setLevel(logging.CRITICAL)
-    return before
-
-
-@contextlib.contextmanager
-def quiet_distributed() -> Iterator[None]:
-    """Silence the ``distributed`` loggers of this process inside the block (levels restored
-    afterwards)."""
-    before = _silence()
-    try:
-        yield
-    finally:
-        for name, level in before.items():
-            logging.getLogger(name).setLevel(level)
-
-
 @contextlib.contextmanager
 def local_cluster(workers: int | None, threads: int = 1, *,
                   security: SecuritySection | None = None) -> Iterator[object]:
@@ -162,39 +131,16 @@ def local_cluster(workers: int | None, threads: int = 1, *,
 
     Notes
     -----
-    On exit the ``distributed`` loggers are silenced, in this process and (through the client)
-    in the workers, then the client is closed before the cluster (which stops the workers before
-    the scheduler), so the heartbeat races of a shutdown print no ``CommClosedError``
-    tracebacks. Errors of the command itself propagate unchanged.
+    The one local-cluster factory is :func:`abz_dask.clusters.open_cluster` (kind ``local``);
+    this is it with the CLI's checks. It closes quietly (:func:`abz_dask.clusters.local`).
     """
-    from distributed import Client, LocalCluster
+    from abz_dask.clusters import open_cluster
+    from abz_dask.config import ClusterSection
 
     check_workers(workers)
     if threads < 1:
         fail(f"threads per worker {threads}: needs at least 1")
-    n = workers or max(1, min(os.cpu_count() or 1, 8))
-    sec = None if security is None else security.to_security()
-    tls: dict[str, Any] = {} if sec is None else {"security": sec, "protocol": "tls://"}
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                           host="127.0.0.1", dashboard_address="127.0.0.1:8787", **tls)
-    try:
-        client = Client(cluster)
-    except BaseException:
-        with quiet_distributed():
-            cluster.close()
-        raise
-    interrupted = True
-    try:
-        yield client
-        interrupted = False
-    except Exception:
-        interrupted = False  # an error of the command: the cluster still answers
-        raise
-    finally:
-        with quiet_distributed():
-            if not interrupted:  # not after Ctrl-C: a busy worker would delay the exit
-                with contextlib.suppress(Exception):
-                    client.run(_silence, on_error="ignore")  # the workers' heartbeat loggers
-            with contextlib.suppress(Exception):
-                client.close()
-            cluster.close()
+    spec = ClusterSection(kind="local", workers=workers, threads_per_worker=threads,
+                          **({"security": security} if security is not None else {}))
+    with open_cluster(spec) as session:
+        yield session.client
