@@ -535,9 +535,12 @@ def _train(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.training import resolve_profile, run_training
 
     tr = ctx.config.training
+    fits = ctx.out / "training" / "cv_fits"  # the fit ledger of run_training
+    done = [p for p in fits.glob("*/*") if p.suffix in (".npz", ".json") and ".tmp" not in
+            p.name and p.name != "key.json"] if fits.is_dir() else []
     bundle = run_training(ctx.table, ctx.out, profile=resolve_profile(tr.profile),
                           fluxes=tr.fluxes, seed=tr.seed, progress=ctx.config.progress)
-    return {"fluxes": list(bundle.card["fluxes"])}
+    return {"fluxes": list(bundle.card["fluxes"]), "resumed_fits": len(done)}
 
 
 def _train_settings(ctx: RunContext) -> dict[str, Any]:
@@ -552,6 +555,7 @@ def _upscale(ctx: RunContext) -> dict[str, Any]:
     import xarray as xr
 
     from abz_dask.pipeline import check_n_bootstrap
+    from abz_dask.store import TileLedger
     from abz_dask.training import load_bundle
     from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
 
@@ -563,10 +567,11 @@ def _upscale(ctx: RunContext) -> dict[str, Any]:
     cfg = UpscaleConfig(start=u.start, end=u.end, tile=u.tile,
                         bootstrap_sample=u.bootstrap_sample,
                         store_replicates=u.store_replicates, seed=u.seed)
+    resumed = TileLedger(ctx.fluxes).count()
     tiles = run_upscale(ctx.cube, ctx.zones, ctx.fluxes, models, cfg,
                         progress=ctx.config.progress)
     tiles.to_csv(ctx.out / "upscale_tiles.csv", index=False)
-    return {"tiles": len(tiles), "cpu_s": float(tiles["cpu_s"].sum()),
+    return {"tiles": len(tiles), "resumed_tiles": resumed, "cpu_s": float(tiles["cpu_s"].sum()),
             "forest_row_evals": int(tiles["forest_row_evals"].sum())}
 
 

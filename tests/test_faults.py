@@ -430,6 +430,7 @@ def test_upscale_killed_runner_and_worker_resume_bit_identical(reference: Refere
     out, _ = _kill_runner_then_worker(
         run, cfg, Stage("upscale", lambda r: _finished(r / "fluxes.zarr.done"), N_TILES))
     assert "train: current, skipped" in out, out
+    assert re.search(r"upscale: ran in [0-9.]+ s; resumed tiles: [1-9]", out), out
     assert lock_path(run / "fluxes.zarr").exists()  # the store's lock, taken over
     _assert_like_reference(reference, run, trends=False)
 
