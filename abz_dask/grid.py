@@ -19,7 +19,7 @@ import xarray as xr
 from affine import Affine
 from pyproj import CRS, Transformer
 
-__all__ = ["CRS_LAEA", "PRESETS", "Grid", "radius_of_latitude"]
+__all__ = ["CRS_LAEA", "PRESETS", "Grid", "default_tile", "radius_of_latitude"]
 
 #: ``+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84`` (EPSG:6931 = ESRI:102017).
 CRS_LAEA = CRS.from_epsg(6931)
@@ -221,6 +221,11 @@ class Grid:
     def subset(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
         """Cell-centre coordinates ``(y, x)`` of a window."""
         return self.y[row0:row1], self.x[col0:col1]
+
+
+def default_tile(grid: Grid) -> int:
+    """Tile edge (cells) for a grid: ≈ 64 at coarse resolutions, 512 at 1 km."""
+    return int(min(512, max(48, round(grid.shape[0] / 3))))
 
 
 def _lonlat_block(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -140,7 +140,8 @@ def local_cluster(workers: int | None, threads: int = 1, *,
     check_workers(workers)
     if threads < 1:
         fail(f"threads per worker {threads}: needs at least 1")
-    spec = ClusterSection(kind="local", workers=workers, threads_per_worker=threads,
-                          **({"security": security} if security is not None else {}))
+    spec = ClusterSection(kind="local", workers=workers, threads_per_worker=threads)
+    if security is not None:
+        spec = spec.model_copy(update={"security": security})
     with open_cluster(spec) as session:
         yield session.client

@@ -177,7 +177,7 @@ def regrid_to_grid(src: xr.DataArray, grid: Grid, *, tile: int | None = None,
     if lon_edges[-1] - lon_edges[0] > 360.0 + 1e-6:
         raise ValueError("longitude cells span more than 360°")
     s = supersample or default_supersample(grid, lat, lon)
-    from abz_dask.twin.generate import default_tile
+    from abz_dask.grid import default_tile
 
     t = tile or default_tile(grid)
     data = s2.data if isinstance(s2.data, da.Array) else da.from_array(s2.data)

@@ -266,7 +266,7 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
         monthly values, and zone sources that cannot give their layer
         (:func:`abz_dask.user_zones.check_user_zones`).
     """
-    from abz_dask.twin.generate import default_tile
+    from abz_dask.grid import default_tile
 
     grid = _grid(config)
     time = pd.date_range(config.start, config.end, freq="MS")

@@ -10,6 +10,8 @@ import zlib
 
 import numpy as np
 
+from abz_dask.cellnoise import cell_noise  # re-exported: the twin's fields use it
+
 __all__ = ["cell_noise", "rng_for", "smooth_field"]
 
 
@@ -54,14 +56,3 @@ def smooth_field(seed: int, name: str, x: np.ndarray, y: np.ndarray, *, year: in
     return out * np.sqrt(2.0 / n_modes)
 
 
-def cell_noise(seed: int, name: str, row: np.ndarray, col: np.ndarray, *, year: int = 0
-               ) -> np.ndarray:
-    """White noise in [0, 1) tied to grid cell indices (hash-based, chunk independent)."""
-    h = (np.asarray(row, np.uint64) * np.uint64(0x9E3779B1)
-         ^ np.asarray(col, np.uint64) * np.uint64(0x85EBCA77)
-         ^ np.uint64(zlib.crc32(f"{seed}/{name}/{year}".encode())))
-    # splitmix64 finaliser
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    h = h ^ (h >> np.uint64(31))
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.grid import Grid
+from abz_dask.grid import Grid, default_tile
 from abz_dask.predictors import FLUXES, PREDICTORS
 from abz_dask.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.twin.drivers import Block, co2_series, dynamic_predictors, static_predictors
@@ -58,11 +58,6 @@ class TwinLayout:
     def truth_budgets(self) -> Path:
         """Annual truth budgets per domain (CSV)."""
         return self.root / "truth_budgets.csv"
-
-
-def default_tile(grid: Grid) -> int:
-    """Tile edge (cells) for a grid: ≈ 64 at coarse resolutions, 512 at 1 km."""
-    return int(min(512, max(48, round(grid.shape[0] / 3))))
 
 
 def _block(zones: xr.Dataset, grid: Grid, tile: Tile) -> Block:
