@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.periods import complete_years
+
 __all__ = ["DOMAINS", "annual_domain_budgets", "domain_weights", "period_budgets"]
 
 #: The four domains of Table 1 and how each is read from the zones Dataset.
@@ -62,10 +64,8 @@ def annual_domain_budgets(flux: xr.DataArray | xr.Dataset, weights: xr.DataArray
         return (v.fillna(0.0).astype(np.float64) * w).sum(("y", "x"))
 
     monthly = (flux.map(total) if isinstance(flux, xr.Dataset) else total(flux)) * 1e-12
-    counts = monthly["time"].dt.year.to_series().value_counts()
-    full = counts.index[counts.to_numpy() == 12].to_numpy()
     annual = monthly.groupby("time.year").sum()
-    return annual.sel(year=np.sort(full))
+    return annual.sel(year=complete_years(monthly["time"]))
 
 
 def period_budgets(annual: xr.Dataset, start: int, end: int) -> pd.DataFrame:

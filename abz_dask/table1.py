@@ -41,6 +41,7 @@ import xarray as xr
 
 from abz_dask.budgets import DOMAINS
 from abz_dask.grid import Grid
+from abz_dask.periods import complete_years
 from abz_dask.zonal import (
     TG,
     domain_budgets,
@@ -220,8 +221,7 @@ def season_budgets(monthly: xr.DataArray) -> xr.Dataset:
         ``summer`` and ``non_summer`` (Tg C per season) with dimension ``year``.
     """
     month = monthly["time"].dt.month
-    counts = monthly["time"].dt.year.to_series().value_counts()
-    full = np.sort(counts.index[counts.to_numpy() == 12].to_numpy())
+    full = complete_years(monthly["time"])
     summer = monthly.where(month.isin(SUMMER), 0.0).groupby("time.year").sum()
     non = monthly.where(month.isin(NON_SUMMER), 0.0).groupby("time.year").sum()
     return xr.Dataset({"summer": summer, "non_summer": non}).sel(year=full)

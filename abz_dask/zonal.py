@@ -33,6 +33,7 @@ import xarray as xr
 
 from abz_dask.grid import Grid
 from abz_dask.integrity import verify_store
+from abz_dask.periods import complete_years
 from abz_dask.zones import ZONE_LABELS
 
 __all__ = [
@@ -275,11 +276,6 @@ def zone_area(layer: ZoneLayer, area: xr.DataArray) -> xr.DataArray:
     return a
 
 
-def _complete_years(time: xr.DataArray) -> np.ndarray:
-    counts = time.dt.year.to_series().value_counts()
-    return np.sort(counts.index[counts.to_numpy() == 12].to_numpy())
-
-
 def annual_zonal_budgets(monthly: xr.DataArray | xr.Dataset, layer: ZoneLayer,
                          area: xr.DataArray) -> xr.DataArray | xr.Dataset:
     """Annual budgets (Tg C yr⁻¹) per zone from monthly fluxes (g C m⁻² month⁻¹), lazy.
@@ -287,7 +283,7 @@ def annual_zonal_budgets(monthly: xr.DataArray | xr.Dataset, layer: ZoneLayer,
     Years with fewer than 12 months are dropped. Returns ``(..., year, zone)``.
     """
     tot = zonal_totals(monthly, layer, area) * TG
-    years = _complete_years(monthly["time"])
+    years = complete_years(monthly["time"])
     if len(years) == 0:
         raise ValueError("no complete calendar year (12 months) in the flux data")
     ann = tot.groupby("time.year").sum().sel(year=years)
@@ -370,7 +366,7 @@ def domain_budgets(store: str | Path | xr.Dataset, *, monthly: bool = False) -> 
     if monthly:
         zs.attrs["units"] = "Tg C month-1"
         return zs
-    years = _complete_years(zs["time"])
+    years = complete_years(zs["time"])
     ann = zs.groupby("time.year").sum().sel(year=years)
     ann.attrs["units"] = "Tg C yr-1"
     return ann

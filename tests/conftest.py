@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dask
+import numpy as np
 import pytest
+import xarray as xr
 from dask.callbacks import Callback
 
 os.environ.setdefault("ABZ_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".abz_cache"))
@@ -65,4 +68,56 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     with dask.config.set(scheduler="threads"):
         train_stage(lay.cube, lay.zones, lay.sites, run, profile=resolve_profile(TINY_PROFILE),
                     seed=448, progress=False)
+    return run
+
+
+# the synthetic run of test_zonal / test_table1 / test_seasonal / test_fire / test_report
+
+#: Relative perturbations of the synthetic bootstrap replicates.
+REPLICATE_SCALE = np.array([-0.10, -0.05, 0.0, 0.02, 0.07, 0.11])
+
+
+def make_run(base: Path) -> Path:
+    """Build (once per session base dir) the 100-km test run folder: a twin 2001–2004 plus a
+    synthetic flux store with the upscaler's layout (central maps = the planted truth,
+    replicate b = truth × (1 + REPLICATE_SCALE[b]))."""
+    from abz_dask.budgets import DOMAINS, domain_weights
+    from abz_dask.grid import Grid
+    from abz_dask.twin import generate_twin
+
+    run = base / "run100"
+    if (run / "done").exists():
+        return run
+    if run.exists():
+        shutil.rmtree(run)
+    layout = generate_twin(run / "twin", resolution="100km", start="2001-01", end="2004-12",
+                           seed=0, progress=False)
+    grid = Grid.from_preset("100km")
+    truth = xr.open_zarr(layout.truth, consolidated=False).load()
+    zones = xr.open_zarr(layout.zones, consolidated=False).load()
+    fl = ["NEE", "GPP", "Reco"]
+    scale = np.concatenate([[0.0], REPLICATE_SCALE])
+    ds = xr.Dataset(coords={"time": truth["time"], "y": truth["y"], "x": truth["x"],
+                            "year": np.unique(truth["time"].dt.year.values),
+                            "flux": fl, "model": np.arange(len(scale)), "tile_id": ["all"],
+                            "domain": list(DOMAINS)})
+    w = domain_weights(zones, grid.cell_area)
+    sums = []
+    for f in fl:
+        ds[f] = truth[f].astype(np.float32)
+        ann = truth[f].groupby("time.year").sum()
+        ds[f"{f}_boot_sd"] = (abs(ann) * float(np.std(1 + REPLICATE_SCALE, ddof=1))
+                              ).astype(np.float32)
+        ds[f"{f}_replicates"] = (truth[f] * xr.DataArray(1 + REPLICATE_SCALE,
+                                                          dims="replicate")
+                                 ).transpose("replicate", "time", "y", "x").astype(np.float32)
+        mon = xr.dot(truth[f].fillna(0.0).astype(np.float64), w, dim=("y", "x"))
+        sums.append(mon * xr.DataArray(1 + scale, dims="model"))
+    zs = xr.concat(sums, dim="flux").transpose("flux", "model", "time", "domain")
+    ds["zone_sums"] = zs.expand_dims(tile_id=["all"]).assign_coords(
+        flux=fl, model=np.arange(len(scale)), domain=list(DOMAINS))
+    ds = grid.attach(ds)
+    ds.attrs["n_bootstrap"] = len(REPLICATE_SCALE)
+    ds.to_zarr(run / "fluxes.zarr", mode="w", zarr_format=3, consolidated=False)
+    (run / "done").write_text("ok")
     return run

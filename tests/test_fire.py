@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from test_zonal import make_run
+from conftest import make_run
 
 from abz_dask import fire as F
 from abz_dask.grid import Grid

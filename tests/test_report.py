@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import make_run
 from matplotlib.figure import Figure
-from test_zonal import make_run
 from typer.testing import CliRunner
 
 from abz_dask.report.maps import NEE_BREAKS, class_map

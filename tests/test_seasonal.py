@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import REPLICATE_SCALE, make_run
 from scipy import stats
-from test_zonal import REPLICATE_SCALE, make_run
 
 from abz_dask import seasonal as S
 from abz_dask.table1 import fire_domain_budgets

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from test_zonal import REPLICATE_SCALE, make_run
+from conftest import REPLICATE_SCALE, make_run
 
 from abz_dask import table1 as t1mod
 

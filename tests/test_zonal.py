@@ -15,55 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import REPLICATE_SCALE, make_run
 
 from abz_dask import zonal
-from abz_dask.budgets import DOMAINS, annual_domain_budgets, domain_weights
-from abz_dask.grid import Grid
-
-#: Relative perturbations of the synthetic bootstrap replicates.
-REPLICATE_SCALE = np.array([-0.10, -0.05, 0.0, 0.02, 0.07, 0.11])
-
-
-def make_run(base: Path) -> Path:
-    """Build (once per session base dir) the 100-km test run folder described above."""
-    from abz_dask.twin import generate_twin
-
-    run = base / "run100"
-    if (run / "done").exists():
-        return run
-    if run.exists():
-        shutil.rmtree(run)
-    layout = generate_twin(run / "twin", resolution="100km", start="2001-01", end="2004-12",
-                           seed=0, progress=False)
-    grid = Grid.from_preset("100km")
-    truth = xr.open_zarr(layout.truth, consolidated=False).load()
-    zones = xr.open_zarr(layout.zones, consolidated=False).load()
-    fl = ["NEE", "GPP", "Reco"]
-    scale = np.concatenate([[0.0], REPLICATE_SCALE])
-    ds = xr.Dataset(coords={"time": truth["time"], "y": truth["y"], "x": truth["x"],
-                            "year": np.unique(truth["time"].dt.year.values),
-                            "flux": fl, "model": np.arange(len(scale)), "tile_id": ["all"],
-                            "domain": list(DOMAINS)})
-    w = domain_weights(zones, grid.cell_area)
-    sums = []
-    for f in fl:
-        ds[f] = truth[f].astype(np.float32)
-        ann = truth[f].groupby("time.year").sum()
-        ds[f"{f}_boot_sd"] = (abs(ann) * float(np.std(1 + REPLICATE_SCALE, ddof=1))
-                              ).astype(np.float32)
-        ds[f"{f}_replicates"] = (truth[f] * xr.DataArray(1 + REPLICATE_SCALE,
-                                                          dims="replicate")
-                                 ).transpose("replicate", "time", "y", "x").astype(np.float32)
-        mon = xr.dot(truth[f].fillna(0.0).astype(np.float64), w, dim=("y", "x"))
-        sums.append(mon * xr.DataArray(1 + scale, dims="model"))
-    zs = xr.concat(sums, dim="flux").transpose("flux", "model", "time", "domain")
-    ds["zone_sums"] = zs.expand_dims(tile_id=["all"]).assign_coords(
-        flux=fl, model=np.arange(len(scale)), domain=list(DOMAINS))
-    ds = grid.attach(ds)
-    ds.attrs["n_bootstrap"] = len(REPLICATE_SCALE)
-    ds.to_zarr(run / "fluxes.zarr", mode="w", zarr_format=3, consolidated=False)
-    (run / "done").write_text("ok")
-    return run
+from abz_dask.budgets import annual_domain_budgets, domain_weights
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.periods import complete_years
 from abz_dask.predictors import BOOTSTRAP_PREDICTORS
 
 __all__ = ["ClusterResult", "environmental_clusters", "mean_predictors", "mess", "mess_map"]
@@ -90,9 +91,7 @@ def mean_predictors(cube: xr.Dataset, names: tuple[str, ...] | list[str],
     if "time" in c.dims:
         if years is not None:
             c = c.sel(time=slice(str(years[0]), str(years[1])))
-        counts = c["time"].dt.year.to_series().value_counts()
-        full = counts.index[counts.to_numpy() == 12]
-        c = c.sel(time=c["time"].dt.year.isin(full))
+        c = c.sel(time=c["time"].dt.year.isin(complete_years(c["time"])))
         if c.sizes["time"] == 0:
             raise ValueError(f"no complete year in the cube for years={years}")
     spatial = next((c[m] for m in names if m in c and {"y", "x"} <= set(c[m].dims)), None)

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.periods import complete_years
+
 __all__ = ["G_C_PER_MOL", "KNOWN_VARIABLES", "UPTAKE_POSITIVE", "UnitSpec", "parse_units",
            "read_product", "to_annual"]
 
@@ -278,8 +280,7 @@ def to_annual(monthly: xr.DataArray) -> xr.DataArray:
     """
     if "year" in monthly.dims:
         return monthly
-    counts = monthly["time"].dt.year.to_series().value_counts()
-    full = np.sort(counts.index[counts.to_numpy() == 12].to_numpy())
+    full = complete_years(monthly["time"])
     ann = monthly.groupby("time.year").sum(skipna=False).sel(year=full)
     ann.attrs = {**monthly.attrs, "units": "g C m-2 yr-1"}
     ann.name = monthly.name

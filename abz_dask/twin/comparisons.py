@@ -34,6 +34,7 @@ import xarray as xr
 from scipy.ndimage import gaussian_filter
 
 from abz_dask.grid import Grid
+from abz_dask.periods import complete_years
 from abz_dask.twin.generate import TwinLayout
 
 __all__ = ["CMIP6_GPP_FACTOR", "CMIP6_RECO_FACTOR", "CMIP6_YEARS", "COARSE_M",
@@ -124,10 +125,7 @@ def _write(ds: xr.Dataset, path: Path) -> None:
 
 
 def _years(truth: xr.Dataset, span: tuple[int, int]) -> list[int]:
-    yrs = truth["time"].dt.year.to_series()
-    counts = yrs.value_counts()
-    full = sorted(int(y) for y in counts.index[counts.to_numpy() == 12])
-    return [y for y in full if span[0] <= y <= span[1]]
+    return [int(y) for y in complete_years(truth["time"]) if span[0] <= y <= span[1]]
 
 
 def _per_year(layout: TwinLayout, grid: Grid, years: list[int],

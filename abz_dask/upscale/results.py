@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.periods import complete_years
 from abz_dask.zonal import open_flux_store
 
 __all__ = ["LAND_CELLS_1KM", "annual_budgets", "budget_table", "covered_area",
@@ -22,8 +23,7 @@ def annual_budgets(store: str | Path | xr.Dataset) -> xr.DataArray:
     """Annual budgets (Tg C yr⁻¹), ``(flux, model, year, domain)``; model 0 is central."""
     ds = open_flux_store(store)
     zs = ds["zone_sums"].sum("tile_id")
-    counts = zs["time"].dt.year.to_series().value_counts()
-    full = np.sort(counts.index[counts.to_numpy() == 12].to_numpy())
+    full = complete_years(zs["time"])
     return (zs.groupby("time.year").sum() * 1e-12).sel(year=full).compute()
 
 
@@ -43,9 +43,8 @@ def covered_area(store: str | Path | xr.Dataset, start: int | None = None,
                                      "excluded_area_mkm2"])
     lost = ds["zone_area_excluded"].sum("tile_id")
     years = lost["time"].dt.year
-    counts = years.to_series().value_counts()
-    full = counts.index[counts.to_numpy() == 12]
-    keep = years.isin(full) & (years >= (start or -9999)) & (years <= (end or 9999))
+    keep = (years.isin(complete_years(lost["time"])) & (years >= (start or -9999))
+            & (years <= (end or 9999)))
     lost = lost.isel(time=np.flatnonzero(keep.values)).mean("time").compute()
     area = ds["zone_area"].sum("tile_id").compute()
     return pd.DataFrame({"domain": [str(d) for d in area["domain"].values],
