@@ -121,3 +121,22 @@ def make_run(base: Path) -> Path:
     ds.to_zarr(run / "fluxes.zarr", mode="w", zarr_format=3, consolidated=False)
     (run / "done").write_text("ok")
     return run
+
+
+def export_variant(src: Path, dst: Path, own: tuple[str, ...] = (),
+                   skip: tuple[str, ...] = ()) -> Path:
+    """A copy of a twin export (``abz_dask.twin.export``) for a malformed-input test: folders
+    symlinked, ``own`` ones copied (so the test may damage them), ``skip`` ones left out;
+    returns ``dst``."""
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name in skip:
+            continue
+        if p.name in own:
+            if p.is_dir():
+                shutil.copytree(p, dst / p.name)
+            else:
+                shutil.copy(p, dst / p.name)
+        else:
+            (dst / p.name).symlink_to(p)
+    return dst

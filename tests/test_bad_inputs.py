@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from conftest import export_variant
 from typer.testing import CliRunner
 
 from abz_dask.cli import app
@@ -66,16 +67,7 @@ def _variant(twin: dict[str, Any], tmp_path: Path, own: tuple[str, ...] = (),
     """A copy of the export (folders symlinked, ``own`` ones copied), its config cut to
     ``end``; returns the config path."""
     src = twin["export"].root
-    dst = tmp_path / "variant"
-    dst.mkdir()
-    for p in src.iterdir():
-        if p.name in own:
-            if p.is_dir():
-                shutil.copytree(p, dst / p.name)
-            else:
-                shutil.copy(p, dst / p.name)
-        elif p.name != "build-cube.yaml":
-            (dst / p.name).symlink_to(p)
+    dst = export_variant(src, tmp_path / "variant", own, skip=("build-cube.yaml",))
     d = yaml.safe_load((src / "build-cube.yaml").read_text())
     d["end"] = end
     cfg = dst / "build-cube.yaml"

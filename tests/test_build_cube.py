@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from conftest import export_variant
 
 from abz_dask.cube_build import (
     CRSError,
@@ -182,18 +183,7 @@ def test_resume_from_ledger(built: dict[str, Any], tmp_path: Path) -> None:
 
 def _variant(built: dict[str, Any], tmp_path: Path, own: tuple[str, ...] = ()) -> Path:
     """A copy of the export (symlinked folders; ``own`` ones copied) and its config path."""
-    src = built["export"].root
-    dst = tmp_path / "variant"
-    dst.mkdir()
-    for p in src.iterdir():
-        if p.name in own:
-            if p.is_dir():
-                shutil.copytree(p, dst / p.name)
-            else:
-                shutil.copy(p, dst / p.name)
-        else:
-            (dst / p.name).symlink_to(p)
-    return dst / "build-cube.yaml"
+    return export_variant(built["export"].root, tmp_path / "variant", own) / "build-cube.yaml"
 
 
 def _edit(cfg: Path, fn: Any) -> Path:
