@@ -26,7 +26,7 @@ from abz_dask.commands.common import (
     local_cluster,
 )
 from abz_dask.commands.common import fail as _fail
-from abz_dask.config import DEFAULT_SEED, MIN_SITES
+from abz_dask.pipeline.config import DEFAULT_SEED, MIN_SITES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Upscale Arctic–boreal CO2 fluxes with random forests on Dask.")
@@ -79,7 +79,7 @@ def demo(
                                                 callback=POSITIVE)] = None,
 ) -> None:
     """Digital twin end to end; prints estimated vs true budgets and writes budgets.csv."""
-    from abz_dask.pipeline import run_demo
+    from abz_dask.pipeline.demo import run_demo
     from abz_dask.training import resolve_profile
 
     check_resolution(resolution)

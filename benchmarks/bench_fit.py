@@ -44,8 +44,8 @@ import pandas as pd
 import sklearn
 from r_parity import markdown_table, r_available  # benchmarks/ is on sys.path as a script
 
-from abz_dask.extract import read_training_table
-from abz_dask.predictors import CATEGORICAL, PREDICTOR_NAMES
+from abz_dask.io.predictors import CATEGORICAL, PREDICTOR_NAMES
+from abz_dask.training.extract import read_training_table
 from abz_dask.training.fit import _encode, caret_mtry_grid, fit_forest, prepare
 from abz_dask.training.profiles import PROFILES
 from abz_dask.training.synthetic import synthetic_training_table

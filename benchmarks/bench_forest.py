@@ -42,8 +42,8 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter
 from sklearn.ensemble import RandomForestRegressor
 
+from abz_dask.io.predictors import PREDICTOR_NAMES, PREDICTORS, VEG_CLASSES
 from abz_dask.kernels import forest as fk
-from abz_dask.predictors import PREDICTOR_NAMES, PREDICTORS, VEG_CLASSES
 
 #: The full 1-km product: land cells × months × models × fluxes (forest evaluations).
 PRODUCT_EVALUATIONS = 20.7e6 * 240 * 21 * 3
@@ -194,9 +194,9 @@ def load_twin_data(run: Path, *, tile: int = 128, year: int = 2010, seed: int = 
     """
     import xarray as xr
 
-    from abz_dask.encoding import fit_encoding
-    from abz_dask.extract import read_training_table
-    from abz_dask.predictors import CATEGORICAL
+    from abz_dask.io.encoding import fit_encoding
+    from abz_dask.io.predictors import CATEGORICAL
+    from abz_dask.training.extract import read_training_table
     from abz_dask.upscale.blocks import block_rows
 
     table = read_training_table(run / "training" / "training_table.parquet")

@@ -56,8 +56,8 @@ def time_light(path: Path) -> tuple[float, int]:
     threaded scheduler."""
     import tempfile
 
-    from abz_dask.extract import read_training_table
     from abz_dask.training import run_training
+    from abz_dask.training.extract import read_training_table
 
     table = read_training_table(path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS_training.md")
     a = ap.parse_args(argv)
     if a.table is not None:
-        from abz_dask.extract import read_training_table
+        from abz_dask.training.extract import read_training_table
 
         table, source = read_training_table(a.table), str(a.table)
     else:

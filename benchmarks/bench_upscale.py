@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.grid import Grid
+from abz_dask.geo.grid import Grid
 from abz_dask.training import load_bundle
 from abz_dask.training.synthetic import synthetic_cube
 from abz_dask.upscale import (
@@ -94,8 +94,8 @@ def paper_forest_throughput(run: Path, years: tuple[str, str], f: float, workers
     """
     import dataclasses
 
-    from abz_dask.extract import read_training_table
-    from abz_dask.predictors import PREDICTOR_NAMES
+    from abz_dask.io.predictors import PREDICTOR_NAMES
+    from abz_dask.training.extract import read_training_table
     from abz_dask.upscale.models import ModelSet, _compile
 
     cube = run / "twin" / "cube.zarr"

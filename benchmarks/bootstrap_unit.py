@@ -40,7 +40,7 @@ import xarray as xr
 from network_sampling import DOMAINS, END, START, Twin, draw_network, truth_budgets
 from r_parity import markdown_table  # benchmarks/ is on sys.path when run as a script
 
-from abz_dask.budgets import annual_domain_budgets, domain_weights
+from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
 from abz_dask.training import train_bundle
 from abz_dask.training.profiles import resolve_profile
 from abz_dask.upscale import compile_bundle, predict

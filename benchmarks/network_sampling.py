@@ -6,7 +6,8 @@ method and the luck of where the ~200 sites happen to be. This script separates 
 twin's predictor cube and planted truth fixed and, for draws k = 0..N-1, builds a new network and
 its observations exactly as the twin does (:func:`abz_dask.twin.sites.make_sites` and
 :func:`~abz_dask.twin.sites.site_observations` with seed k), writes it as an ABCflux CSV, reads
-and extracts it like any real file (:func:`abz_dask.pipeline.extract_stage`), trains the central
+and extracts it like any real file (:func:`abz_dask.pipeline.demo.extract_stage`), trains the
+central
 forests with training seed k (the demo trains with the twin's seed) and upscales them lazily over
 2001–2020 (:func:`abz_dask.upscale.predict`). Two forests per flux and draw: *tuned* (the
 profile's mtry tuning; grouped k-fold for ``light``, as in the demo) and *untuned* (one fit at
@@ -49,10 +50,10 @@ import pandas as pd
 import xarray as xr
 from r_parity import markdown_table  # benchmarks/ is on sys.path when run as a script
 
-from abz_dask.budgets import annual_domain_budgets, domain_weights
-from abz_dask.grid import Grid
-from abz_dask.pipeline import extract_stage
-from abz_dask.predictors import PREDICTOR_NAMES
+from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
+from abz_dask.geo.grid import Grid
+from abz_dask.io.predictors import PREDICTOR_NAMES
+from abz_dask.pipeline.demo import extract_stage
 from abz_dask.training import train_bundle
 from abz_dask.training.profiles import resolve_profile
 from abz_dask.twin import TwinLayout

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from abz_dask.predictors import CATEGORICAL, PREDICTOR_NAMES
+from abz_dask.io.predictors import CATEGORICAL, PREDICTOR_NAMES
 from abz_dask.training.fit import caret_mtry_grid, prepare, ship_training_data, tune
 from abz_dask.training.metrics import metrics
 from abz_dask.training.profiles import TrainingProfile
@@ -194,7 +194,7 @@ def twin_parity_table(workdir: Path, n_sites: int = 60, seed: int = 0,
                       start: str = "2001-01", end: str = "2010-12") -> pd.DataFrame:
     """The training table of a small digital twin (100-km grid, ``n_sites`` sites): the
     ABCflux-format CSV read and extracted exactly as the ``train`` stage does."""
-    from abz_dask.pipeline import extract_stage
+    from abz_dask.pipeline.demo import extract_stage
     from abz_dask.twin import generate_twin
 
     lay = generate_twin(Path(workdir) / "twin", resolution="100km", start=start, end=end,
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped: {why}")
         return 1
     if a.table is not None:
-        from abz_dask.extract import read_training_table
+        from abz_dask.training.extract import read_training_table
 
         table, source = read_training_table(a.table), str(a.table)
     elif a.synthetic:

@@ -58,7 +58,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     Returns the run folder; the twin is in ``RUN/twin``, the models in ``RUN/models``.
     Tests that write must copy what they change (the folder is shared by the session).
     """
-    from abz_dask.pipeline import train_stage
+    from abz_dask.pipeline.demo import train_stage
     from abz_dask.training import resolve_profile
     from abz_dask.twin import generate_twin
 
@@ -81,8 +81,8 @@ def make_run(base: Path) -> Path:
     """Build (once per session base dir) the 100-km test run folder: a twin 2001–2004 plus a
     synthetic flux store with the upscaler's layout (central maps = the planted truth,
     replicate b = truth × (1 + REPLICATE_SCALE[b]))."""
-    from abz_dask.budgets import DOMAINS, domain_weights
-    from abz_dask.grid import Grid
+    from abz_dask.aggregation.budgets import DOMAINS, domain_weights
+    from abz_dask.geo.grid import Grid
     from abz_dask.twin import generate_twin
 
     run = base / "run100"

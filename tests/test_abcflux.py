@@ -9,10 +9,14 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from abz_dask.abcflux import MODELDATA_COLUMN_MAP, InputError, read_abcflux
-from abz_dask.extract import extract_training_table, read_training_table, write_training_table
-from abz_dask.grid import Grid
-from abz_dask.predictors import PREDICTOR_NAMES
+from abz_dask.geo.grid import Grid
+from abz_dask.io.abcflux import MODELDATA_COLUMN_MAP, InputError, read_abcflux
+from abz_dask.io.predictors import PREDICTOR_NAMES
+from abz_dask.training.extract import (
+    extract_training_table,
+    read_training_table,
+    write_training_table,
+)
 from abz_dask.training.synthetic import synthetic_cube
 from abz_dask.twin.sites import ABCFLUX_COLUMNS
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pydantic
 import pytest
 
-from abz_dask.abcflux import DEFAULT_FLUX_RANGES, FluxChecks, InputError, read_abcflux
+from abz_dask.io.abcflux import DEFAULT_FLUX_RANGES, FluxChecks, InputError, read_abcflux
 from abz_dask.twin.sites import ABCFLUX_COLUMNS
 
 FI = (61.85, 24.29)
@@ -246,7 +246,7 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
 def test_gpp_sign_decision_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                        ) -> None:
     path = _write(tmp_path, _valid_rows())
-    with caplog.at_level(logging.INFO, logger="abz_dask.abcflux"):
+    with caplog.at_level(logging.INFO, logger="abz_dask.io.abcflux"):
         df = read_abcflux(path)
     sign = df.attrs["abcflux"]["gpp_sign"]
     assert sign == {"option": "auto", "stored": "negative", "flipped": True,
@@ -354,13 +354,13 @@ def test_gpp_sign_decision_is_recorded_in_the_model_card(twin100: Any, tmp_path:
     import dask
     import xarray as xr
 
-    from abz_dask.extract import (
+    from abz_dask.geo.grid import Grid
+    from abz_dask.training import resolve_profile, run_training
+    from abz_dask.training.extract import (
         extract_training_table,
         read_training_table,
         write_training_table,
     )
-    from abz_dask.grid import Grid
-    from abz_dask.training import resolve_profile, run_training
     from tests.conftest import TINY_PROFILE
 
     cube = xr.open_zarr(twin100.cube, consolidated=False)

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from abz_dask.grid import Grid
+from abz_dask.geo.grid import Grid
 from abz_dask.training import load_bundle
 from abz_dask.upscale import (
     UpscaleConfig,
@@ -98,7 +98,7 @@ def test_budgets_state_the_area_with_data(holed: tuple[Path, Path, Path]) -> Non
 
 def test_table1_per_area_means_divide_by_the_area_with_data(holed: tuple[Path, Path, Path]
                                                           ) -> None:
-    from abz_dask.table1 import domain_table
+    from abz_dask.analyses.table1 import domain_table
 
     store, _, zpath = holed
     zones = xr.open_zarr(zpath, consolidated=False)
@@ -119,8 +119,8 @@ def test_budgets_stage_warns_or_fails_above_the_threshold(holed: tuple[Path, Pat
                                                           tmp_path: Path) -> None:
     import pandas as pd
 
-    from abz_dask.config import parse_config
-    from abz_dask.runner import RunContext, _budgets
+    from abz_dask.pipeline.config import parse_config
+    from abz_dask.pipeline.runner import RunContext, _budgets
 
     store, _, zones = holed
     run = tmp_path / "run"
@@ -150,8 +150,8 @@ def test_budgets_command_any_period_and_layer(holed: tuple[Path, Path, Path],
     import pandas as pd
     from typer.testing import CliRunner
 
+    from abz_dask.aggregation.zonal import zonal_budget_table
     from abz_dask.cli import app
-    from abz_dask.zonal import zonal_budget_table
 
     store, _, zones = holed
     run = tmp_path / "run"

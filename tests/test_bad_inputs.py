@@ -363,8 +363,8 @@ def test_zones_file_with_points_not_polygons(twin: dict[str, Any], tmp_path: Pat
     _cli_fails(cfg, tmp_path, "zones biome", "pts.geojson", "Point", "no polygons")
     # read directly (user_zone_layer), the same file is refused the same way
     from abz_dask.cube_build.config import ZoneSpec
-    from abz_dask.grid import Grid
-    from abz_dask.user_zones import user_zone_layer
+    from abz_dask.geo.grid import Grid
+    from abz_dask.geo.user_zones import user_zone_layer
 
     with pytest.raises(ZoneError, match=r"pts\.geojson: holds no polygons .*\['Point'\]"):
         user_zone_layer(ZoneSpec(file=str(f), attribute="zone"), "biome",
@@ -438,7 +438,7 @@ def test_store_zones_without_land_fraction(twin: dict[str, Any], tmp_path: Path)
     cfg = _zones_cfg(twin, tmp_path, {"biome": {"file": str(f), "attribute": "zone"}},
                      base_zones=str(bad))
     _cli_fails(cfg, tmp_path, "base_zones", "zones_noland.zarr", "['land_fraction']")
-    from abz_dask.user_zones import check_zone_store
+    from abz_dask.geo.user_zones import check_zone_store
 
     with pytest.raises(ZoneError, match=r"zones store .*zones_noland\.zarr lacks the zone "
                        r"layer\(s\) \['land_fraction'\]"):
@@ -455,7 +455,7 @@ def _sites(twin: dict[str, Any]) -> pd.DataFrame:
 
 def _damaged_cube(twin: dict[str, Any], tmp_path: Path, var: str,
                   damage: Callable[[Path], None]) -> tuple[Path, tuple[int, ...]]:
-    from abz_dask.grid import Grid
+    from abz_dask.geo.grid import Grid
 
     cube = tmp_path / "cube.zarr"
     shutil.copytree(twin["layout"].cube, cube)
@@ -470,8 +470,8 @@ def _damaged_cube(twin: dict[str, Any], tmp_path: Path, var: str,
 
 
 def _extract(twin: dict[str, Any], cube: Path) -> Any:
-    from abz_dask.extract import extract_training_table
-    from abz_dask.grid import Grid
+    from abz_dask.geo.grid import Grid
+    from abz_dask.training.extract import extract_training_table
 
     ds = xr.open_zarr(cube, consolidated=False)
     return extract_training_table(_sites(twin), ds, Grid.of_dataset(ds))
@@ -480,7 +480,7 @@ def _extract(twin: dict[str, Any], cube: Path) -> Any:
 def test_store_cube_chunk_written_as_float64(twin: dict[str, Any], tmp_path: Path) -> None:
     from numcodecs import Zstd
 
-    from abz_dask.extract import StoreError
+    from abz_dask.training.extract import StoreError
 
     def f64(p: Path) -> None:
         raw = Zstd().decode(p.read_bytes())
@@ -494,7 +494,7 @@ def test_store_cube_chunk_written_as_float64(twin: dict[str, Any], tmp_path: Pat
 
 
 def test_store_cube_chunk_truncated(twin: dict[str, Any], tmp_path: Path) -> None:
-    from abz_dask.extract import StoreError
+    from abz_dask.training.extract import StoreError
 
     def cut(p: Path) -> None:
         b = p.read_bytes()
@@ -507,7 +507,7 @@ def test_store_cube_chunk_truncated(twin: dict[str, Any], tmp_path: Path) -> Non
 
 
 def test_store_zones_given_as_cube(twin: dict[str, Any]) -> None:
-    from abz_dask.extract import StoreError
+    from abz_dask.training.extract import StoreError
 
     with pytest.raises(StoreError, match=r"predictor cube .*zones\.zarr lacks variable\(s\) "
                        r"\['srad', .*zones store given as the cube"):
@@ -515,8 +515,8 @@ def test_store_zones_given_as_cube(twin: dict[str, Any]) -> None:
 
 
 def test_store_cube_variable_with_wrong_dims(twin: dict[str, Any]) -> None:
-    from abz_dask.extract import StoreError, extract_training_table
-    from abz_dask.grid import Grid
+    from abz_dask.geo.grid import Grid
+    from abz_dask.training.extract import StoreError, extract_training_table
 
     ds = xr.open_zarr(twin["layout"].cube, consolidated=False)
     ds["tair"] = ds["tair"].isel(time=0, drop=True)
@@ -526,7 +526,7 @@ def test_store_cube_variable_with_wrong_dims(twin: dict[str, Any]) -> None:
 
 
 def test_store_cube_on_another_grid(twin: dict[str, Any]) -> None:
-    from abz_dask.grid import Grid
+    from abz_dask.geo.grid import Grid
 
     ds = xr.open_zarr(twin["layout"].cube, consolidated=False)
     ds.attrs["grid_resolution_m"] = 50_000.0

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from abz_dask.cli import _print_budgets
-from abz_dask.pipeline import compare_budgets
+from abz_dask.pipeline.demo import compare_budgets
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from abz_dask.cube_build import (
     load_config,
     make_plan,
 )
-from abz_dask.predictors import PREDICTORS
+from abz_dask.io.predictors import PREDICTORS
 
 #: Encoding error of each exported variable (half a quantisation step; float32 exports: 0).
 QUANT = {"srad": 0.05, "tair": 0.005, "ndvi": 5e-5, "soil_moisture": 5e-5, "soil_ph": 0.005,
@@ -121,10 +121,10 @@ def test_gap_report_counts_planted_cells(built: dict[str, Any]) -> None:
 
 
 def test_built_cube_runs_through_training_and_upscale(built: dict[str, Any]) -> None:
-    from abz_dask.abcflux import read_abcflux
-    from abz_dask.extract import extract_training_table
-    from abz_dask.grid import Grid
+    from abz_dask.geo.grid import Grid
+    from abz_dask.io.abcflux import read_abcflux
     from abz_dask.training import load_bundle, run_training
+    from abz_dask.training.extract import extract_training_table
     from abz_dask.upscale import UpscaleConfig, budget_table, compile_bundle, run_upscale
 
     layout, root = built["layout"], built["root"]
@@ -156,7 +156,7 @@ def test_built_cube_runs_through_training_and_upscale(built: dict[str, Any]) -> 
 
 def test_resume_from_ledger(built: dict[str, Any], tmp_path: Path) -> None:
     from abz_dask.cube_build.build import _build_tile, _template, run_plan
-    from abz_dask.store import TileLedger, create_store, iter_tiles
+    from abz_dask.io.store import TileLedger, create_store, iter_tiles
 
     cfg, root = load_config(built["export"].config)
     cfg = cfg.model_copy(update={"end": "2001-12"})  # one year: a third of the work
@@ -269,7 +269,7 @@ def test_codes_not_in_legend(built: dict[str, Any], tmp_path: Path) -> None:
     _edit(cfg, lambda d: d["predictors"]["vegtype"].update(legend=[21, 30, 31]))
     plan = _plan(cfg)
     from abz_dask.cube_build.build import _Resampler
-    from abz_dask.store import Tile
+    from abz_dask.io.store import Tile
 
     vp = next(v for v in plan.variables if v.name == "vegtype")
     with pytest.raises(LegendError, match=r"vegtype: codes \[.*70.*\] in .*vegtype\.tif band 1 "
@@ -380,8 +380,8 @@ def test_coarse_source_is_sampled_bilinearly(tmp_path: Path) -> None:
     from abz_dask.cube_build.config import SourceSpec
     from abz_dask.cube_build.reproject import tile_map
     from abz_dask.cube_build.sources import open_source
-    from abz_dask.grid import Grid
-    from abz_dask.store import Tile
+    from abz_dask.geo.grid import Grid
+    from abz_dask.io.store import Tile
 
     res = 2.0  # 2-degree pixels onto the 25-km grid
     lon = -180 + (np.arange(180) + 0.5) * res
@@ -399,7 +399,7 @@ def test_coarse_source_is_sampled_bilinearly(tmp_path: Path) -> None:
         got = tm.apply(lambda rows, cols: r.read(rows, cols), mode=False)
     assert tm.sample_cell.size > 0.5 * 40 * 40  # most cells hold no pixel centre
     y, x = grid.subset(tile.row0, tile.row1, tile.col0, tile.col1)
-    from abz_dask.grid import _lonlat_block
+    from abz_dask.geo.grid import _lonlat_block
 
     glon, glat = _lonlat_block(y[:, None], x[None, :])
     expect = 0.3 * glat + 0.01 * glon

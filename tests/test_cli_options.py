@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from abz_dask.cli import app
-from abz_dask.config import DEFAULT_SEED, ConfigError, parse_config
+from abz_dask.pipeline.config import DEFAULT_SEED, ConfigError, parse_config
 
 pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()
@@ -121,7 +121,7 @@ def test_months_outside_the_cube_are_an_error(tiny_run: Path, tmp_path: Path) ->
 def test_n_bootstrap_check_of_the_pipeline() -> None:
     from types import SimpleNamespace
 
-    from abz_dask.pipeline import check_n_bootstrap
+    from abz_dask.pipeline.demo import check_n_bootstrap
 
     bundle = SimpleNamespace(bootstraps={"NEE": [1, 2, 3], "GPP": [1, 2, 3]})
     for ok in (None, 0, 3):
@@ -181,8 +181,9 @@ def _option_default(command: Any, name: str) -> Any:
 
 
 def test_one_seed_default_across_routes() -> None:
-    from abz_dask import cli, pipeline, training
+    from abz_dask import cli, training
     from abz_dask.commands import stages
+    from abz_dask.pipeline import demo as pipeline
     from abz_dask.training.fit import train_bundle
     from abz_dask.training.folds import fold_ids
 
@@ -201,7 +202,7 @@ def test_train_without_seed_uses_the_default(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import contextlib
 
-    import abz_dask.pipeline
+    import abz_dask.pipeline.demo
     from abz_dask.commands import stages
 
     seen: dict[str, Any] = {}
@@ -210,7 +211,7 @@ def test_train_without_seed_uses_the_default(tmp_path: Path,
         seen.update(kw)
         raise ValueError("stopped by the test")
 
-    monkeypatch.setattr(abz_dask.pipeline, "train_stage", fake_train_stage)
+    monkeypatch.setattr(abz_dask.pipeline.demo, "train_stage", fake_train_stage)
     monkeypatch.setattr(stages, "local_cluster", lambda workers: contextlib.nullcontext())
     for name in ("cube.zarr", "zones.zarr", "abcflux_twin.csv"):
         (tmp_path / "run" / "twin").mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """TLS of the clusters abz_dask creates (``cluster.security``), with real distributed processes.
 
 Every cluster here is real: a ``LocalCluster`` with nanny worker processes started through the
-package's factories (:func:`abz_dask.clusters.open_cluster`,
+package's factories (:func:`abz_dask.pipeline.clusters.open_cluster`,
 :func:`abz_dask.commands.common.local_cluster`), or a dask-jobqueue ``SLURMCluster`` scheduler
 whose generated job script is run with bash (what Slurm would run on a compute node). Clients
 that must be refused really try to connect: plain TCP, TLS without a certificate, and TLS with a
@@ -29,9 +29,9 @@ import pytest
 from distributed import Client, Security
 from test_clusters import gateway  # noqa: F401  (the dask-gateway-server fixture)
 
-from abz_dask.clusters import jobqueue_cluster, open_cluster
 from abz_dask.commands.common import local_cluster
-from abz_dask.config import ClusterSection, ConfigError, SecuritySection, parse_config
+from abz_dask.pipeline.clusters import jobqueue_cluster, open_cluster
+from abz_dask.pipeline.config import ClusterSection, ConfigError, SecuritySection, parse_config
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -27,9 +27,9 @@ import pytest
 import xarray as xr
 import yaml
 
-from abz_dask.clusters import open_cluster
-from abz_dask.config import ClusterSection, RunConfig, parse_config
-from abz_dask.runner import run_pipeline
+from abz_dask.pipeline.clusters import open_cluster
+from abz_dask.pipeline.config import ClusterSection, RunConfig, parse_config
+from abz_dask.pipeline.runner import run_pipeline
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -221,7 +221,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
     host = socket.gethostname().split(".")[0]
-    from abz_dask.clusters import machine_cores
+    from abz_dask.pipeline.clusters import machine_cores
 
     mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
     conf = root / "slurm.conf"

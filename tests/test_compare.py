@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from abz_dask.budgets import domain_weights
+from abz_dask.aggregation.budgets import domain_weights
 from abz_dask.compare.products import read_product, to_annual
 from abz_dask.compare.regrid import regrid_to_grid
-from abz_dask.grid import Grid
+from abz_dask.geo.grid import Grid
 from abz_dask.twin.comparisons import (
     CMIP6_GPP_FACTOR,
     CMIP6_RECO_FACTOR,
@@ -33,8 +33,8 @@ GRID = Grid.from_preset("100km")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import dask
 
-    from abz_dask.abcflux import read_abcflux
-    from abz_dask.extract import extract_training_table, write_training_table
+    from abz_dask.io.abcflux import read_abcflux
+    from abz_dask.training.extract import extract_training_table, write_training_table
     from abz_dask.twin import generate_twin
 
     root = tmp_path_factory.mktemp("cmp_run")

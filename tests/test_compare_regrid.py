@@ -8,7 +8,7 @@ import xarray as xr
 from conftest import raise_if_dask_computes
 
 from abz_dask.compare.regrid import cell_edges, latlon_cell_area, regrid_to_grid
-from abz_dask.grid import Grid
+from abz_dask.geo.grid import Grid
 
 GRID = Grid.from_preset("100km")
 LAT = np.arange(-89.5, 90.0, 1.0)

@@ -20,11 +20,11 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from abz_dask.cli import app
-from abz_dask.integrity import check_digest, describe, digest_outputs
-from abz_dask.locks import LockedError, hold, lock_path
-from abz_dask.ownership import ForeignPathError, claim_folder, is_abz_store
-from abz_dask.runner import run_pipeline
-from abz_dask.store import create_store, write_region
+from abz_dask.io.integrity import check_digest, describe, digest_outputs
+from abz_dask.io.locks import LockedError, hold, lock_path
+from abz_dask.io.ownership import ForeignPathError, claim_folder, is_abz_store
+from abz_dask.io.store import create_store, write_region
+from abz_dask.pipeline.runner import run_pipeline
 from tests.conftest import TINY_PROFILE
 
 runner = CliRunner()
@@ -108,7 +108,7 @@ def test_run_folder_claim(tmp_path: Path) -> None:
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from abz_dask.locks import hold
+    from abz_dask.io.locks import hold
     with hold(sys.argv[1], "run folder", inside=sys.argv[2] == "inside"):
         print("held", flush=True)
         time.sleep(120)
@@ -131,7 +131,7 @@ def test_lock_refuses_a_second_writer_and_is_released_when_its_owner_dies(tmp_pa
         with pytest.raises(LockedError, match=rf"in use by pid {proc.pid} on"), \
                 hold(run, "run folder", inside=True):
             pass
-        from abz_dask.config import parse_config
+        from abz_dask.pipeline.config import parse_config
 
         with pytest.raises(LockedError, match=str(proc.pid)):
             run_pipeline(parse_config({"output": str(run)}), stages=[])
@@ -169,7 +169,7 @@ def test_digest_names_missing_altered_and_added_chunks(tmp_path: Path) -> None:
 
 
 def test_run_config_force_names_unknown_stages(tmp_path: Path) -> None:
-    from abz_dask.config import parse_config
+    from abz_dask.pipeline.config import parse_config
 
     with pytest.raises(ValueError, match="--force nosuchstage: no such stage"):
         run_pipeline(parse_config({"output": str(tmp_path / "r")}), force=["nosuchstage"])
@@ -213,7 +213,7 @@ def test_verify_finds_damage_and_run_rebuilds_it_bit_identically(tmp_path: Path)
     assert "fluxes.zarr variable NEE chunk" in res.output and "content changed" in res.output
 
     # consumers refuse the damaged store instead of reporting a wrong budget
-    from abz_dask.integrity import DamagedOutputError
+    from abz_dask.io.integrity import DamagedOutputError
     from abz_dask.upscale import budget_table
 
     with pytest.raises(DamagedOutputError, match="variable zone_sums chunk"):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from abz_dask.config import load_config, parse_config
+from abz_dask.pipeline.config import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

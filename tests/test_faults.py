@@ -39,10 +39,10 @@ import pytest
 import xarray as xr
 import yaml
 
-from abz_dask.extract import read_training_table
-from abz_dask.locks import lock_path
-from abz_dask.predictors import BOOTSTRAP_PREDICTORS, PREDICTOR_NAMES
+from abz_dask.io.locks import lock_path
+from abz_dask.io.predictors import BOOTSTRAP_PREDICTORS, PREDICTOR_NAMES
 from abz_dask.training import load_bundle
+from abz_dask.training.extract import read_training_table
 from tests.conftest import TINY_PROFILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

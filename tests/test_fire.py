@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 from conftest import make_run
 
-from abz_dask import fire as F
-from abz_dask.grid import Grid
+from abz_dask.analyses import fire as F
+from abz_dask.geo.grid import Grid
 
 GRID = Grid.from_preset("100km")
 

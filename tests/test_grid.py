@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pyproj import Geod, Transformer
 
-from abz_dask.grid import CRS_LAEA, PRESETS, Grid, radius_of_latitude
+from abz_dask.geo.grid import CRS_LAEA, PRESETS, Grid, radius_of_latitude
 
 GEOD = Geod(ellps="WGS84")
 INV = Transformer.from_crs(CRS_LAEA, "EPSG:4326", always_xy=True)

@@ -108,7 +108,7 @@ def test_twin_and_trend_settings_checked_first(tmp_path: Path, cfg: dict[str, An
 
 
 def test_output_under_a_file_is_a_clean_error(tmp_path: Path) -> None:
-    from abz_dask.ownership import ForeignPathError, claim_folder
+    from abz_dask.io.ownership import ForeignPathError, claim_folder
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ForeignPathError, match=r"notes\.txt is a file"):

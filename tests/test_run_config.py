@@ -10,10 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from abz_dask import runner
 from abz_dask.cli import app
-from abz_dask.config import ConfigError, FilesInput, load_config, parse_config
-from abz_dask.runner import RunContext, Stage, identity, register_stage, run_pipeline
+from abz_dask.pipeline import runner
+from abz_dask.pipeline.config import ConfigError, FilesInput, load_config, parse_config
+from abz_dask.pipeline.runner import RunContext, Stage, identity, register_stage, run_pipeline
 
 BASE: dict[str, Any] = {"output": "out"}
 
@@ -325,7 +325,7 @@ def test_build_input_builds_the_cube_then_extracts(tmp_path: Path) -> None:
     for v in ("land_fraction", "abz", "biome"):
         assert np.array_equal(z_built[v].values, z_twin[v].values, equal_nan=True), v
     table = pd.read_parquet(out / "training" / "training_table.parquet")
-    from abz_dask.abcflux import read_abcflux
+    from abz_dask.io.abcflux import read_abcflux
 
     obs = read_abcflux(layout.sites)
     assert set(table["site_id"]) <= set(obs["site_id"])

@@ -11,8 +11,8 @@ import xarray as xr
 from conftest import REPLICATE_SCALE, make_run
 from scipy import stats
 
-from abz_dask import seasonal as S
-from abz_dask.table1 import fire_domain_budgets
+from abz_dask.analyses import seasonal as S
+from abz_dask.analyses.table1 import fire_domain_budgets
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_source_share_components_latitude(parts: dict[str, xr.Dataset]) -> None:
     assert comp.loc["abz", "pixel_r"] == pytest.approx(1.0, abs=1e-6)
     assert comp.loc["abz", "difference"] == pytest.approx(0.0, abs=1e-3)
     lat = S.latitude_correlation(store, z).iloc[0]
-    from abz_dask.grid import Grid
+    from abz_dask.geo.grid import Grid
 
     _, glat = Grid.from_preset("100km").lonlat()
     m = z["abz"].values & np.isfinite(mean)

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 from conftest import REPLICATE_SCALE, make_run
 
-from abz_dask import table1 as t1mod
+from abz_dask.analyses import table1 as t1mod
 
 
 @pytest.fixture(scope="module")

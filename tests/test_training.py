@@ -17,10 +17,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from abz_dask.abcflux import read_abcflux
-from abz_dask.extract import extract_training_table, read_training_table
-from abz_dask.grid import Grid
-from abz_dask.predictors import BOOTSTRAP_PREDICTORS, PREDICTOR_NAMES
+from abz_dask.geo.grid import Grid
+from abz_dask.io.abcflux import read_abcflux
+from abz_dask.io.predictors import BOOTSTRAP_PREDICTORS, PREDICTOR_NAMES
 from abz_dask.training import (
     PROFILES,
     BundleMismatchError,
@@ -35,6 +34,7 @@ from abz_dask.training import (
 )
 from abz_dask.training import fit as fit_mod
 from abz_dask.training.diagnostics import cv_metric_tables, disturbance_class
+from abz_dask.training.extract import extract_training_table, read_training_table
 from abz_dask.training.folds import iter_folds
 from abz_dask.training.metrics import grouped_metrics, mae, mbe, metrics, r2, rmse
 from abz_dask.training.synthetic import synthetic_cube, synthetic_training_table

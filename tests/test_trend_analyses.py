@@ -13,6 +13,7 @@ import xarray as xr
 from conftest import raise_if_dask_computes
 from typer.testing import CliRunner
 
+from abz_dask.aggregation.budgets import domain_weights
 from abz_dask.analyses import (
     OVERLAY_LEGEND,
     TrendConfig,
@@ -30,10 +31,9 @@ from abz_dask.analyses import (
     shares_table,
     trend_area_shares,
 )
-from abz_dask.budgets import domain_weights
-from abz_dask.grid import Grid
+from abz_dask.analyses.trends import trend
+from abz_dask.geo.grid import Grid
 from abz_dask.kernels import zyp
-from abz_dask.trends import trend
 from abz_dask.upscale.results import annual_budgets
 
 START, END = 2001, 2010

@@ -1,4 +1,4 @@
-"""Tests of the xarray trend API (abz_dask.trends.trend)."""
+"""Tests of the xarray trend API (abz_dask.analyses.trends.trend)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import xarray as xr
 from dask.callbacks import Callback
 
+from abz_dask.analyses.trends import FIELDS, METHODS, trend
 from abz_dask.kernels import zyp
-from abz_dask.trends import FIELDS, METHODS, trend
 
 
 class _ComputeCounter(Callback):

@@ -92,7 +92,7 @@ def test_site_csv_schema_and_monthly_distribution(twin100: TwinLayout) -> None:
 
 
 def test_fire_sites_sit_in_burned_cells(twin100: TwinLayout) -> None:
-    from abz_dask.grid import Grid
+    from abz_dask.geo.grid import Grid
 
     raw = pd.read_csv(twin100.sites).drop_duplicates("site_name")
     fire_sites = raw[raw["disturbance"] == "Fire"]

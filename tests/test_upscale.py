@@ -1,7 +1,7 @@
 """The tile upscaler and the lazy ``predict`` API on a tiny twin run (see ``tiny_run``).
 
 Checked against independent references: scikit-learn's own ``predict`` on rows read straight from
-the cube, budgets recomputed from the written maps with :func:`abz_dask.budgets`, the planted
+the cube, budgets recomputed from the written maps with :func:`abz_dask.aggregation.budgets`, the planted
 truth, and an uninterrupted run for the resume and scheduler tests.
 """
 
@@ -24,10 +24,10 @@ import pytest
 import xarray as xr
 from conftest import raise_if_dask_computes
 
-from abz_dask.budgets import annual_domain_budgets, domain_weights
-from abz_dask.grid import Grid
-from abz_dask.predictors import PREDICTOR_NAMES
-from abz_dask.store import TileLedger
+from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
+from abz_dask.geo.grid import Grid
+from abz_dask.io.predictors import PREDICTOR_NAMES
+from abz_dask.io.store import TileLedger
 from abz_dask.training import load_bundle
 from abz_dask.upscale import (
     ModelSet,

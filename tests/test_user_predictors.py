@@ -17,8 +17,8 @@ import xarray as xr
 import yaml
 from conftest import TINY_PROFILE
 
-from abz_dask.grid import Grid
-from abz_dask.predictors import PREDICTOR_NAMES, PREDICTORS
+from abz_dask.geo.grid import Grid
+from abz_dask.io.predictors import PREDICTOR_NAMES, PREDICTORS
 
 START, END = "2001-01", "2001-06"
 
@@ -146,7 +146,7 @@ def _by_hand(cube: xr.Dataset, names: list[str], model: Any, t: slice) -> np.nda
 
 @pytest.fixture(scope="module")
 def dropped(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from abz_dask.pipeline import train_stage
+    from abz_dask.pipeline.demo import train_stage
     from abz_dask.training import resolve_profile
     from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
 
@@ -194,9 +194,9 @@ def test_upscaled_maps_equal_sklearn_on_hand_built_rows(dropped: dict[str, Any])
 @pytest.fixture(scope="module")
 def with_peat(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A copy of the twin cube with a user static layer, and models trained with it added."""
-    from abz_dask.extract import read_training_table, write_training_table
-    from abz_dask.pipeline import extract_stage
+    from abz_dask.pipeline.demo import extract_stage
     from abz_dask.training import resolve_profile, run_training
+    from abz_dask.training.extract import read_training_table, write_training_table
 
     out = tmp_path_factory.mktemp("peat")
     twin = tiny_run / "twin"

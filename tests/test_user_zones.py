@@ -17,8 +17,8 @@ import xarray as xr
 
 from abz_dask.cube_build import CRSError, LegendError
 from abz_dask.cube_build.config import BuildConfig, ZoneSpec
-from abz_dask.grid import Grid, radius_of_latitude
-from abz_dask.user_zones import user_zone_layer, write_user_zones
+from abz_dask.geo.grid import Grid, radius_of_latitude
+from abz_dask.geo.user_zones import user_zone_layer, write_user_zones
 
 GRID = Grid.from_preset("100km")
 BIOME_ATTRS = {"flag_values": np.array([0, 1, 2], np.int8),
@@ -123,7 +123,7 @@ def test_categorical_raster_zone_by_mode(tmp_path: Path, lon: np.ndarray,
 
 def test_write_user_zones_replaces_only_the_given_layers(tmp_path: Path,
                                                          lat: np.ndarray) -> None:
-    from abz_dask.zones import build_zones
+    from abz_dask.geo.zones import build_zones
 
     _write_vector(tmp_path / "biomes.gpkg", [_band(55, 66), _band(66, 90)],
                       ["boreal", "tundra"], driver="GPKG")
@@ -161,7 +161,7 @@ def test_other_code_for_unlisted_values(tmp_path: Path, lat: np.ndarray) -> None
 @pytest.mark.parametrize("subdomains", ["clip", "keep"])
 def test_a_user_domain_clips_the_subdomains(tmp_path: Path, lat: np.ndarray,
                                             subdomains: str) -> None:
-    from abz_dask.zones import build_zones
+    from abz_dask.geo.zones import build_zones
 
     _write_vector(tmp_path / "dom.gpkg", [_band(60, 70)], ["in"], driver="GPKG")
     cfg = BuildConfig.model_construct(

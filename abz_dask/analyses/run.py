@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.aggregation.budgets import DOMAINS, domain_weights
+from abz_dask.aggregation.zonal import open_flux_store
 from abz_dask.analyses.budget_trends import (
     budget_trend_table,
     domain_sums,
@@ -43,12 +45,10 @@ from abz_dask.analyses.maps import finish_atomic, pixel_trends, write_zarr_atomi
 from abz_dask.analyses.overlay import overlay_categories, overlay_shares
 from abz_dask.analyses.series import nee_plus_fire, season_months, seasonal_series
 from abz_dask.analyses.shares import greening_overlap, shares_table, trend_area_shares
-from abz_dask.budgets import DOMAINS, domain_weights
-from abz_dask.grid import Grid
+from abz_dask.analyses.trends import METHODS
+from abz_dask.geo.grid import Grid
 from abz_dask.progress import compute_with_progress
-from abz_dask.trends import METHODS
 from abz_dask.upscale.results import annual_budgets
-from abz_dask.zonal import open_flux_store
 
 __all__ = ["TrendConfig", "TrendInputs", "TrendResult", "flux_series", "predictor_series",
            "prepare_output", "run_trends"]

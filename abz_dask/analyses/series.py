@@ -2,7 +2,8 @@
 
 All functions are lazy on dask-backed input and work chunk by chunk: a monthly ``(time, y, x)``
 array is reduced to ``(year, y, x)`` without touching other chunks, and the (small) reduced array
-is then put in one chunk along ``year`` so that :func:`abz_dask.trends.trend` can run on it.
+is then put in one chunk along ``year`` so that :func:`abz_dask.analyses.trends.trend` can run on
+it.
 Memory is bounded by ``n_months × chunk area``.
 """
 

@@ -1,6 +1,7 @@
 """Area shares of domains with significant trends, and the greening overlap (seed-spec §4.12).
 
-Every share is area-weighted with the domain weights of :func:`abz_dask.budgets.domain_weights`
+Every share is area-weighted with the domain weights of
+:func:`abz_dask.aggregation.budgets.domain_weights`
 (exact cell area × land fraction inside the domain), so a share is a share of land area, not of
 pixels. Shares are taken over the part of the domain where the trend is defined (``valid_km2``
 reports that area); the functions return lazy ``xarray`` objects (one contraction over

@@ -36,8 +36,8 @@ def budgets(
     from the maps."""
     import xarray as xr
 
+    from abz_dask.aggregation.zonal import zonal_budget_table
     from abz_dask.upscale import budget_table, excluded_area_message
-    from abz_dask.zonal import zonal_budget_table
 
     check_year("--start", start)
     check_year("--end", end)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from abz_dask.config import SecuritySection
+    from abz_dask.pipeline.config import SecuritySection
 
 __all__ = ["FRACTION", "NON_NEGATIVE", "POSITIVE", "bounded", "check_month", "check_order",
            "check_resolution", "check_workers", "check_year", "fail", "local_cluster"]
@@ -87,8 +87,8 @@ def check_month(option: str, value: str | None) -> None:
 
 def check_year(option: str, value: int | None) -> None:
     """Exit with an error unless ``value`` is ``None`` or within
-    :data:`abz_dask.config.YEAR_RANGE`."""
-    from abz_dask.config import YEAR_RANGE
+    :data:`abz_dask.pipeline.config.YEAR_RANGE`."""
+    from abz_dask.pipeline.config import YEAR_RANGE
 
     if value is not None and not YEAR_RANGE[0] <= value <= YEAR_RANGE[1]:
         fail(f"{option} {value}: not a year in {YEAR_RANGE[0]}..{YEAR_RANGE[1]}")
@@ -102,8 +102,8 @@ def check_order(first_option: str, first: object, last_option: str, last: object
 
 
 def check_resolution(resolution: str, option: str = "--resolution") -> None:
-    """Exit with an error unless ``resolution`` is a preset of :data:`abz_dask.grid.PRESETS`."""
-    from abz_dask.grid import PRESETS
+    """Exit with an error unless ``resolution`` is a preset of :data:`abz_dask.geo.grid.PRESETS`."""
+    from abz_dask.geo.grid import PRESETS
 
     if resolution not in PRESETS:
         fail(f"{option} {resolution!r}: unknown grid preset; choose one of "
@@ -124,18 +124,20 @@ def local_cluster(workers: int | None, threads: int = 1, *,
         Threads per worker (at least 1).
     security : SecuritySection, optional
         TLS (``SecuritySection(tls=True)`` or certificate files, as ``cluster.security`` of a
-        run configuration; :mod:`abz_dask.security`). Default: plain TCP on 127.0.0.1, which
+        run configuration; :mod:`abz_dask.pipeline.security`). Default: plain TCP on 127.0.0.1,
+        which
         every local user can connect to. With TLS the scheduler and workers listen on
         ``tls://127.0.0.1`` and accept only clients holding a certificate of the CA (the
         yielded client has it); the dashboard stays plain HTTP on 127.0.0.1.
 
     Notes
     -----
-    The one local-cluster factory is :func:`abz_dask.clusters.open_cluster` (kind ``local``);
-    this is it with the CLI's checks. It closes quietly (:func:`abz_dask.clusters.local`).
+    The one local-cluster factory is :func:`abz_dask.pipeline.clusters.open_cluster` (kind
+    ``local``);
+    this is it with the CLI's checks. It closes quietly (:func:`abz_dask.pipeline.clusters.local`).
     """
-    from abz_dask.clusters import open_cluster
-    from abz_dask.config import ClusterSection
+    from abz_dask.pipeline.clusters import open_cluster
+    from abz_dask.pipeline.config import ClusterSection
 
     check_workers(workers)
     if threads < 1:

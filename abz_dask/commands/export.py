@@ -24,7 +24,7 @@ def export_twin(
         help="Pixel size in degrees of the lon/lat rasters", min=0.01, max=10.0)] = 0.5,
 ) -> None:
     """Write the twin's predictors as GeoTIFF / NetCDF / CSV files and a build-cube config."""
-    from abz_dask.ownership import ForeignPathError, claim_folder
+    from abz_dask.io.ownership import ForeignPathError, claim_folder
     from abz_dask.twin.export import export_twin as export
 
     if not (twin / "cube.zarr").is_dir():

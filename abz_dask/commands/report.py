@@ -36,7 +36,7 @@ def table1(run_dir: RunDir, start: Start = 2001, end: End = 2020,
            fire_start: Annotated[int, typer.Option(help="First year of NEE + fire")] = 2002,
            workers: Workers = None) -> None:
     """Write Table 1 (table1.csv, table1_truth.csv, table1_checks.csv, table1.md)."""
-    from abz_dask.table1 import IdentityError, table1_markdown, write_table1
+    from abz_dask.analyses.table1 import IdentityError, table1_markdown, write_table1
 
     _check_period(start, end)
     check_year("--fire-start", fire_start)
@@ -63,8 +63,8 @@ def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
            = False,
            workers: Workers = None) -> None:
     """Write the self-contained HTML report (Table 1, analyses, figures) of a run folder."""
+    from abz_dask.analyses.table1 import IdentityError
     from abz_dask.report import build_report
-    from abz_dask.table1 import IdentityError
 
     _check_period(start, end)
     check_year("--fire-year", fire_year)

@@ -29,17 +29,17 @@ def run(
 ) -> None:
     """Run every stage (twin or inputs → extract → train → upscale → budgets), skipping the
     stages whose outputs are complete and current."""
-    from abz_dask.clusters import open_cluster
-    from abz_dask.config import ConfigError, load_config
-    from abz_dask.locks import hold
-    from abz_dask.ownership import claim_folder
-    from abz_dask.runner import check_force, preflight, run_pipeline
+    from abz_dask.io.locks import hold
+    from abz_dask.io.ownership import claim_folder
+    from abz_dask.pipeline.clusters import open_cluster
+    from abz_dask.pipeline.config import ConfigError, load_config
+    from abz_dask.pipeline.runner import check_force, preflight, run_pipeline
 
     try:
         cfg = load_config(config, cluster=cluster)
         upd = {k: v for k, v in (("address", address), ("workers", workers)) if v is not None}
         if upd:
-            from abz_dask.config import ClusterSection
+            from abz_dask.pipeline.config import ClusterSection
 
             cfg = cfg.model_copy(update={"cluster": ClusterSection.model_validate(
                 {**cfg.cluster.model_dump(), **upd})})

@@ -23,7 +23,7 @@ from abz_dask.commands.common import (
     fail,
     local_cluster,
 )
-from abz_dask.config import DEFAULT_SEED, MIN_TILE
+from abz_dask.pipeline.config import DEFAULT_SEED, MIN_TILE
 
 __all__ = ["register", "train", "upscale"]
 
@@ -34,7 +34,7 @@ def _train_config(path: Path | None) -> dict[str, Any]:
     """Read the optional YAML of ``abz-dask train`` (keys :data:`_TRAIN_KEYS`)."""
     if path is None:
         return {}
-    from abz_dask.yamlfile import read_mapping
+    from abz_dask.io.yamlfile import read_mapping
 
     try:
         data = read_mapping(path, "training config")
@@ -71,8 +71,8 @@ def train(
 ) -> None:
     """Extract predictors at the sites, tune forests by leave-one-site-out CV, fit the central
     and bootstrap models and write diagnostics and the model bundle."""
-    from abz_dask.abcflux import InputError
-    from abz_dask.pipeline import train_stage
+    from abz_dask.io.abcflux import InputError
+    from abz_dask.pipeline.demo import train_stage
     from abz_dask.training import resolve_profile
 
     cfg = _train_config(config)
@@ -136,7 +136,7 @@ def upscale(
     report throughput and the projected cost of the full 1-km product."""
     import xarray as xr
 
-    from abz_dask.pipeline import check_n_bootstrap
+    from abz_dask.pipeline.demo import check_n_bootstrap
     from abz_dask.training import BundleMismatchError, load_bundle
     from abz_dask.upscale import (
         UpscaleConfig,

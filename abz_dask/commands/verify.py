@@ -19,7 +19,7 @@ def verify(
     """Check that every output of every finished stage is complete and unaltered (all files,
     all variables, every chunk's SHA-256); exit 1 naming each damaged store, variable and chunk.
     The next ``abz-dask run`` rebuilds what is damaged."""
-    from abz_dask.integrity import check_digest, summarize
+    from abz_dask.io.integrity import check_digest, summarize
 
     records = sorted(run.glob("*.stage.json"))
     if not records:

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.periods import complete_years
-from abz_dask.predictors import BOOTSTRAP_PREDICTORS
+from abz_dask.aggregation.periods import complete_years
+from abz_dask.io.predictors import BOOTSTRAP_PREDICTORS
 
 __all__ = ["ClusterResult", "environmental_clusters", "mean_predictors", "mess", "mess_map"]
 
@@ -129,12 +129,12 @@ def mess_map(cube: xr.Dataset, training: pd.DataFrame, *, predictors: list[str] 
     Parameters
     ----------
     cube : xr.Dataset
-        Predictor cube (:mod:`abz_dask.predictors` names).
+        Predictor cube (:mod:`abz_dask.io.predictors` names).
     training : DataFrame
         Training table with bare predictor columns
-        (:func:`abz_dask.extract.read_training_table`).
+        (:func:`abz_dask.training.extract.read_training_table`).
     predictors : list of str, optional
-        Default: the continuous predictors (:data:`~abz_dask.predictors.BOOTSTRAP_PREDICTORS`)
+        Default: the continuous predictors (:data:`~abz_dask.io.predictors.BOOTSTRAP_PREDICTORS`)
         present in both.
     years : (int, int), optional
         Period of the pixel means (default: the training table's years).

@@ -7,9 +7,9 @@ e.g. :func:`~abz_dask.compare.products.to_annual` of a product regridded with
 * :func:`subtract_fire` — inversions see fire emissions; the paper removes them before comparing.
 * :func:`map_correlation` — Pearson r (and its two-sided p) over the domain's pixels of two maps.
 * :func:`compare_maps` — r of the mean maps and of the Theil–Sen trend maps
-  (:func:`abz_dask.trends.trend`, Zhang prewhitening as everywhere in the package) over the
+  (:func:`abz_dask.analyses.trends.trend`, Zhang prewhitening as everywhere in the package) over the
   common years, plus per-domain budgets and their ratios (domains of
-  :func:`abz_dask.budgets.domain_weights`).
+  :func:`abz_dask.aggregation.budgets.domain_weights`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from abz_dask.budgets import domain_weights
-from abz_dask.trends import trend
+from abz_dask.aggregation.budgets import domain_weights
+from abz_dask.analyses.trends import trend
 
 __all__ = ["annual_flux", "budgets", "compare_maps", "map_correlation", "mean_map",
            "subtract_fire", "trend_map"]

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.periods import complete_years
+from abz_dask.aggregation.periods import complete_years
 
 __all__ = ["G_C_PER_MOL", "KNOWN_VARIABLES", "UPTAKE_POSITIVE", "UnitSpec", "parse_units",
            "read_product", "to_annual"]

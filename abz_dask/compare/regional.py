@@ -1,7 +1,7 @@
 """Paper 2's regional NEE table, its ANOVA and Tukey HSD letters (seed-spec §6.4, §7).
 
 The regions are the eight RECCAP2 permafrost sub-regions of the ``reccap2`` zone layer
-(:data:`abz_dask.zones.ZONE_LABELS`). Per region and approach the table holds the mean annual
+(:data:`abz_dask.geo.zones.ZONE_LABELS`). Per region and approach the table holds the mean annual
 NEE and the **spatial SD** — "spatial SD per year and model, averaged over models" [S2]: for every
 model (and year, if given) the area-weighted mean and SD over the region's pixels; the table mean
 is the mean over models (and years) and the SD the mean of the SDs.
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.zones import ZONE_LABELS
+from abz_dask.geo.zones import ZONE_LABELS
 
 __all__ = ["REGIONS", "markdown", "read_table3", "region_anova", "regional_summary",
            "regional_table", "table_wide", "tukey_letters"]
@@ -61,7 +61,7 @@ def regional_table(maps: dict[str, xr.DataArray], zones: xr.Dataset, cell_area: 
     cell_area : float
         Cell area (m²); pixel weights are ``cell_area × land_fraction``.
     layer : str
-        Categorical zone layer with codes in :data:`abz_dask.zones.ZONE_LABELS`.
+        Categorical zone layer with codes in :data:`abz_dask.geo.zones.ZONE_LABELS`.
 
     Returns
     -------

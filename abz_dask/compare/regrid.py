@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import xarray as xr
 from pyproj import Transformer
 
-from abz_dask.grid import CRS_LAEA, Grid
+from abz_dask.geo.grid import CRS_LAEA, Grid
 
 __all__ = ["WGS84_A", "WGS84_F", "cell_edges", "default_supersample", "latlon_cell_area",
            "regrid_to_grid"]
@@ -177,7 +177,7 @@ def regrid_to_grid(src: xr.DataArray, grid: Grid, *, tile: int | None = None,
     if lon_edges[-1] - lon_edges[0] > 360.0 + 1e-6:
         raise ValueError("longitude cells span more than 360°")
     s = supersample or default_supersample(grid, lat, lon)
-    from abz_dask.grid import default_tile
+    from abz_dask.geo.grid import default_tile
 
     t = tile or default_tile(grid)
     data = s2.data if isinstance(s2.data, da.Array) else da.from_array(s2.data)

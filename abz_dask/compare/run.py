@@ -59,8 +59,8 @@ from abz_dask.compare.regional import (
     tukey_letters,
 )
 from abz_dask.compare.regrid import regrid_to_grid
-from abz_dask.grid import Grid
-from abz_dask.zones import ZONE_LABELS
+from abz_dask.geo.grid import Grid
+from abz_dask.geo.zones import ZONE_LABELS
 
 __all__ = ["APPROACH_PREFIXES", "PAPER2_YEARS", "ProductSpec", "RunInputs", "approach_of",
            "find_inputs", "in_situ_regional", "parse_product", "run_compare"]
@@ -283,7 +283,7 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
                       for appr, arrs in by_approach.items() if any(x.sizes["year"] for x in arrs)}
     tab = regional_table(maps_for_table, zl, cell_area)
     if inp.training is not None:
-        from abz_dask.extract import read_training_table
+        from abz_dask.training.extract import read_training_table
 
         training = read_training_table(inp.training)
         tab = pd.concat([in_situ_regional(training, zl, years), tab], ignore_index=True)

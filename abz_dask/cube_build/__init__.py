@@ -4,7 +4,7 @@
 :func:`~abz_dask.cube_build.plan.make_plan` (every check that needs no pixel values) →
 :func:`~abz_dask.cube_build.build.run_plan` (tile tasks on the active Dask scheduler: windowed
 reads, resampling onto the grid, temporal aggregation, range/legend checks, gap filling) and, when
-the configuration has ``zones``, :func:`abz_dask.user_zones.build_user_zones`.
+the configuration has ``zones``, :func:`abz_dask.geo.user_zones.build_user_zones`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def build_cube(config: str | Path, out: str | Path, *, zones_out: str | Path | N
     plan = make_plan(cfg, root)
     result = run_plan(plan, out, overwrite=overwrite, progress=progress)
     if cfg.zones:
-        from abz_dask.user_zones import write_user_zones
+        from abz_dask.geo.user_zones import write_user_zones
 
         zpath = Path(zones_out) if zones_out is not None else Path(out).with_name("zones.zarr")
         write_user_zones(cfg, root, zpath, overwrite=overwrite)

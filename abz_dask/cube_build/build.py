@@ -41,10 +41,10 @@ from abz_dask.cube_build.plan import BuildPlan, VarPlan
 from abz_dask.cube_build.reproject import TileMap, tile_map
 from abz_dask.cube_build.sources import Entry, Reader, open_source
 from abz_dask.cube_build.validate import CubeBuildError, check_legend, check_range
-from abz_dask.locks import hold
-from abz_dask.ownership import check_replaceable, remove_created
-from abz_dask.predictors import PREDICTORS
-from abz_dask.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
+from abz_dask.io.locks import hold
+from abz_dask.io.ownership import check_replaceable, remove_created
+from abz_dask.io.predictors import PREDICTORS
+from abz_dask.io.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 
 __all__ = ["BuildResult", "run_plan"]
 

@@ -1,7 +1,7 @@
 """The ``build-cube`` configuration (YAML), validated with pydantic (unknown keys are refused).
 
 A configuration names the grid, the period and, for every stored predictor of the catalogue
-(:data:`abz_dask.predictors.PREDICTORS`), where its values come from::
+(:data:`abz_dask.io.predictors.PREDICTORS`), where its values come from::
 
     grid: 8km
     start: 2001-01
@@ -70,8 +70,8 @@ from pydantic import (
 )
 
 from abz_dask.cube_build.validate import SERIES_FORMAT
-from abz_dask.predictors import PREDICTORS, STORED_KINDS, VEG_CLASSES, Predictor, user_predictor
-from abz_dask.yamlfile import flat_errors, read_mapping
+from abz_dask.io.predictors import PREDICTORS, STORED_KINDS, VEG_CLASSES, Predictor, user_predictor
+from abz_dask.io.yamlfile import flat_errors, read_mapping
 
 __all__ = ["BuildConfig", "GapFillSpec", "SourceSpec", "ZoneSpec", "load_config"]
 
@@ -169,7 +169,7 @@ class SourceSpec(BaseModel):
 
 
 class ZoneSpec(BaseModel):
-    """A user zone layer replacing a built-in one (:mod:`abz_dask.user_zones`)."""
+    """A user zone layer replacing a built-in one (:mod:`abz_dask.geo.user_zones`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -28,8 +28,8 @@ from abz_dask.cube_build.validate import (
     check_range,
     check_valid_range_plausible,
 )
-from abz_dask.grid import Grid
-from abz_dask.predictors import PREDICTORS, Predictor
+from abz_dask.geo.grid import Grid
+from abz_dask.io.predictors import PREDICTORS, Predictor
 
 __all__ = ["BuildPlan", "VarPlan", "make_plan"]
 
@@ -264,9 +264,9 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
         ``valid_range`` or (without one) outside what the predictor can be in its units
         (:data:`~abz_dask.cube_build.validate.PLAUSIBLE`), a series file that is not a CSV of
         monthly values, and zone sources that cannot give their layer
-        (:func:`abz_dask.user_zones.check_user_zones`).
+        (:func:`abz_dask.geo.user_zones.check_user_zones`).
     """
-    from abz_dask.grid import default_tile
+    from abz_dask.geo.grid import default_tile
 
     grid = _grid(config)
     time = pd.date_range(config.start, config.end, freq="MS")
@@ -318,7 +318,7 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
                 checked.add(r.geometry.key)
         plans.append(vp)
     if config.zones or config.base_zones:
-        from abz_dask.user_zones import check_user_zones
+        from abz_dask.geo.user_zones import check_user_zones
 
         check_user_zones(config, root, grid)
     land = _land_zones(config, root, grid) if any(v.reduced for v in plans) else None
@@ -334,7 +334,7 @@ def _land_zones(config: BuildConfig, root: Path, grid: Grid) -> Path:
         path = Path(config.base_zones)
         path = path if path.is_absolute() else root / path
     else:
-        from abz_dask.zones import build_zones, zones_store_path
+        from abz_dask.geo.zones import build_zones, zones_store_path
 
         build_zones(grid)
         path = zones_store_path(grid)

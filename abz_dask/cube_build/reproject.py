@@ -30,8 +30,8 @@ from pyproj import CRS, Transformer
 
 from abz_dask.cube_build.sources import Geometry
 from abz_dask.cube_build.validate import ExtentError
-from abz_dask.grid import Grid
-from abz_dask.store import Tile
+from abz_dask.geo.grid import Grid
+from abz_dask.io.store import Tile
 
 __all__ = ["STRIP_PIXELS", "TileMap", "check_overlap", "tile_map"]
 

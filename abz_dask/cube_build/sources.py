@@ -38,7 +38,7 @@ from abz_dask.cube_build.validate import (
     UnitsError,
     check_plausible,
 )
-from abz_dask.predictors import PREDICTORS
+from abz_dask.io.predictors import PREDICTORS
 
 __all__ = ["Entry", "Geometry", "Reader", "discover", "is_netcdf", "open_source"]
 

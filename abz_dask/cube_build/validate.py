@@ -16,7 +16,7 @@ __all__ = ["PLAUSIBLE", "SERIES_FORMAT", "CRSError", "CubeBuildError", "Duplicat
            "check_legend", "check_plausible", "check_range", "check_valid_range_plausible"]
 
 #: Values a predictor can physically take, in its catalogue units
-#: (:data:`abz_dask.predictors.PREDICTORS`). A decoded source value outside is a wrong unit
+#: (:data:`abz_dask.io.predictors.PREDICTORS`). A decoded source value outside is a wrong unit
 #: (kelvin declared as degC, Pa as kPa, percent as a fraction), a missing scale/offset or an
 #: undeclared no-data sentinel. Categorical predictors are checked against their legend instead.
 PLAUSIBLE: dict[str, tuple[float, float]] = {

@@ -21,8 +21,8 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from abz_dask import __version__
+from abz_dask.analyses.table1 import RunPaths, Table1, fire_domain_budgets, wide_table, write_table1
 from abz_dask.report import figures as F
-from abz_dask.table1 import RunPaths, Table1, fire_domain_budgets, wide_table, write_table1
 
 __all__ = ["EXTERNAL_FIGURE_DIRS", "Report", "build_report", "compute_analyses", "render_html"]
 
@@ -71,7 +71,7 @@ def open_period(paths: RunPaths, start: int, end: int, *,
     """The flux store and the truth (if any) cut to ``start..end``, loaded into memory when
     the cut is smaller than ``load_below_bytes`` (so the many analyses of a small demo read the
     store once), lazy otherwise."""
-    from abz_dask.zonal import open_flux_store
+    from abz_dask.aggregation.zonal import open_flux_store
 
     def cut(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.sel(time=slice(str(start), f"{end}-12-31"))
@@ -87,15 +87,16 @@ def compute_analyses(paths: RunPaths, t1: Table1, *, fire_year: int | None = Non
                      figures: bool = True, store: xr.Dataset | None = None,
                      truth: xr.Dataset | None = None
                      ) -> tuple[dict[str, pd.DataFrame], dict[str, Figure], dict[str, float]]:
-    """Run the analyses of :mod:`abz_dask.seasonal` and :mod:`abz_dask.fire` for a report.
+    """Run the analyses of :mod:`abz_dask.analyses.seasonal` and :mod:`abz_dask.analyses.fire` for
+    a report.
 
     ``store`` / ``truth`` are the period cuts of :func:`open_period` (opened here if omitted).
     Returns the tables, the figures and the time (s) of each step.
     """
-    from abz_dask import fire as fire_mod
-    from abz_dask import seasonal as S
-    from abz_dask.abcflux import read_abcflux
-    from abz_dask.zonal import store_grid
+    from abz_dask.aggregation.zonal import store_grid
+    from abz_dask.analyses import fire as fire_mod
+    from abz_dask.analyses import seasonal as S
+    from abz_dask.io.abcflux import read_abcflux
 
     start, end = t1.period
     label = _period_label(start, end)
@@ -216,7 +217,7 @@ def render_html(run: Path, t1: Table1, tables: dict[str, pd.DataFrame],
              "Units: per-area fluxes g C m⁻² yr⁻¹, budgets Tg C yr⁻¹; NEE &lt; 0 is uptake.</p>",
              "<h2>Table 1</h2>", _table(wide_table(t1.estimate))]
     if t1.truth is not None:
-        from abz_dask.table1 import side_by_side
+        from abz_dask.analyses.table1 import side_by_side
 
         parts += ["<h3>Planted truth</h3>", _table(wide_table(t1.truth)),
                   "<h3>Estimate vs planted truth</h3>", _table(side_by_side(t1))]

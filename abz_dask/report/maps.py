@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
-from abz_dask.grid import radius_of_latitude
+from abz_dask.geo.grid import radius_of_latitude
 
 __all__ = ["NEE_BREAKS", "NEE_LABELS", "TREND_BREAKS", "TREND_LABELS", "class_map",
            "polar_axes"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from abz_dask.config import DEFAULT_SEED
+from abz_dask.pipeline.config import DEFAULT_SEED
 from abz_dask.training.bundle import (
     BundleMismatchError,
     FluxModel,
@@ -46,7 +46,7 @@ def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, 
     ----------
     table_or_path : DataFrame or path
         Training table, or a Parquet/CSV file written by
-        :func:`abz_dask.extract.write_training_table`.
+        :func:`abz_dask.training.extract.write_training_table`.
     out_dir : path
         Run folder.
     profile : str or TrainingProfile
@@ -54,7 +54,7 @@ def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, 
     fluxes : sequence of str
         Responses to model.
     seed : int
-        Base seed (default :data:`abz_dask.config.DEFAULT_SEED`).
+        Base seed (default :data:`abz_dask.pipeline.config.DEFAULT_SEED`).
     progress : bool
         Show progress bars.
 
@@ -62,7 +62,7 @@ def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, 
     -------
     ModelBundle
     """
-    from abz_dask.extract import read_training_table, write_training_table
+    from abz_dask.training.extract import read_training_table, write_training_table
 
     out = Path(out_dir)
     table = (table_or_path if isinstance(table_or_path, pd.DataFrame)

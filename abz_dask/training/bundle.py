@@ -58,8 +58,8 @@ import pandas as pd
 import xarray as xr
 from sklearn.ensemble import RandomForestRegressor
 
-from abz_dask.encoding import CategoricalEncoding
-from abz_dask.predictors import (
+from abz_dask.io.encoding import CategoricalEncoding
+from abz_dask.io.predictors import (
     CATEGORICAL,
     PREDICTOR_NAMES,
     PREDICTORS,
@@ -726,7 +726,7 @@ def card_predictors(card: dict[str, Any]) -> tuple[Predictor, ...]:
     """The predictor set a card records (``card["predictors"]``), in model order.
 
     Cards written before predictor sets existed have none: their models use the paper's 17
-    (:data:`~abz_dask.predictors.PREDICTORS`).
+    (:data:`~abz_dask.io.predictors.PREDICTORS`).
 
     Raises
     ------

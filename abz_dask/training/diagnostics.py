@@ -35,7 +35,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from abz_dask.predictors import CATEGORICAL, PREDICTORS
+from abz_dask.io.predictors import CATEGORICAL, PREDICTORS
 from abz_dask.training.metrics import METRICS, grouped_metrics, metrics
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def interpretation_tasks(model: Any, ref: Any, flux: str, repeats: int, seed: in
     list of Delayed
         One task per predictor, each ``(flux, predictor, scores, pdp, model_fit)``.
     """
-    from abz_dask.predictors import PREDICTOR_NAMES
+    from abz_dask.io.predictors import PREDICTOR_NAMES
 
     prep = dask.delayed(_prepare, pure=True)(model, ref, seed)
     part = dask.delayed(_interpret, pure=True)

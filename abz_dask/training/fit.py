@@ -4,7 +4,7 @@ The method (seed-spec §4.2–4.6, DECISIONS 5–8), per flux:
 
 1. rows with the flux observed; folds grouped by site (:mod:`abz_dask.training.folds`);
 2. for every fold × mtry of the grid: encode month and vegetation type on the fold's training
-   rows only (:func:`abz_dask.encoding.fit_encoding` — no leakage), fit a forest, predict the
+   rows only (:func:`abz_dask.io.encoding.fit_encoding` — no leakage), fit a forest, predict the
    held-out sites; the fold RMSE is kept;
 3. mtry = the lowest mean fold RMSE (caret ``selectionFunction = "best"``: ties go to the
    smaller mtry); the pooled held-out predictions at that mtry are the CV predictions;
@@ -48,9 +48,8 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.tree import DecisionTreeRegressor
 
-from abz_dask.config import DEFAULT_SEED
-from abz_dask.encoding import CategoricalEncoding, fit_encoding
-from abz_dask.predictors import (
+from abz_dask.io.encoding import CategoricalEncoding, fit_encoding
+from abz_dask.io.predictors import (
     CATEGORICAL,
     PREDICTOR_NAMES,
     PREDICTORS,
@@ -59,6 +58,7 @@ from abz_dask.predictors import (
     predictor_record,
     predictors_from_record,
 )
+from abz_dask.pipeline.config import DEFAULT_SEED
 from abz_dask.progress import active_client, compute_with_progress
 from abz_dask.training.bundle import CARD_FORMAT, CARD_VERSION, FluxModel, ModelBundle
 from abz_dask.training.folds import fold_ids, iter_folds
@@ -171,7 +171,8 @@ def prepare(table: pd.DataFrame, fluxes: Sequence[str], profile: TrainingProfile
         Response columns to model.
     profile : TrainingProfile
         CV scheme and predictor set (user predictors are those recorded in
-        ``table.attrs["user_predictors"]`` by :func:`abz_dask.extract.extract_training_table`).
+        ``table.attrs["user_predictors"]`` by
+        :func:`abz_dask.training.extract.extract_training_table`).
     seed : int
         Base seed (fold shuffling).
     """
@@ -494,15 +495,15 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     Parameters
     ----------
     table : DataFrame
-        Training table from :func:`abz_dask.extract.extract_training_table` (or
-        :func:`abz_dask.extract.read_training_table`).
+        Training table from :func:`abz_dask.training.extract.extract_training_table` (or
+        :func:`abz_dask.training.extract.read_training_table`).
     profile : str or TrainingProfile
         ``"light"`` (default), ``"paper"``, a YAML path or a profile
         (:func:`~abz_dask.training.profiles.resolve_profile`).
     fluxes : sequence of str
         Response columns (any numeric column such as ``CH4`` works).
     seed : int
-        Base seed (default :data:`abz_dask.config.DEFAULT_SEED`): folds, CV fits, central
+        Base seed (default :data:`abz_dask.pipeline.config.DEFAULT_SEED`): folds, CV fits, central
         model (``random_state = seed``), bootstrap b (``seed + b``), diagnostics.
     progress : bool
         Show progress bars of fits done.

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abz_dask.encoding import CategoricalEncoding
+from abz_dask.io.encoding import CategoricalEncoding
 from abz_dask.training.bundle import FluxModel, load_forest
 
 __all__ = ["FitLedger"]

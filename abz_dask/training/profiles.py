@@ -41,7 +41,7 @@ The **predictor set** is the paper's 17 unless the profile names one (``predicto
 
 ``add`` and full lists may name predictors of the user's own: continuous cube variables built
 from an entry of build-cube's ``predictors:`` section with its ``kind`` and ``units``
-(:func:`abz_dask.predictors.select_predictors`). Bootstrap models use the set's continuous
+(:func:`abz_dask.io.predictors.select_predictors`). Bootstrap models use the set's continuous
 predictors (the paper's 15 by default); the default mtry grid follows the set's size. A profile
 without ``predictors`` dumps exactly as before (the key is left out), so its runs are unchanged.
 """
@@ -76,7 +76,7 @@ class PredictorChoice(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PredictorChoice:
-        from abz_dask.predictors import CATALOGUE
+        from abz_dask.io.predictors import CATALOGUE
 
         bad = [n for n in self.drop if n not in CATALOGUE]
         if bad:
@@ -157,7 +157,7 @@ class TrainingProfile(BaseModel):
         return self
 
     def predictor_set(self, available: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
-        """The profile's predictors (:class:`~abz_dask.predictors.Predictor`) in model order.
+        """The profile's predictors (:class:`~abz_dask.io.predictors.Predictor`) in model order.
 
         Parameters
         ----------
@@ -169,7 +169,7 @@ class TrainingProfile(BaseModel):
         ValueError
             A name that is neither a catalogue predictor nor available.
         """
-        from abz_dask.predictors import select_predictors
+        from abz_dask.io.predictors import select_predictors
 
         p = self.predictors
         if isinstance(p, PredictorChoice):
@@ -213,7 +213,7 @@ def resolve_profile(spec: str | Path | TrainingProfile | Mapping[str, Any]) -> T
         if not p.is_file():
             raise ValueError(f"unknown training profile {str(spec)!r}: not one of "
                              f"{sorted(PROFILES)} and not a YAML file")
-        from abz_dask.yamlfile import read_mapping
+        from abz_dask.io.yamlfile import read_mapping
 
         spec = read_mapping(p, "training profile")
     over = dict(spec)

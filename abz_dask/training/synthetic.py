@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.grid import Grid
-from abz_dask.predictors import PREDICTOR_NAMES, PREDICTORS, VEG_CLASSES
+from abz_dask.geo.grid import Grid
+from abz_dask.io.predictors import PREDICTOR_NAMES, PREDICTORS, VEG_CLASSES
 
 __all__ = ["synthetic_cube", "synthetic_training_table"]
 
@@ -26,7 +26,8 @@ _VEG_GPP = {21: 0.6, 30: 0.2, 31: 0.45, 33: 0.8, 60: 1.2, 70: 1.1, 80: 1.0, 120:
 
 def synthetic_training_table(n_sites: int = 60, months_per_site: tuple[int, int] = (6, 40),
                              seed: int = 0, noise: float = 6.0) -> pd.DataFrame:
-    """A training table shaped like :func:`abz_dask.extract.extract_training_table`'s output.
+    """A training table shaped like :func:`abz_dask.training.extract.extract_training_table`'s
+    output.
 
     Parameters
     ----------
@@ -106,7 +107,7 @@ def synthetic_cube(grid: Grid | None = None, start: str = "2015-01", periods: in
 
     Values are random but plausible; cells south of the grid's southern circle are NaN (as
     outside the domain of a real cube); ``vegtype`` uses the codes of
-    :data:`~abz_dask.predictors.VEG_CLASSES`.
+    :data:`~abz_dask.io.predictors.VEG_CLASSES`.
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 No real ABCflux or satellite data can be downloaded where abz_dask is developed, so every stage is
 checked against a twin whose true fluxes are known. ``generate_twin`` writes a run folder:
 
-- ``zones.zarr``: the grid's zone layers built from real geodata (:mod:`abz_dask.zones`);
+- ``zones.zarr``: the grid's zone layers built from real geodata (:mod:`abz_dask.geo.zones`);
 - ``cube.zarr``: the 17 predictors (seed-spec §3.2), monthly 1990–2020 by default, NaN outside
   the ABZ domain (:mod:`abz_dask.twin.drivers`);
 - ``truth.zarr``: planted monthly GPP, Reco, NEE (:mod:`abz_dask.twin.truth`);
@@ -25,8 +25,8 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask import __version__
-from abz_dask.budgets import annual_domain_budgets, domain_weights
-from abz_dask.grid import Grid
+from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
+from abz_dask.geo.grid import Grid
 from abz_dask.twin.generate import TwinLayout, write_cube_truth_fire
 from abz_dask.twin.sites import make_sites, site_observations
 
@@ -67,7 +67,7 @@ def generate_twin(out: str | Path, resolution: str | float = "50km", start: str 
     TwinLayout
         Paths of the written stores and tables.
     """
-    from abz_dask.zones import build_zones
+    from abz_dask.geo.zones import build_zones
 
     grid = Grid.from_preset(resolution)
     layout = TwinLayout(Path(out))

@@ -33,8 +33,8 @@ import pandas as pd
 import xarray as xr
 from scipy.ndimage import gaussian_filter
 
-from abz_dask.grid import Grid
-from abz_dask.periods import complete_years
+from abz_dask.aggregation.periods import complete_years
+from abz_dask.geo.grid import Grid
 from abz_dask.twin.generate import TwinLayout
 
 __all__ = ["CMIP6_GPP_FACTOR", "CMIP6_RECO_FACTOR", "CMIP6_YEARS", "COARSE_M",

@@ -1,6 +1,7 @@
 """Predictor drivers of the digital twin, evaluated block by block.
 
-Each function takes the static layers of one spatial block (from :func:`abz_dask.zones.build_zones`)
+Each function takes the static layers of one spatial block (from
+:func:`abz_dask.geo.zones.build_zones`)
 and the months to generate, and returns plain numpy arrays. The formulas are the documented
 *planted* structure of the twin (see ``docs`` in :mod:`abz_dask.twin`):
 

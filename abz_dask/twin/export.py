@@ -41,7 +41,7 @@ import yaml
 from affine import Affine
 from pyproj import CRS, Transformer
 
-from abz_dask.grid import Grid
+from abz_dask.geo.grid import Grid
 from abz_dask.twin.generate import TwinLayout
 
 __all__ = ["ExportResult", "export_twin"]

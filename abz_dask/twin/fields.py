@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from abz_dask.cellnoise import cell_noise  # re-exported: the twin's fields use it
+from abz_dask.geo.cellnoise import cell_noise  # re-exported: the twin's fields use it
 
 __all__ = ["cell_noise", "rng_for", "smooth_field"]
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.grid import Grid, default_tile
-from abz_dask.predictors import FLUXES, PREDICTORS
-from abz_dask.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
+from abz_dask.geo.grid import Grid, default_tile
+from abz_dask.io.predictors import FLUXES, PREDICTORS
+from abz_dask.io.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.twin.drivers import Block, co2_series, dynamic_predictors, static_predictors
 from abz_dask.twin.fire import burned_fraction, fire_emissions
 
@@ -76,7 +76,7 @@ def _block(zones: xr.Dataset, grid: Grid, tile: Tile) -> Block:
 
 
 def _lonlat(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from abz_dask.grid import _lonlat_block
+    from abz_dask.geo.grid import _lonlat_block
 
     return _lonlat_block(y[:, None], x[None, :])
 

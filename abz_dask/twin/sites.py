@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.grid import Grid, _lonlat_block
-from abz_dask.predictors import VEG_CLASSES
+from abz_dask.geo.grid import Grid, _lonlat_block
+from abz_dask.io.predictors import VEG_CLASSES
 from abz_dask.twin.fields import rng_for
 
 __all__ = ["ABCFLUX_COLUMNS", "MONTHLY_COUNTS", "SITE_LOG_SD", "make_sites", "site_factors",

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from abz_dask.predictors import PREDICTORS
+from abz_dask.io.predictors import PREDICTORS
 from abz_dask.progress import active_client
 from abz_dask.upscale.blocks import block_rows, scatter_rows
 from abz_dask.upscale.models import CompiledModel, ModelSet, compile_bundle, ship

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from abz_dask.predictors import PREDICTORS, Predictor
+from abz_dask.io.predictors import PREDICTORS, Predictor
 
 __all__ = ["BlockRows", "NamedRows", "block_arrays", "block_rows", "scatter_rows"]
 
@@ -104,7 +104,7 @@ def block_rows(arrays: Mapping[str, np.ndarray], months: np.ndarray,
         Calendar month (1–12) of each time step.
     predictors : sequence of Predictor, optional
         The columns, in order (default: the paper's 17,
-        :data:`~abz_dask.predictors.PREDICTORS`).
+        :data:`~abz_dask.io.predictors.PREDICTORS`).
     """
     preds = tuple(PREDICTORS if predictors is None else predictors)
     nt = len(months)

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from abz_dask.encoding import CategoricalEncoding
+from abz_dask.io.encoding import CategoricalEncoding
+from abz_dask.io.predictors import PREDICTOR_NAMES, PREDICTORS, Predictor
 from abz_dask.kernels.forest import PackedForest, pack_forest, predict
-from abz_dask.predictors import PREDICTOR_NAMES, PREDICTORS, Predictor
 from abz_dask.progress import active_client
 
 __all__ = ["CompiledModel", "ModelSet", "compile_bundle", "ship"]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.periods import complete_years
-from abz_dask.zonal import open_flux_store
+from abz_dask.aggregation.periods import complete_years
+from abz_dask.aggregation.zonal import open_flux_store
 
 __all__ = ["LAND_CELLS_1KM", "annual_budgets", "budget_table", "covered_area",
            "excluded_area_message", "project_core_hours"]

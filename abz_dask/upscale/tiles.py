@@ -37,13 +37,13 @@ import pandas as pd
 import xarray as xr
 from dask.delayed import Delayed
 
-from abz_dask.budgets import DOMAINS, domain_weights
-from abz_dask.cellnoise import cell_noise
-from abz_dask.grid import Grid
-from abz_dask.locks import hold
-from abz_dask.predictors import PREDICTORS
+from abz_dask.aggregation.budgets import DOMAINS, domain_weights
+from abz_dask.geo.cellnoise import cell_noise
+from abz_dask.geo.grid import Grid
+from abz_dask.io.locks import hold
+from abz_dask.io.predictors import PREDICTORS
+from abz_dask.io.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.progress import compute_with_progress
-from abz_dask.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.upscale.blocks import block_arrays, block_rows, scatter_rows
 from abz_dask.upscale.models import ModelSet, ship
 

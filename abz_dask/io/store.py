@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from abz_dask import __version__
-from abz_dask.ownership import check_replaceable, is_abz_store, remove_created
+from abz_dask.io.ownership import check_replaceable, is_abz_store, remove_created
 
 __all__ = ["Tile", "TileLedger", "create_store", "iter_tiles", "provenance", "write_region"]
 

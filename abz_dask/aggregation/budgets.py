@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.periods import complete_years
+from abz_dask.aggregation.periods import complete_years
 
 __all__ = ["DOMAINS", "annual_domain_budgets", "domain_weights", "period_budgets"]
 

@@ -1,7 +1,8 @@
 """The stage runner of ``abz-dask run``: the pipeline as stages, each skipped when current.
 
 A :class:`Stage` names its outputs, its settings (a JSON-able slice of the
-:class:`~abz_dask.config.RunConfig`) and its inputs (earlier stages or external files). After a
+:class:`~abz_dask.pipeline.config.RunConfig`) and its inputs (earlier stages or external files).
+After a
 stage finishes, the runner writes ``<run>/<stage>.stage.json`` holding a hash of the settings, the
 inputs' identities and the package version. On the next run a stage is **skipped** when its
 record's hash equals the current one and all its outputs exist; when the hash differs its
@@ -16,7 +17,8 @@ modification time above 256 MB); of a Zarr store the content of its metadata doc
 Stages: ``twin`` (twin input), ``build-cube`` (build input), ``extract``, ``train``,
 ``upscale``, ``budgets``, ``trends`` and ``report`` (``trends.enabled``, ``report.enabled``).
 More stages are appended with :func:`register_stage` (one entry each). The runner never
-creates a cluster: stages run on the active scheduler (:mod:`abz_dask.clusters` creates one for
+creates a cluster: stages run on the active scheduler (:mod:`abz_dask.pipeline.clusters` creates
+one for
 the CLI). A ``build-cube`` stage's identity is its YAML's content, not the rasters it names.
 """
 
@@ -33,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from abz_dask import __version__
-from abz_dask.config import BuildInput, FilesInput, RunConfig, TwinInput
-from abz_dask.integrity import check_digest, digest_outputs, relative, summarize
-from abz_dask.locks import hold
-from abz_dask.ownership import claim_folder
+from abz_dask.io.integrity import check_digest, digest_outputs, relative, summarize
+from abz_dask.io.locks import hold
+from abz_dask.io.ownership import claim_folder
+from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
 from abz_dask.twin.generate import FIRE_START
 
 __all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "check_force", "identity",
@@ -298,7 +300,7 @@ def preflight(config: RunConfig) -> None:
     ConfigError
         One line per problem, each naming the key or file and the value.
     """
-    from abz_dask.config import ConfigError
+    from abz_dask.pipeline.config import ConfigError
     from abz_dask.training import resolve_profile
 
     problems: list[str] = []
@@ -318,7 +320,7 @@ def preflight(config: RunConfig) -> None:
             if path is not None and not Path(path).exists():
                 problems.append(f"{key}: {path} does not exist")
         if inp.zones is not None and Path(inp.zones).exists():
-            from abz_dask.user_zones import open_zone_store
+            from abz_dask.geo.user_zones import open_zone_store
 
             try:
                 open_zone_store(Path(inp.zones), "input.zones")
@@ -354,7 +356,7 @@ def _trend_problems(config: RunConfig) -> list[str]:
     import xarray as xr
 
     from abz_dask.analyses import TrendConfig
-    from abz_dask.predictors import PREDICTORS
+    from abz_dask.io.predictors import PREDICTORS
 
     t, b = config.trends, config.budgets
     try:
@@ -380,14 +382,15 @@ def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
 
     The run folder is created (or adopted if empty or already a run folder; a non-empty folder
     of other files is refused) and locked for the duration: a second run on the same folder
-    is refused with :class:`~abz_dask.locks.LockedError`. A stage is current when its record's
+    is refused with :class:`~abz_dask.io.locks.LockedError`. A stage is current when its record's
     key matches and its outputs match the digest recorded when they were written; damaged
     outputs (a missing chunk or variable, altered bytes) are reported and rebuilt.
 
     Parameters
     ----------
     config : RunConfig
-        The validated run configuration (paths absolute, see :func:`abz_dask.config.load_config`).
+        The validated run configuration (paths absolute, see
+        :func:`abz_dask.pipeline.config.load_config`).
     stages : sequence of Stage, optional
         The pipeline (default :data:`STAGES`).
     echo : callable, optional
@@ -458,7 +461,7 @@ def _run_locked(ctx: RunContext, stages: Sequence[Stage], say: Callable[[str], N
 
 
 def _grid_of(cube: Any) -> Any:
-    from abz_dask.grid import PRESETS, Grid
+    from abz_dask.geo.grid import PRESETS, Grid
 
     name = str(cube.attrs.get("grid_name", ""))
     if name in PRESETS:
@@ -495,7 +498,7 @@ def _build_cube(ctx: RunContext) -> dict[str, Any]:
     res = build_cube(inp.cube_config, ctx.cube, zones_out=zones_out,
                      progress=ctx.config.progress)
     if inp.zones is None and not zones_out.exists():
-        from abz_dask.zones import build_zones
+        from abz_dask.geo.zones import build_zones
 
         grid = _grid_of(xr.open_zarr(ctx.cube, consolidated=False))
         tmp = zones_out.with_name(zones_out.name + ".tmp")
@@ -508,8 +511,8 @@ def _build_cube(ctx: RunContext) -> dict[str, Any]:
 def _extract(ctx: RunContext) -> dict[str, Any]:
     import xarray as xr
 
-    from abz_dask.abcflux import read_abcflux
-    from abz_dask.extract import extract_training_table, write_training_table
+    from abz_dask.io.abcflux import read_abcflux
+    from abz_dask.training.extract import extract_training_table, write_training_table
 
     cube = xr.open_zarr(ctx.cube, consolidated=False)
     zones = xr.open_zarr(ctx.zones, consolidated=False)
@@ -554,8 +557,8 @@ def _train_settings(ctx: RunContext) -> dict[str, Any]:
 def _upscale(ctx: RunContext) -> dict[str, Any]:
     import xarray as xr
 
-    from abz_dask.pipeline import check_n_bootstrap
-    from abz_dask.store import TileLedger
+    from abz_dask.io.store import TileLedger
+    from abz_dask.pipeline.demo import check_n_bootstrap
     from abz_dask.training import load_bundle
     from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
 
@@ -576,7 +579,7 @@ def _upscale(ctx: RunContext) -> dict[str, Any]:
 
 
 def _budgets(ctx: RunContext) -> dict[str, Any]:
-    from abz_dask.pipeline import compare_budgets
+    from abz_dask.pipeline.demo import compare_budgets
     from abz_dask.upscale import budget_table, excluded_area_message
 
     b = ctx.config.budgets

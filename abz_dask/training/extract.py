@@ -1,7 +1,7 @@
 """Site extraction: the training table from site-months and the predictor cube (seed-spec §4.1).
 
 Snapping rule (seed-spec §9 item 15, undocumented in the paper): a site takes the values of the
-grid cell that contains its projected coordinates (:meth:`abz_dask.grid.Grid.index_of` — the
+grid cell that contains its projected coordinates (:meth:`abz_dask.geo.grid.Grid.index_of` — the
 nearest cell centre on a square grid); no interpolation. Monthly and annual predictors are read at
 the site-month's ``time`` step, ``co2`` at its month, static ones at the cell; ``month`` is the
 calendar month of the observation.
@@ -12,7 +12,7 @@ such rows are lost to every flux; the report counts them per flux among the rows
 that flux, with one column per predictor counting the rows where that predictor is missing.
 
 Predictors of the user's own — cube variables outside the catalogue with an ``abz_kind``
-attribute (:func:`abz_dask.predictors.cube_user_predictors`, written by ``build-cube`` for extra
+attribute (:func:`abz_dask.io.predictors.cube_user_predictors`, written by ``build-cube`` for extra
 entries of its ``predictors:`` section) — are extracted too, after the 17, by the same rules
 (a row missing one is dropped like a row missing a catalogue predictor); the table records them
 in ``attrs["user_predictors"]`` (names, kinds, units; kept by the Parquet file), from which
@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.grid import Grid
-from abz_dask.predictors import (
+from abz_dask.geo.grid import Grid
+from abz_dask.io.predictors import (
     FLUXES,
     PREDICTOR_NAMES,
     PREDICTORS,
@@ -68,7 +68,7 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
     Parameters
     ----------
     obs : DataFrame
-        Site-months from :func:`abz_dask.abcflux.read_abcflux` (``site_id, year, month,
+        Site-months from :func:`abz_dask.io.abcflux.read_abcflux` (``site_id, year, month,
         latitude, longitude`` and the response columns).
     cube : xr.Dataset
         Predictor cube on ``grid``: monthly/annual variables ``(time, y, x)``, ``co2`` ``(time,)``,
@@ -84,7 +84,7 @@ def extract_training_table(obs: pd.DataFrame, cube: xr.Dataset, grid: Grid, *,
         One row per kept site-month: ``site_id, year, month, latitude, longitude, row, col``,
         the responses (NaN where not observed), metadata (``flux_method, disturbance,
         disturb_year, biome, …``) and one float32 column per predictor of
-        :data:`~abz_dask.predictors.PREDICTOR_NAMES` (``month``, an integer column, is the
+        :data:`~abz_dask.io.predictors.PREDICTOR_NAMES` (``month``, an integer column, is the
         month predictor), then one per user predictor of the cube.
     report : DataFrame
         Per response: ``observed`` (rows with a value), ``outside_time``, ``missing_predictor``,

@@ -7,7 +7,7 @@ mutually authenticated: both ends must present a certificate signed by the confi
 plain-TCP client, or one without the right certificate, is refused. Host names are not checked
 (distributed's rule: the CA is the trust anchor).
 
-Two ways to switch it on (:class:`abz_dask.config.SecuritySection`):
+Two ways to switch it on (:class:`abz_dask.pipeline.config.SecuritySection`):
 
 ``tls: true``
     a self-signed CA / key / certificate made in memory for this run

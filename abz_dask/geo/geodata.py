@@ -1,4 +1,4 @@
-"""Real geodata sources sampled or aggregated onto a :class:`~abz_dask.grid.Grid`.
+"""Real geodata sources sampled or aggregated onto a :class:`~abz_dask.geo.grid.Grid`.
 
 Every reader here works on a *row window* of the grid (``rows=(row0, row1)``, default the whole
 grid) and processes it in bounded sub-blocks, so a 1-km grid (8960 × 8960 cells) never needs a
@@ -53,7 +53,7 @@ from rasterio import features
 from rasterio.enums import MergeAlg
 from rasterio.transform import Affine
 
-from abz_dask.grid import CRS_LAEA, Grid, radius_of_latitude
+from abz_dask.geo.grid import CRS_LAEA, Grid, radius_of_latitude
 
 __all__ = [
     "IGBP_CLASSES",

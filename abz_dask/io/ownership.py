@@ -1,7 +1,7 @@
 """What abz_dask created, and may therefore replace or delete.
 
 No command ever deletes what it did not create. Every Zarr store the package writes carries
-``abz_dask_version`` in its root attributes (:func:`abz_dask.store.provenance`); every run folder
+``abz_dask_version`` in its root attributes (:func:`abz_dask.io.store.provenance`); every run folder
 holds a marker file :data:`RUN_MARK`. Before a path is replaced, :func:`remove_created` checks
 that it is one of these (or an empty folder) and refuses anything else with
 :class:`ForeignPathError`, naming the path and what was found in it.

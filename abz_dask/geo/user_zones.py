@@ -2,7 +2,7 @@
 
 A zone source is a vector file (shapefile, GeoPackage, GeoJSON — read with pyogrio) whose
 features carry an attribute naming the zone, or a raster (GeoTIFF / NetCDF). It is rasterised to
-the grid and replaces the layer of the same name (:func:`abz_dask.zones.replace_zone`):
+the grid and replaces the layer of the same name (:func:`abz_dask.geo.zones.replace_zone`):
 
 - **cell-centre rule** (``method: centre``, the default): a cell takes the code of the polygon
   that contains its centre (later features win where polygons overlap); cells outside every
@@ -15,7 +15,7 @@ the grid and replaces the layer of the same name (:func:`abz_dask.zones.replace_
 
 Attribute values map to codes through ``values`` in the configuration, else through the layer's
 CF ``flag_meanings`` (case-insensitive, spaces and dashes read as ``_``, e.g. ``"Tundra"`` → 1
-for ``biome``; :data:`abz_dask.zones.REGION_ALIASES` apply), else as integer codes. A value that
+for ``biome``; :data:`abz_dask.geo.zones.REGION_ALIASES` apply), else as integer codes. A value that
 maps to no code (and no ``other`` code is set) raises
 :class:`~abz_dask.cube_build.validate.LegendError` naming the file, the attribute and the value.
 Lon/lat polygons are densified to 0.1° before projection (a straight lon/lat edge is curved in
@@ -35,8 +35,8 @@ from pyproj import CRS, Transformer
 
 from abz_dask.cube_build.config import BuildConfig, SourceSpec, ZoneSpec
 from abz_dask.cube_build.validate import CRSError, ExtentError, LegendError, ZoneError
-from abz_dask.grid import Grid
-from abz_dask.zones import REGION_ALIASES, replace_zone
+from abz_dask.geo.grid import Grid
+from abz_dask.geo.zones import REGION_ALIASES, replace_zone
 
 __all__ = ["FRACTION_LAYERS", "ZONE_STORE_LAYERS", "check_user_zones", "check_zone_store",
            "clip_subdomains", "open_zone_store", "rasterize_polygons", "read_polygons",
@@ -47,7 +47,7 @@ FRACTION_LAYERS: tuple[str, ...] = ("land_fraction", "lake_fraction", "ice_fract
 _BOOL_LAYERS = ("abz", "permafrost")
 _VECTOR_SUFFIXES = (".shp", ".gpkg", ".geojson", ".json", ".fgb", ".gml", ".kml")
 _BLOCK_PIXELS = 1 << 24
-#: Layers every zones store has (:func:`abz_dask.zones.build_zones`); the budgets, the site
+#: Layers every zones store has (:func:`abz_dask.geo.zones.build_zones`); the budgets, the site
 #: land check and the upscaler read them.
 ZONE_STORE_LAYERS: tuple[str, ...] = ("land_fraction", "abz", "biome", "permafrost")
 _POLYGONAL = ("polygon", "multipolygon", "geometrycollection", "unknown")
@@ -74,7 +74,7 @@ def check_zone_store(ds: xr.Dataset, path: str | Path, *, what: str = "zones sto
     what : str
         The setting that named it (for the message), e.g. ``"base_zones"``.
     """
-    from abz_dask.predictors import PREDICTOR_NAMES
+    from abz_dask.io.predictors import PREDICTOR_NAMES
 
     missing = [n for n in ZONE_STORE_LAYERS if n not in ds.data_vars]
     if not missing:
@@ -253,7 +253,7 @@ def _raster_layer(path: Path, spec: ZoneSpec, name: str, grid: Grid, attrs: dict
                   ) -> np.ndarray:
     from abz_dask.cube_build.reproject import check_overlap, tile_map
     from abz_dask.cube_build.sources import open_source
-    from abz_dask.store import iter_tiles
+    from abz_dask.io.store import iter_tiles
 
     flags = [int(v) for v in np.atleast_1d(attrs.get("flag_values", []))]
     categorical = bool(flags) or name in _BOOL_LAYERS
@@ -465,7 +465,7 @@ def write_user_zones(config: BuildConfig, root: Path, out: str | Path, *,
     """
     import json
 
-    from abz_dask.zones import build_zones
+    from abz_dask.geo.zones import build_zones
 
     out = Path(out)
     token = json.dumps({"grid": str(config.grid), "base_zones": config.base_zones,

@@ -71,7 +71,7 @@ import pandas as pd
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from abz_dask.grid import Grid
+from abz_dask.geo.grid import Grid
 
 __all__ = ["DEFAULT_COLUMN_MAP", "DEFAULT_FLUX_RANGES", "MODELDATA_COLUMN_MAP", "FluxChecks",
            "GppSign", "InputError", "read_abcflux"]
@@ -164,7 +164,7 @@ def _default_ranges() -> dict[str, tuple[float, float] | None]:
 
 
 class FluxChecks(BaseModel):
-    """Plausibility and consistency checks of the fluxes (rule 6 of :mod:`abz_dask.abcflux`).
+    """Plausibility and consistency checks of the fluxes (rule 6 of :mod:`abz_dask.io.abcflux`).
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 * :func:`annual_series` — annual budgets per Table-1 domain of the central model with the SD
   over the bootstrap replicates (Fig. 2a,b bands), NEE + fire when fire data are given;
 * :func:`series_trends` — Theil–Sen slope and Mann–Kendall p (Zhang prewhitening, zyp-exact,
-  :func:`abz_dask.trends.trend`) of those series;
+  :func:`abz_dask.analyses.trends.trend`) of those series;
 * :func:`region_biome_budgets` — key region × biome budgets and trends (Fig. 4);
 * :func:`monthly_means` — mean monthly per-area fluxes per domain for two decades with bootstrap
   SD (Fig. 3);
@@ -27,9 +27,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.budgets import DOMAINS
-from abz_dask.trends import trend
-from abz_dask.zonal import (
+from abz_dask.aggregation.budgets import DOMAINS
+from abz_dask.aggregation.zonal import (
     TG,
     annual_zonal_budgets,
     domain_budgets,
@@ -40,6 +39,7 @@ from abz_dask.zonal import (
     zone_area,
     zone_layer,
 )
+from abz_dask.analyses.trends import trend
 
 __all__ = [
     "DECADES",
@@ -122,7 +122,7 @@ def annual_series(store: str | Path | xr.Dataset, *, start: int | None = None,
         Period.
     fire_budgets : xarray.DataArray, optional
         ``(year, domain)`` annual fire emissions (Tg C yr⁻¹,
-        :func:`abz_dask.table1.fire_domain_budgets`): adds the series ``NEE+fire``.
+        :func:`abz_dask.analyses.table1.fire_domain_budgets`): adds the series ``NEE+fire``.
 
     Returns
     -------
@@ -226,7 +226,7 @@ def region_biome_budgets(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
 def _zone_fire_budgets(fire: xr.Dataset, lay: object, cell_area: xr.DataArray,
                               variable: str = "fire_emissions") -> xr.DataArray:
     """Annual fire budgets (Tg C yr⁻¹) per zone of a layer; emissions per m² of cell area."""
-    from abz_dask.zonal import zonal_totals
+    from abz_dask.aggregation.zonal import zonal_totals
 
     if variable not in fire:
         raise ValueError(f"fire store has no variable {variable!r}")
@@ -350,7 +350,7 @@ def latitude_correlation(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
                          obs: pd.DataFrame | None = None, domain: str = "abz") -> pd.DataFrame:
     """Pearson r (and p) of mean annual NEE with latitude: domain pixels, and sites if given.
 
-    ``obs`` are site-months (:func:`abz_dask.abcflux.read_abcflux`); site means use complete
+    ``obs`` are site-months (:func:`abz_dask.io.abcflux.read_abcflux`); site means use complete
     site-years only.
     """
     from scipy import stats

@@ -4,7 +4,7 @@ For each domain (ABZ, tundra, boreal, permafrost region) and flux (NEE, GPP, Rec
 
 * **in situ**: mean ± SD across sites of the site-mean annual flux, using complete site-years
   only (all 12 months of that flux present; seed-spec §4.14), read with
-  :func:`abz_dask.abcflux.read_abcflux`. Sites belong to tundra / boreal by their ``biome``
+  :func:`abz_dask.io.abcflux.read_abcflux`. Sites belong to tundra / boreal by their ``biome``
   column (zones where the file has none), to the permafrost region by the zone layer at their
   cell, and every site to the ABZ;
 * **upscaled per-area mean** (g C m⁻² yr⁻¹): the area-weighted mean of pixel annual sums over
@@ -39,10 +39,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.budgets import DOMAINS
-from abz_dask.grid import Grid
-from abz_dask.periods import complete_years
-from abz_dask.zonal import (
+from abz_dask.aggregation.budgets import DOMAINS
+from abz_dask.aggregation.periods import complete_years
+from abz_dask.aggregation.zonal import (
     TG,
     domain_budgets,
     domain_totals,
@@ -50,6 +49,7 @@ from abz_dask.zonal import (
     pixel_area,
     store_grid,
 )
+from abz_dask.geo.grid import Grid
 
 __all__ = [
     "FLUXES",
@@ -142,7 +142,7 @@ def in_situ_stats(obs: pd.DataFrame, *, site_domains: pd.DataFrame,
     Parameters
     ----------
     obs : DataFrame
-        Site-months (:func:`abz_dask.abcflux.read_abcflux`): ``site_id, year, month`` and flux
+        Site-months (:func:`abz_dask.io.abcflux.read_abcflux`): ``site_id, year, month`` and flux
         columns (g C m⁻² month⁻¹).
     site_domains : DataFrame
         Index ``site_id``, one boolean column per domain.
@@ -233,7 +233,8 @@ def fire_domain_budgets(fire: xr.Dataset, zones: xr.Dataset, cell_area: float,
     """Annual fire emission budgets (Tg C yr⁻¹) per domain, ``(year, domain)``, lazy.
 
     ``fire_emissions`` is in g C m⁻² of *cell* area per year (twin convention and the output of
-    :func:`abz_dask.fire.regrid_to_grid`), so cells are weighted by the full cell area inside the
+    :func:`abz_dask.analyses.fire.regrid_to_grid`), so cells are weighted by the full cell area
+    inside the
     domain (the domain masks still apply).
     """
     if variable not in fire:
@@ -270,7 +271,7 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
         Period (years).
     replicates : xarray.DataArray, optional
         Annual budgets of every model ``(flux, model, year, domain)`` (Tg C yr⁻¹; model 0
-        central), from :func:`abz_dask.zonal.domain_budgets`; gives the bootstrap SD.
+        central), from :func:`abz_dask.aggregation.zonal.domain_budgets`; gives the bootstrap SD.
     central_budgets : xarray.DataArray, optional
         Monthly central budgets ``(flux, time, domain)`` (Tg C month⁻¹) to take the budgets
         from (the store's zone sums); default: computed from ``monthly``.
@@ -279,7 +280,7 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
     fire_start : int
         First year of NEE + fire.
     domains : dict, optional
-        Default :data:`abz_dask.budgets.DOMAINS`.
+        Default :data:`abz_dask.aggregation.budgets.DOMAINS`.
     fluxes : sequence of str
         Fluxes.
 
@@ -431,7 +432,7 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
     -------
     Table1
     """
-    from abz_dask.abcflux import read_abcflux
+    from abz_dask.io.abcflux import read_abcflux
 
     paths = run if isinstance(run, RunPaths) else RunPaths.discover(run)
     ds = store if store is not None else open_flux_store(paths.fluxes)

@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.grid import Grid
-from abz_dask.integrity import verify_store
-from abz_dask.periods import complete_years
-from abz_dask.zones import ZONE_LABELS
+from abz_dask.aggregation.periods import complete_years
+from abz_dask.geo.grid import Grid
+from abz_dask.geo.zones import ZONE_LABELS
+from abz_dask.io.integrity import verify_store
 
 __all__ = [
     "ZoneLayer",
@@ -92,7 +92,7 @@ def open_flux_store(store: str | Path | xr.Dataset) -> xr.Dataset:
         If its tile ledger (``fluxes.zarr.done/``) lists fewer tiles than the store has (an
         upscaling run still going or killed).
     DamagedOutputError
-        If the store differs from the digest its stage recorded (:mod:`abz_dask.integrity`).
+        If the store differs from the digest its stage recorded (:mod:`abz_dask.io.integrity`).
     """
     if isinstance(store, xr.Dataset):
         return store
@@ -111,7 +111,7 @@ def open_flux_store(store: str | Path | xr.Dataset) -> xr.Dataset:
 
 
 def store_grid(ds: xr.Dataset) -> Grid:
-    """The :class:`~abz_dask.grid.Grid` of a store, from its ``grid_resolution_m`` attribute."""
+    """The :class:`~abz_dask.geo.grid.Grid` of a store, from its ``grid_resolution_m`` attribute."""
     res = ds.attrs.get("grid_resolution_m")
     if res is None:
         if "x" not in ds.coords or ds.sizes.get("x", 0) < 2:
@@ -150,12 +150,12 @@ def zone_layer(zones: xr.Dataset, layer: str | xr.DataArray, *,
     Parameters
     ----------
     zones : xarray.Dataset
-        Zone layers of the grid (:func:`abz_dask.zones.build_zones`, ``twin/zones.zarr``).
+        Zone layers of the grid (:func:`abz_dask.geo.zones.build_zones`, ``twin/zones.zarr``).
     layer : str or xarray.DataArray
         A variable of ``zones`` (``biome``, ``continent``, ``key_region``, ``reccap2``, ``igbp``,
         ``abz``, ``permafrost``), a combined layer (``key_region_biome``, ``continent_biome``) or
         a user's integer label raster on the grid (``(y, x)``; negative or NaN = no zone;
-        user polygons: rasterise them with :func:`abz_dask.user_zones.rasterize_polygons`
+        user polygons: rasterise them with :func:`abz_dask.geo.user_zones.rasterize_polygons`
         and pass ``drop_codes=[0]``).
     names : mapping, optional
         Code -> name. Default: the CF ``flag_meanings`` of the layer (codes named ``none`` or
@@ -309,14 +309,14 @@ def domain_totals(data: xr.DataArray | xr.Dataset, zones: xr.Dataset, area: xr.D
         Pixel area (m²).
     domains : mapping, optional
         Domain name -> variable or expression of ``zones`` (default
-        :data:`abz_dask.budgets.DOMAINS`: abz, tundra, boreal, permafrost). At most 16.
+        :data:`abz_dask.aggregation.budgets.DOMAINS`: abz, tundra, boreal, permafrost). At most 16.
 
     Returns
     -------
     xarray.DataArray or xarray.Dataset
         ``(..., domain)`` totals, lazy.
     """
-    from abz_dask.budgets import DOMAINS
+    from abz_dask.aggregation.budgets import DOMAINS
 
     doms = dict(domains or DOMAINS)
     if len(doms) > 16:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import xarray as xr
 
-from abz_dask.config import DEFAULT_SEED, RunConfig
-from abz_dask.grid import Grid
+from abz_dask.geo.grid import Grid
+from abz_dask.pipeline.config import DEFAULT_SEED, RunConfig
 from abz_dask.twin import TwinLayout
 
 if TYPE_CHECKING:
@@ -71,8 +71,8 @@ def extract_stage(cube_path: Path, zones_path: Path, sites_csv: Path, **read_opt
     (DataFrame, DataFrame)
         The training table and the per-flux report of dropped rows.
     """
-    from abz_dask.abcflux import read_abcflux
-    from abz_dask.extract import extract_training_table
+    from abz_dask.io.abcflux import read_abcflux
+    from abz_dask.training.extract import extract_training_table
 
     cube = xr.open_zarr(cube_path, consolidated=False)
     zones = xr.open_zarr(zones_path, consolidated=False)
@@ -153,7 +153,7 @@ def demo_config(out: str | Path, *, resolution: str = "50km", seed: int = DEFAUL
                 bootstrap_sample: float = 1.0, progress: bool = True) -> RunConfig:
     """The run configuration of the demo: a twin input, the training profile, budgets and the
     report (no trends), every seed ``seed``."""
-    from abz_dask.config import parse_config
+    from abz_dask.pipeline.config import parse_config
 
     return parse_config({
         "output": str(Path(out).absolute()),
@@ -171,7 +171,7 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_S
     """The digital twin end to end: twin → ABCflux CSV → extraction → training → upscaling →
     budgets compared with the planted truth → Table 1 and the report.
 
-    The demo is the stage runner (:func:`abz_dask.runner.run_pipeline`) on
+    The demo is the stage runner (:func:`abz_dask.pipeline.runner.run_pipeline`) on
     :func:`demo_config`: one pipeline path, one run layout, resumable (finished stages are
     skipped), locked and verified like every run.
 
@@ -194,7 +194,7 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_S
     echo : callable, optional
         Receives the runner's line per stage.
     """
-    from abz_dask.runner import run_pipeline
+    from abz_dask.pipeline.runner import run_pipeline
     from abz_dask.upscale import project_core_hours
 
     cfg = demo_config(out, resolution=resolution, seed=seed, profile=profile,

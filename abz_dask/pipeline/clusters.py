@@ -30,7 +30,7 @@ Dask connection mutual TLS: ``local`` listens on ``tls://127.0.0.1`` and refuses
 without a certificate of the run's CA; ``slurm`` / ``pbs`` pass ``security=`` and
 ``protocol="tls://"`` to dask-jobqueue (workers get ``--tls-*`` arguments); ``address`` connects
 with client-side ``Security``; ``gateway`` is always TLS through the gateway's proxy;
-``threads`` and ``kubernetes`` refuse it (see :mod:`abz_dask.security`). The dashboard is
+``threads`` and ``kubernetes`` refuse it (see :mod:`abz_dask.pipeline.security`). The dashboard is
 plain HTTP; ``local`` binds it to 127.0.0.1, ``slurm`` / ``pbs`` default it to
 ``127.0.0.1:8787`` unless the jobqueue ``scheduler-options`` set ``dashboard_address``.
 """
@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from abz_dask.config import ClusterSection
+from abz_dask.pipeline.config import ClusterSection
 
 __all__ = ["ClusterSession", "jobqueue_cluster", "local", "machine_cores", "open_cluster",
            "quiet_distributed"]

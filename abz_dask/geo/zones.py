@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask import geodata
-from abz_dask.grid import Grid
+from abz_dask.geo import geodata
+from abz_dask.geo.grid import Grid
 
 __all__ = [
     "ABZ_COLD_MONTH_C",

@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.budgets import DOMAINS
-from abz_dask.grid import Grid
-from abz_dask.zonal import TG, domain_totals, open_flux_store, pixel_area, store_grid
+from abz_dask.aggregation.budgets import DOMAINS
+from abz_dask.aggregation.zonal import TG, domain_totals, open_flux_store, pixel_area, store_grid
+from abz_dask.geo.grid import Grid
 
 __all__ = [
     "BiasModel",
@@ -301,8 +301,8 @@ def nee_plus_fire(store: str | Path | xr.Dataset, fire: xr.Dataset, zones: xr.Da
         ``nee_plus_fire (year, y, x)`` (g C m⁻² yr⁻¹), ``budget (year, domain)``,
         ``fire_budget (year, domain)`` (Tg C yr⁻¹).
     """
-    from abz_dask.seasonal import pixel_annual
-    from abz_dask.table1 import fire_domain_budgets
+    from abz_dask.analyses.seasonal import pixel_annual
+    from abz_dask.analyses.table1 import fire_domain_budgets
 
     ds = open_flux_store(store)
     grid = store_grid(ds)

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from abz_dask.yamlfile import flat_errors
+from abz_dask.io.yamlfile import flat_errors
 
 __all__ = ["DEFAULT_SEED", "MIN_SITES", "MIN_TILE", "YEAR_RANGE", "BudgetsSection", "BuildInput",
            "ClusterSection", "ConfigError", "FilesInput", "ReportSection", "RunConfig",
@@ -90,7 +90,7 @@ class TwinInput(_Section):
     @field_validator("resolution")
     @classmethod
     def _preset(cls, v: str) -> str:
-        from abz_dask.grid import PRESETS
+        from abz_dask.geo.grid import PRESETS
 
         if v not in PRESETS:
             raise ValueError(f"unknown grid preset {v!r}; choose one of {sorted(PRESETS)}")
@@ -269,7 +269,7 @@ class AdaptSection(_Section):
 
 
 class ClusterSection(_Section):
-    """Where the pipeline runs (:func:`abz_dask.clusters.open_cluster`).
+    """Where the pipeline runs (:func:`abz_dask.pipeline.clusters.open_cluster`).
 
     ``threads``: dask's threaded scheduler, no ``distributed``; ``local``: a ``LocalCluster``
     sized to the machine on 127.0.0.1; ``address``: a running scheduler; ``slurm`` / ``pbs``:
@@ -281,7 +281,8 @@ class ClusterSection(_Section):
     self-signed certificate; local, slurm, pbs; accepted for gateway, which is always TLS) or
     your own PEM files (``tls_ca_file``, ``tls_<client|scheduler|worker>_<cert|key>``; local,
     slurm, pbs, address). ``threads`` and ``kubernetes`` refuse it. What each kind does:
-    :mod:`abz_dask.security`. ``options.security`` is an error (use this section), and so is
+    :mod:`abz_dask.pipeline.security`. ``options.security`` is an error (use this section), and so
+    is
     ``options.protocol`` while TLS is on.
     """
 
@@ -304,7 +305,7 @@ class ClusterSection(_Section):
     security: SecuritySection = Field(
         default_factory=lambda: SecuritySection(),
         description="TLS of the Dask connections: {tls: true} or certificate files "
-        "(abz_dask.security); default off.")
+        "(abz_dask.pipeline.security); default off.")
 
     @model_validator(mode="after")
     def _needs(self) -> ClusterSection:
@@ -419,7 +420,7 @@ def load_config(path: str | Path, *, cluster: str | None = None) -> RunConfig:
     ConfigError
         Missing file, YAML syntax error, unknown keys or invalid values.
     """
-    from abz_dask.yamlfile import read_mapping
+    from abz_dask.io.yamlfile import read_mapping
 
     p = Path(path)
     data: Any = read_mapping(p, "run configuration", ConfigError)
@@ -435,7 +436,7 @@ def load_config(path: str | Path, *, cluster: str | None = None) -> RunConfig:
 
 
 class SecuritySection(_Section):
-    """TLS of the Dask connections (``cluster.security``; :mod:`abz_dask.security`).
+    """TLS of the Dask connections (``cluster.security``; :mod:`abz_dask.pipeline.security`).
 
     Off by default. ``tls: true`` makes a self-signed CA / certificate / key in memory for the
     run (``distributed.Security.temporary()``); alternatively give your own PEM files: the CA
@@ -462,13 +463,13 @@ class SecuritySection(_Section):
                      "tls_scheduler_key", "tls_worker_cert", "tls_worker_key", mode="before")
     @classmethod
     def _file(cls, v: Any) -> Path | None:
-        from abz_dask.security import expand_path
+        from abz_dask.pipeline.security import expand_path
 
         return None if v is None else expand_path(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> SecuritySection:
-        from abz_dask.security import ROLES, check_pem
+        from abz_dask.pipeline.security import ROLES, check_pem
 
         files = self.files()
         given = [k for k, v in files.items() if v is not None]
@@ -491,21 +492,23 @@ class SecuritySection(_Section):
         return self.tls or any(v is not None for v in self.files().values())
 
     def files(self) -> dict[str, Path | None]:
-        """The certificate-file keys (:data:`abz_dask.security.TLS_FILE_KEYS`) → path or None."""
-        from abz_dask.security import TLS_FILE_KEYS
+        """The certificate-file keys (:data:`abz_dask.pipeline.security.TLS_FILE_KEYS`) → path or
+        None."""
+        from abz_dask.pipeline.security import TLS_FILE_KEYS
 
         return {k: getattr(self, k) for k in TLS_FILE_KEYS}
 
     def to_security(self) -> Any:
         """The ``distributed.Security`` of this section (``None`` when TLS is off)."""
-        from abz_dask.security import make_security
+        from abz_dask.pipeline.security import make_security
 
         return make_security(self.tls, self.files())
 
 
 def _check_cluster_security(spec: ClusterSection) -> None:
-    """The ``cluster.security`` rules of each ``cluster.kind`` (:mod:`abz_dask.security`)."""
-    from abz_dask.security import CERT_KEYS, roles_needed
+    """The ``cluster.security`` rules of each ``cluster.kind``
+    (:mod:`abz_dask.pipeline.security`)."""
+    from abz_dask.pipeline.security import CERT_KEYS, roles_needed
 
     opts, sec, kind = spec.options, spec.security, spec.kind
     if "security" in opts:
