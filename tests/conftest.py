@@ -58,16 +58,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     Returns the run folder; the twin is in ``RUN/twin``, the models in ``RUN/models``.
     Tests that write must copy what they change (the folder is shared by the session).
     """
-    from abz_dask.pipeline.demo import train_stage
-    from abz_dask.training import resolve_profile
-    from abz_dask.twin import generate_twin
+    from abz_dask.pipeline.config import parse_config
+    from abz_dask.pipeline.runner import run_pipeline
 
     run = tmp_path_factory.mktemp("tiny_run")
-    lay = generate_twin(run / "twin", resolution="100km", start="2001-01", end="2003-12",
-                        seed=0, progress=False)
+    cfg = parse_config({"output": str(run), "progress": False,
+                        "input": {"kind": "twin", "resolution": "100km", "start": "2001-01",
+                                  "end": "2003-12", "seed": 0},
+                        "training": {"profile": TINY_PROFILE, "seed": 448},
+                        "budgets": {"start_year": 2001, "end_year": 2003},
+                        "trends": {"enabled": False}})
     with dask.config.set(scheduler="threads"):
-        train_stage(lay.cube, lay.zones, lay.sites, run, profile=resolve_profile(TINY_PROFILE),
-                    seed=448, progress=False)
+        run_pipeline(cfg, only=("twin", "extract", "train"))
     return run
 
 

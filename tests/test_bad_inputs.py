@@ -363,8 +363,8 @@ def test_zones_file_with_points_not_polygons(twin: dict[str, Any], tmp_path: Pat
     _cli_fails(cfg, tmp_path, "zones biome", "pts.geojson", "Point", "no polygons")
     # read directly (user_zone_layer), the same file is refused the same way
     from abz_dask.cube_build.config import ZoneSpec
+    from abz_dask.cube_build.user_zones import user_zone_layer
     from abz_dask.geo.grid import Grid
-    from abz_dask.geo.user_zones import user_zone_layer
 
     with pytest.raises(ZoneError, match=r"pts\.geojson: holds no polygons .*\['Point'\]"):
         user_zone_layer(ZoneSpec(file=str(f), attribute="zone"), "biome",
@@ -438,7 +438,7 @@ def test_store_zones_without_land_fraction(twin: dict[str, Any], tmp_path: Path)
     cfg = _zones_cfg(twin, tmp_path, {"biome": {"file": str(f), "attribute": "zone"}},
                      base_zones=str(bad))
     _cli_fails(cfg, tmp_path, "base_zones", "zones_noland.zarr", "['land_fraction']")
-    from abz_dask.geo.user_zones import check_zone_store
+    from abz_dask.cube_build.user_zones import check_zone_store
 
     with pytest.raises(ZoneError, match=r"zones store .*zones_noland\.zarr lacks the zone "
                        r"layer\(s\) \['land_fraction'\]"):

@@ -189,7 +189,7 @@ def test_one_seed_default_across_routes() -> None:
 
     cfg = parse_config({"output": "o"})
     assert cfg.training.seed == cfg.input.seed == cfg.upscale.seed == DEFAULT_SEED  # type: ignore[union-attr]
-    for f in (pipeline.train_stage, pipeline.run_demo, training.run_training, train_bundle,
+    for f in (pipeline.run_demo, pipeline.demo_config, training.run_training, train_bundle,
               fold_ids, cli.twin, cli.demo):
         assert _option_default(f, "seed") == DEFAULT_SEED, f
     # train: no --seed means the config file's seed, else DEFAULT_SEED (and its help says so)
@@ -202,16 +202,16 @@ def test_train_without_seed_uses_the_default(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import contextlib
 
-    import abz_dask.pipeline.demo
     from abz_dask.commands import stages
 
     seen: dict[str, Any] = {}
 
-    def fake_train_stage(*args: Any, **kw: Any) -> Any:
-        seen.update(kw)
+    def fake_run_stages(config: Any, only: Any, *args: Any, **kw: Any) -> Any:
+        assert only == ("extract", "train")
+        seen["seed"] = config.training.seed
         raise ValueError("stopped by the test")
 
-    monkeypatch.setattr(abz_dask.pipeline.demo, "train_stage", fake_train_stage)
+    monkeypatch.setattr(stages, "run_stages", fake_run_stages)
     monkeypatch.setattr(stages, "local_cluster", lambda workers: contextlib.nullcontext())
     for name in ("cube.zarr", "zones.zarr", "abcflux_twin.csv"):
         (tmp_path / "run" / "twin").mkdir(parents=True, exist_ok=True)

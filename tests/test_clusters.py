@@ -56,7 +56,7 @@ def _config(out: Path, **over: Any) -> RunConfig:
 def _files_input(ref: Path) -> dict[str, str]:
     t = ref / "twin"
     return {"kind": "files", "cube": str(t / "cube.zarr"), "zones": str(t / "zones.zarr"),
-            "abcflux": str(t / "abcflux_twin.csv"),
+            "abcflux": str(t / "abcflux_twin.csv"), "fire": str(t / "fire.zarr"),
             "truth_budgets": str(t / "truth_budgets.csv")}
 
 

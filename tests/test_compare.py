@@ -18,8 +18,8 @@ import xarray as xr
 
 from abz_dask.aggregation.budgets import domain_weights
 from abz_dask.compare.products import read_product, to_annual
-from abz_dask.compare.regrid import regrid_to_grid
 from abz_dask.geo.grid import Grid
+from abz_dask.geo.regrid import conservative
 from abz_dask.twin.comparisons import (
     CMIP6_GPP_FACTOR,
     CMIP6_RECO_FACTOR,
@@ -83,21 +83,33 @@ def test_twin_products_files_units_and_idempotence(run: Path) -> None:
     # budget, GPP within 2 %
     zones = xr.open_zarr(lay.zones, consolidated=False).load()
     dom = (zones["abz"].astype(bool) & (zones["land_fraction"] > 0)).values
-    cm = regrid_to_grid(to_annual(read_product(paths["cmip6"])), GRID).where(dom)
+    cm = conservative(to_annual(read_product(paths["cmip6"])), GRID).where(dom)
     truth = xr.open_zarr(lay.truth, consolidated=False)
     want = to_annual(truth["Reco"] * CMIP6_RECO_FACTOR - truth["GPP"] * CMIP6_GPP_FACTOR)
     b_got, b_want = _budget(cm, zones), _budget(want, zones)
     gpp_nc = read_product(paths["cmip6_gpp"], "gpp", sign="nee")
-    gpp = regrid_to_grid(to_annual(gpp_nc), GRID).where(dom)
+    gpp = conservative(to_annual(gpp_nc), GRID).where(dom)
     g_want = _budget(to_annual(truth["GPP"] * CMIP6_GPP_FACTOR), zones)
     assert _budget(gpp, zones)["abz"] == pytest.approx(g_want["abz"], rel=0.02)
     assert abs(b_got["abz"] - b_want["abz"]) < 0.01 * g_want["abz"]
 
 
 def test_run_compare_outputs(run: Path) -> None:
-    from abz_dask.compare.run import run_compare
+    """The runner's compare stage on a twin run: the twin's two products by default."""
+    import dask
 
-    written = run_compare(run, n_sample=800, seed=1)
+    from abz_dask.pipeline.config import parse_config
+    from abz_dask.pipeline.runner import run_pipeline
+
+    cfg = parse_config({"output": str(run), "progress": False,
+                        "input": {"kind": "twin", "resolution": "100km", "start": "2001-01",
+                                  "end": "2004-12", "seed": 0},
+                        "trends": {"enabled": False},
+                        "compare": {"enabled": True, "n_sample": 800, "seed": 1}})
+    with dask.config.set(scheduler="threads"):
+        res = run_pipeline(cfg, only=("compare",))
+    assert res.status() == {"compare": "ran"}
+    assert res.stages[0].info["products"] == ["inversion_twin", "cmip6_twin"]
     out = run / "compare"
     for name in ("comparison_metrics.csv", "regional_table.csv", "regional_table.md",
                  "regional_summary.csv", "agreement_summary.csv", "mess_summary.csv",
@@ -105,7 +117,7 @@ def test_run_compare_outputs(run: Path) -> None:
                  "compare_agreement.png", "compare_regional.png", "compare_mess.png",
                  "compare_clusters.png"):
         assert (out / name).exists(), name
-    assert written["maps"] == out / "maps.zarr"
+    assert "maps" in res.stages[0].info["outputs"] and (out / "maps.zarr").is_dir()
     m = pd.read_csv(out / "comparison_metrics.csv")
     t = m[m["product"] == "twin_truth"].set_index("domain")
     # the reference store *is* the truth: perfect agreement

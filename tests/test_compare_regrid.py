@@ -1,4 +1,5 @@
-"""Area-conservative regridding lat/lon -> polar LAEA: integrals, constants, laziness."""
+"""Area-conservative regridding lat/lon -> polar LAEA (geo.regrid.conservative): integrals,
+constants, laziness; the comparison metrics on lazy maps."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pytest
 import xarray as xr
 from conftest import raise_if_dask_computes
 
-from abz_dask.compare.regrid import cell_edges, latlon_cell_area, regrid_to_grid
 from abz_dask.geo.grid import Grid
+from abz_dask.geo.regrid import cell_edges, conservative, latlon_cell_area
 
 GRID = Grid.from_preset("100km")
 LAT = np.arange(-89.5, 90.0, 1.0)
@@ -21,7 +22,7 @@ def _src(values: np.ndarray, lon: np.ndarray = LON) -> xr.DataArray:
 
 
 def test_ellipsoid_area() -> None:
-    a = latlon_cell_area(cell_edges(LAT), cell_edges(LON, periodic=True))
+    a = latlon_cell_area(cell_edges(LAT, clip=(-90.0, 90.0)), cell_edges(LON))
     assert a.sum() == pytest.approx(5.100656217e14, rel=1e-9)  # WGS84 ellipsoid surface
     # the 1-degree cell on the equator: equatorial arc a·dλ × meridian arc 0–1°N (≈ 110,574 m)
     a_eq = 6378137.0 * np.pi / 180.0
@@ -32,13 +33,13 @@ def test_area_integral_conserved_and_constant_preserved() -> None:
     rng = np.random.default_rng(0)
     f = rng.gamma(2.0, 10.0, size=(2, LAT.size, LON.size)) - 15.0
     f[:, LAT < 52, :] = 0.0  # everything non-zero lies inside the grid square
-    out = regrid_to_grid(_src(f), GRID).compute()
-    area = latlon_cell_area(cell_edges(LAT), cell_edges(LON, periodic=True))
+    out = conservative(_src(f), GRID).compute()
+    area = latlon_cell_area(cell_edges(LAT, clip=(-90.0, 90.0)), cell_edges(LON))
     for k in range(2):
         want = float((f[k] * area).sum())
         got = float(np.nansum(out[k].values.astype(np.float64))) * GRID.cell_area
         assert got == pytest.approx(want, rel=1e-3)
-    const = regrid_to_grid(_src(np.full((1, LAT.size, LON.size), 3.25)), GRID).compute()
+    const = conservative(_src(np.full((1, LAT.size, LON.size), 3.25)), GRID).compute()
     assert np.isfinite(const.values).all()
     np.testing.assert_allclose(const.values, 3.25, rtol=1e-6)
 
@@ -48,18 +49,18 @@ def test_lazy_and_longitude_convention_invariant() -> None:
     f = rng.normal(size=(3, LAT.size, LON.size))
     src = _src(f).chunk({"time": 1})
     with raise_if_dask_computes():
-        lazy = regrid_to_grid(src, GRID, tile=30)
+        lazy = conservative(src, GRID, tile=30)
     assert lazy.chunks == ((1, 1, 1), (30, 30, 30), (30, 30, 30))
     # the same field on 0..360 longitudes
     order = np.argsort(LON % 360)
     src360 = _src(f[:, :, order], lon=(LON % 360)[order])
-    np.testing.assert_allclose(lazy.values, regrid_to_grid(src360, GRID).values, rtol=1e-6)
+    np.testing.assert_allclose(lazy.values, conservative(src360, GRID).values, rtol=1e-6)
 
 
 def test_nan_source_cells_are_excluded() -> None:
     f = np.full((1, LAT.size, LON.size), 10.0)
     f[:, :, LON < 0] = np.nan  # western hemisphere missing (e.g. a land-only model's ocean)
-    out = regrid_to_grid(_src(f), GRID).compute().values[0]
+    out = conservative(_src(f), GRID).compute().values[0]
     finite = np.isfinite(out)
     assert finite.any() and (~finite).any()
     np.testing.assert_allclose(out[finite], 10.0, rtol=1e-6)

@@ -263,7 +263,7 @@ def test_consumers_refuse_an_unfinished_flux_store(tiny_run: Path, tmp_path: Pat
     budget trends refuse it instead of summing the finished tiles only."""
     import dask
 
-    from abz_dask.analyses.budget_trends import store_domain_sums
+    from abz_dask.aggregation.zonal import domain_budgets
     from abz_dask.training import load_bundle
     from abz_dask.upscale import UpscaleConfig, budget_table, compile_bundle, run_upscale
 
@@ -279,7 +279,7 @@ def test_consumers_refuse_an_unfinished_flux_store(tiny_run: Path, tmp_path: Pat
     n = len(list(ledger.iterdir()))
     for p in sorted(ledger.iterdir())[: n // 2]:
         p.unlink()
-    for consumer in (budget_table, store_domain_sums):
+    for consumer in (budget_table, domain_budgets):
         with pytest.raises(ValueError, match=rf"unfinished: {n - n // 2} of {n} tiles"):
             consumer(out)
 

@@ -1,5 +1,5 @@
-"""Fire: mass-conserving regridding (NetCDF lat/lon, GeoTIFF in another projection), NEE + fire,
-burn history and the post-fire bias test with a planted bias."""
+"""Fire: reading fire rasters, NEE + fire, burn history and the post-fire bias test with a planted
+bias (the mass-conserving regridding is tested in test_geo_regrid.py)."""
 
 from __future__ import annotations
 
@@ -20,69 +20,6 @@ GRID = Grid.from_preset("100km")
 @pytest.fixture(scope="module")
 def run100(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(tmp_path_factory.getbasetemp())
-
-
-def _latlon(res: float) -> xr.DataArray:
-    lat = np.arange(90 - res / 2, 40, -res)
-    lon = np.arange(-180 + res / 2, 180, res)
-    rng = np.random.default_rng(1)
-    v = rng.random((2, len(lat), len(lon))) * 500.0 * (lat[:, None] > 50)
-    return xr.DataArray(v, dims=("year", "lat", "lon"),
-                        coords={"year": [2002, 2003], "lat": lat, "lon": lon},
-                        name="fire_emissions", attrs={"units": "g C m-2 yr-1"})
-
-
-def test_cell_area_of_sphere(tmp_path: Path) -> None:
-    da = _latlon(1.0)
-    lat = np.arange(89.5, -90, -1.0)
-    full = xr.DataArray(np.zeros((180, 360)), dims=("lat", "lon"),
-                        coords={"lat": lat, "lon": da["lon"].values}, name="v")
-    full.to_dataset().to_netcdf(tmp_path / "g.nc")
-    a = F.source_cell_area(F.read_raster(tmp_path / "g.nc"))
-    assert a.sum() == pytest.approx(4 * np.pi * F.AUTHALIC_RADIUS_M**2, rel=1e-12)
-
-
-def test_netcdf_latlon_mass_conserved(tmp_path: Path) -> None:
-    src = _latlon(0.5)
-    src.to_dataset().to_netcdf(tmp_path / "em.nc")
-    da = F.read_raster(tmp_path / "em.nc")
-    out = F.regrid_to_grid(da, GRID)
-    assert out.dims == ("year", "y", "x")
-    area = F.source_cell_area(da)
-    for i, yr in enumerate((2002, 2003)):
-        mass_in = float((src.values[i] * area).sum())
-        mass_out = float(out.sel(year=yr).astype(float).sum()) * GRID.cell_area
-        assert mass_out == pytest.approx(mass_in, rel=1e-6)
-    assert out.attrs["mass_outside_grid"] == 0.0
-    gd = F.regrid_to_grid(da, GRID, method="gdal")
-    assert gd.attrs["mass_out"] == pytest.approx(gd.attrs["mass_in"], rel=5e-3)
-
-
-def test_geotiff_projected_total_and_fraction(tmp_path: Path) -> None:
-    """A burned-fraction GeoTIFF on a 20-km EPSG:3413 grid: burned area is conserved."""
-    import rioxarray  # noqa: F401
-
-    res = 20000.0
-    x = np.arange(-2.0e6 + res / 2, 2.0e6, res)
-    y = np.arange(2.0e6 - res / 2, -2.0e6, -res)
-    rng = np.random.default_rng(2)
-    bf = (rng.random((len(y), len(x))) < 0.05) * rng.random((len(y), len(x)))
-    da = xr.DataArray(bf[None].astype(np.float32), dims=("band", "y", "x"),
-                      coords={"band": [1], "y": y, "x": x}, name="burned_fraction")
-    da = da.rio.write_crs("EPSG:3413").rio.write_transform(
-        __import__("affine").Affine(res, 0, -2.0e6, 0, -res, 2.0e6))
-    da.rio.to_raster(tmp_path / "bf.tif")
-    src = F.read_raster(tmp_path / "bf.tif")
-    out = F.regrid_to_grid(src, GRID)
-    burned_in = float((np.nan_to_num(src.values[0]) * F.source_cell_area(src)).sum())
-    burned_out = float(out.isel(band=0).astype(float).sum()) * GRID.cell_area
-    assert burned_out == pytest.approx(burned_in, rel=1e-6)
-    # EPSG:3413 is conformal: true cell areas differ from res² by the areal scale factor
-    a = F.source_cell_area(src)
-    assert not np.allclose(a, res * res, rtol=1e-3)
-    tot = F.regrid_to_grid(src, GRID, kind="total")
-    assert float(tot.astype(float).sum()) * GRID.cell_area == pytest.approx(
-        float(np.nansum(src.values)), rel=1e-6)
 
 
 def test_read_errors(tmp_path: Path) -> None:

@@ -292,3 +292,34 @@ def test_kernel_encoding_matches_float32_keys() -> None:
     lanes = keys.transpose(0, 2, 1).reshape(-1, 5)  # back to (row, feature)
     assert np.array_equal(lanes[:m], fk.float32_keys(X[kept]))
     assert not lanes[m:].any()  # padding lanes
+
+
+def test_prepared_pruned_multi_forest_equals_sklearn(
+        forest17: tuple[RandomForestRegressor, np.ndarray]) -> None:
+    """The upscaler's path: one encoded block, month-like segments with a constant column 0,
+    chunks box-pruned (>= PRUNE_MIN_ROWS rows), several forests in one call; NaN rows stay NaN."""
+    model, X_train = forest17
+    other = RandomForestRegressor(n_estimators=30, min_samples_split=6, max_features=5,
+                                  random_state=3).fit(X_train, X_train[:, 1])
+    n_seg = fk.PRUNE_MIN_ROWS + 213  # segment starts fall inside groups of eight
+    blocks = []
+    for s, month in enumerate((1, 7, 12)):
+        B = _rows(X_train, n_seg + 5 * s, 10 + s)
+        B[:, 0] = month
+        blocks.append(B)
+    X = np.concatenate(blocks)
+    X[::97, 3] = np.nan
+    starts = np.cumsum([0, *(len(b) for b in blocks[:-1])])
+    prepared = fk.prepare(X, segments=starts)
+    assert len(prepared.chunks) > 4  # segment chunks and straddling groups
+    forests = [fk.pack_forest(model), fk.pack_forest(other)]
+    got = fk.predict_many(forests, prepared)
+    ok = ~np.isnan(X).any(axis=1)
+    for k, ref_model in enumerate((model, other)):
+        assert np.isnan(got[k, ~ok]).all()
+        np.testing.assert_array_equal(got[k, ok], ref_model.predict(X[ok]))
+        np.testing.assert_array_equal(got[k], fk.predict(forests[k], X))  # plain path
+    # a short block (no chunk is pruned) and an empty one
+    np.testing.assert_array_equal(fk.predict_many(forests, fk.prepare(X[:20]))[0],
+                                  fk.predict(forests[0], X[:20]))
+    assert fk.predict_many(forests, fk.prepare(X[:0])).shape == (2, 0)

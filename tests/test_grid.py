@@ -1,9 +1,12 @@
-"""The polar LAEA grid: exact cell areas, geometry, transforms."""
+"""The polar LAEA grid: exact cell areas, geometry, transforms, its odc-geo GeoBox and tiles, and
+the grid of a store."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
+from affine import Affine
 from pyproj import Geod, Transformer
 
 from abz_dask.geo.grid import CRS_LAEA, PRESETS, Grid, radius_of_latitude
@@ -79,3 +82,44 @@ def test_north_of_49_mask() -> None:
     _, lat = g.lonlat()
     assert np.array_equal(m, lat >= 49.0)
     assert np.array_equal(g.north_of_south(chunks=40).compute(), m)
+
+
+def test_geobox_and_tiles_are_the_grid() -> None:
+    """The odc-geo GeoBox has the grid's affine, shape and CRS; its tiles cover the grid; the
+    cell centres stay the grid's own (bit-identical to the published formula)."""
+    for name in ("1km", "100km"):
+        g = Grid.from_preset(name)
+        gb = g.geobox
+        assert gb.transform == g.transform and tuple(gb.shape) == g.shape
+        assert gb.crs.epsg == 6931
+        np.testing.assert_allclose(gb.coordinates["x"].values, g.x, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(gb.coordinates["y"].values, g.y, rtol=0, atol=1e-6)
+        n = g.n_half
+        np.testing.assert_array_equal(g.x, (np.arange(2 * n) + 0.5) * g.resolution
+                                      - n * g.resolution)
+    g = Grid.from_preset("100km")
+    tiles = g.tiles(40)
+    assert tiles.shape == (3, 3) and tiles.chunks == ((40, 40, 10), (40, 40, 10))
+    ys, xs = tiles.roi[2, 1]
+    assert (ys, xs) == (slice(80, 90), slice(40, 80))
+    sub = tiles[2, 1]
+    assert sub.transform == g.transform @ Affine.translation(40, 80)
+
+
+def test_of_dataset_is_the_one_grid_of_a_store() -> None:
+    g = Grid.from_preset("100km")
+    ds = g.template()
+    assert Grid.of_dataset(ds) == g
+    # without attributes: the resolution from x, the preset name of that resolution
+    bare = xr.Dataset(coords=g.coords())
+    assert Grid.of_dataset(bare) == g
+    odd = Grid(90_000.0, "90000m")
+    assert Grid.of_dataset(xr.Dataset(coords=odd.coords())) == odd
+    # the exact 1-km preset survives a round trip through the attribute
+    one = Grid.from_preset("1km")
+    ds1 = xr.Dataset(attrs={"grid_resolution_m": one.resolution})
+    assert Grid.of_dataset(ds1) == one
+    with pytest.raises(ValueError, match="gives a polar grid of shape"):
+        Grid.of_dataset(xr.Dataset(coords=g.coords(), attrs={"grid_resolution_m": 50_000.0}))
+    with pytest.raises(ValueError, match="no grid_resolution_m attribute and no x"):
+        Grid.of_dataset(xr.Dataset())

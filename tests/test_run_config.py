@@ -144,19 +144,19 @@ def _stages(log: _Log, ext: Path) -> list[Stage]:
     def write(name: str, src: str | None) -> Any:
         def run(ctx: RunContext) -> dict[str, Any]:
             log.calls.append(name)
-            prev = (ctx.out / f"{src}.txt").read_text() if src else ext.read_text()
+            prev = (ctx.layout.root / f"{src}.txt").read_text() if src else ext.read_text()
             val = ctx.config.budgets.start_year if name == "b" else 0
-            (ctx.out / f"{name}.txt").write_text(f"{prev}|{name}{val}")
+            (ctx.layout.root / f"{name}.txt").write_text(f"{prev}|{name}{val}")
             return {"n": len(log.calls)}
         return run
 
     return [
-        Stage("a", write("a", None), outputs=lambda ctx: [ctx.out / "a.txt"],
+        Stage("a", write("a", None), outputs=lambda ctx: [ctx.layout.root / "a.txt"],
               settings=lambda ctx: {}, inputs=lambda ctx: [ext]),
-        Stage("b", write("b", "a"), outputs=lambda ctx: [ctx.out / "b.txt"],
+        Stage("b", write("b", "a"), outputs=lambda ctx: [ctx.layout.root / "b.txt"],
               settings=lambda ctx: ctx.config.budgets.model_dump(mode="json"),
               inputs=lambda ctx: ["a"]),
-        Stage("c", write("c", "b"), outputs=lambda ctx: [ctx.out / "c.txt"],
+        Stage("c", write("c", "b"), outputs=lambda ctx: [ctx.layout.root / "c.txt"],
               settings=lambda ctx: {}, inputs=lambda ctx: ["b"]),
     ]
 
@@ -204,12 +204,12 @@ def test_runner_removes_stale_outputs_only_inside_the_run(tmp_path: Path) -> Non
     seen: list[bool] = []
 
     def run(ctx: RunContext) -> dict[str, Any]:
-        seen.append((ctx.out / "s.zarr" / "old").exists())
-        (ctx.out / "s.zarr").mkdir(exist_ok=True)
-        (ctx.out / "s.zarr" / "old").write_text("x")
+        seen.append((ctx.layout.root / "s.zarr" / "old").exists())
+        (ctx.layout.root / "s.zarr").mkdir(exist_ok=True)
+        (ctx.layout.root / "s.zarr" / "old").write_text("x")
         return {}
 
-    st = [Stage("s", run, outputs=lambda ctx: [ctx.out / "s.zarr"],
+    st = [Stage("s", run, outputs=lambda ctx: [ctx.layout.root / "s.zarr"],
                 settings=lambda ctx: ctx.config.budgets.model_dump(mode="json"),
                 inputs=lambda ctx: [ext])]
     run_pipeline(parse_config({"output": str(out)}), stages=st)
@@ -229,7 +229,7 @@ def test_runner_refuses_an_unordered_pipeline_and_silent_stages(tmp_path: Path) 
                   inputs=lambda ctx: ["b"])
     with pytest.raises(RuntimeError, match="needs stage 'b'"):
         run_pipeline(cfg, stages=[later])
-    lazy = Stage("lazy", lambda ctx: {}, outputs=lambda ctx: [ctx.out / "never.txt"],
+    lazy = Stage("lazy", lambda ctx: {}, outputs=lambda ctx: [ctx.layout.root / "never.txt"],
                  settings=lambda ctx: {}, inputs=lambda ctx: [])
     with pytest.raises(RuntimeError, match="without writing"):
         run_pipeline(cfg, stages=[lazy])
@@ -264,7 +264,7 @@ def test_register_stage_appends_or_inserts(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(runner, "STAGES", list(runner.STAGES))
     names = [s.name for s in runner.STAGES]
     assert names == ["twin", "build-cube", "extract", "train", "upscale", "budgets", "trends",
-                     "report"]
+                     "compare", "report"]
     extra = Stage("extra", lambda ctx: {}, outputs=lambda ctx: [], settings=lambda ctx: {},
                   inputs=lambda ctx: ["budgets"])
     register_stage(extra)
@@ -291,7 +291,7 @@ def test_files_input_stages_identify_the_input_files(tmp_path: Path) -> None:
     assert by["extract"].inputs(ctx) == [tmp_path / "c.zarr", tmp_path / "z.zarr",
                                          tmp_path / "s.csv"]
     assert by["upscale"].inputs(ctx)[0] == "train"
-    assert ctx.truth_budgets is None
+    assert ctx.layout.truth_budgets is None
 
 
 def test_build_input_builds_the_cube_then_extracts(tmp_path: Path) -> None:
@@ -334,3 +334,54 @@ def test_build_input_builds_the_cube_then_extracts(tmp_path: Path) -> None:
     assert list(rec["inputs"]) == [str(exp.config)]
     assert run_pipeline(cfg, stages=stages).status() == {"build-cube": "skipped",
                                                          "extract": "skipped"}
+
+
+def test_run_layout_of_each_input_kind_and_of_an_existing_run(tmp_path: Path) -> None:
+    """One layout: the paths of each input kind, and the same layout read back from the run
+    folder (its saved run_config.json, else its twin's twin.json)."""
+    import json
+
+    from abz_dask.pipeline.layout import RunLayout, saved_input
+
+    t = tmp_path / "t"
+    lay = RunLayout.from_config(parse_config({"output": str(t)}))
+    assert (lay.kind, lay.cube, lay.zones, lay.abcflux) == (
+        "twin", t / "twin" / "cube.zarr", t / "twin" / "zones.zarr",
+        t / "twin" / "abcflux_twin.csv")
+    assert (lay.fire, lay.truth, lay.truth_budgets) == (
+        t / "twin" / "fire.zarr", t / "twin" / "truth.zarr", t / "twin" / "truth_budgets.csv")
+    assert (lay.fluxes, lay.card, lay.budgets, lay.extract_report, lay.record("upscale")) == (
+        t / "fluxes.zarr", t / "models" / "card.json", t / "budgets.csv",
+        t / "training" / "extract_report.csv", t / "upscale.stage.json")
+    b = tmp_path / "b"
+    for fire_section, fire in (("", None), ("fire: {files: x.tif}\n", b / "inputs" / "fire.zarr")):
+        (tmp_path / "cube.yaml").write_text("grid: 100km\n" + fire_section)
+        cfg = parse_config({"output": str(b), "input": {
+            "kind": "build", "cube_config": str(tmp_path / "cube.yaml"),
+            "abcflux": str(tmp_path / "s.csv")}})
+        lay = RunLayout.from_config(cfg)
+        assert (lay.kind, lay.cube, lay.zones, lay.fire, lay.truth) == (
+            "build", b / "inputs" / "cube.zarr", b / "inputs" / "zones.zarr", fire, None)
+    f = parse_config({"output": str(tmp_path / "f"), "input": {
+        "kind": "files", "cube": str(tmp_path / "c.zarr"), "zones": str(tmp_path / "z.zarr"),
+        "abcflux": str(tmp_path / "s.csv")}})
+    lay = RunLayout.from_config(f)
+    assert (lay.cube, lay.zones, lay.abcflux, lay.truth) == (
+        tmp_path / "c.zarr", tmp_path / "z.zarr", tmp_path / "s.csv", None)
+    # read back: the saved configuration
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "run_config.json").write_text(json.dumps(f.model_dump(mode="json")))
+    assert RunLayout.from_run(tmp_path / "f") == lay
+    # read back: a twin made by generate_twin (twin.json), nothing saved
+    (t / "twin").mkdir(parents=True)
+    (t / "twin" / "twin.json").write_text(json.dumps(
+        {"resolution": "100km", "start": "2001-01", "end": "2003-12", "seed": 3,
+         "n_sites": 50, "tile": None}))
+    inp = saved_input(t)
+    assert (inp.resolution, inp.start, inp.end, inp.seed, inp.n_sites) == (  # type: ignore[union-attr]
+        "100km", "2001-01", "2003-12", 3, 50)
+    assert RunLayout.from_run(t) == RunLayout.for_twin(t)
+    assert RunLayout.from_run(t).with_paths(fluxes=tmp_path / "x.zarr").fluxes == \
+        tmp_path / "x.zarr"
+    with pytest.raises(TypeError, match="unknown path"):
+        RunLayout.from_run(t).with_paths(budgets=tmp_path / "b.csv")

@@ -11,8 +11,9 @@ import xarray as xr
 from conftest import REPLICATE_SCALE, make_run
 from scipy import stats
 
+from abz_dask.aggregation.zonal import domain_budgets, fire_budgets
 from abz_dask.analyses import seasonal as S
-from abz_dask.analyses.table1 import fire_domain_budgets
+from abz_dask.analyses.budget_trends import budget_trends
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def _abz_area(zones: xr.Dataset) -> np.ndarray:
 
 
 def test_annual_series_and_trends(parts: dict[str, xr.Dataset], run100: Path) -> None:
-    fb = fire_domain_budgets(parts["fire"], parts["zones"], 1e10)
+    fb = fire_budgets(parts["fire"], parts["zones"], 1e10)
     ser = S.annual_series(parts["store"], fire_budgets=fb)
     tb = pd.read_csv(run100 / "twin" / "truth_budgets.csv").set_index(["flux", "domain", "year"])
     for f in ("NEE", "GPP", "Reco"):
@@ -50,11 +51,15 @@ def test_annual_series_and_trends(parts: dict[str, xr.Dataset], run100: Path) ->
                                ser["budget"].sel(series="NEE", domain="abz",
                                                  year=[2002, 2003, 2004]).values
                                + fb.sel(domain="abz").compute().values, rtol=1e-9)
-    tr = S.series_trends(ser, method="none").set_index(["series", "domain"])
+    # the one budget-trend table (trends stage and report) on the same budgets
+    tr = budget_trends(domain_budgets(parts["store"], monthly=True), fire=fb, method="none",
+                       seasons=("annual",)).set_index(["flux", "domain"])
     y = ser["budget"].sel(series="GPP", domain="boreal").values
-    assert tr.loc[("GPP", "boreal"), "slope_per_yr"] == pytest.approx(
+    assert tr.loc[("GPP", "boreal"), "trend_tg_c_per_yr"] == pytest.approx(
         stats.theilslopes(y, np.arange(1, 5)).slope, rel=1e-9)
-    assert tr.loc[("NEE+fire", "abz"), "first_year"] == 2002
+    assert tr.loc[("NEE_fire", "abz"), "first_year"] == 2002
+    assert tr.loc[("NEE_fire", "abz"), "mean_tg_c"] == pytest.approx(
+        float(nf.sel(year=[2002, 2003, 2004]).mean()), rel=1e-12)
 
 
 def test_monthly_means_by_numpy(parts: dict[str, xr.Dataset]) -> None:

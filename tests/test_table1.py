@@ -12,6 +12,7 @@ import xarray as xr
 from conftest import REPLICATE_SCALE, make_run
 
 from abz_dask.analyses import table1 as t1mod
+from abz_dask.pipeline.layout import RunLayout
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def table(run100: Path, out_dir: Path) -> t1mod.Table1:
-    return t1mod.write_table1(run100, out_dir, start=2001, end=2004)
+    return t1mod.write_table1(RunLayout.from_run(run100).table1_inputs(), out_dir, start=2001,
+                              end=2004)
 
 
 def test_files_written(table: t1mod.Table1, out_dir: Path) -> None:
@@ -122,4 +124,4 @@ def test_in_situ_complete_site_years_only() -> None:
 
 def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"fluxes\.zarr"):
-        t1mod.build_table1(tmp_path)
+        t1mod.build_table1(RunLayout.from_run(tmp_path).table1_inputs())

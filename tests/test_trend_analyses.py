@@ -13,15 +13,15 @@ import xarray as xr
 from conftest import raise_if_dask_computes
 from typer.testing import CliRunner
 
-from abz_dask.aggregation.budgets import domain_weights
+from abz_dask.aggregation.units import G_PER_TG, TG_PER_G
+from abz_dask.aggregation.zonal import domain_budgets, fire_budgets
 from abz_dask.analyses import (
     OVERLAY_LEGEND,
     TrendConfig,
     budget_trend_table,
-    domain_sums,
-    fire_budgets,
     greening_overlap,
     map_agreement,
+    monthly_domain_budgets,
     nee_plus_fire,
     overlay_categories,
     pixel_trends,
@@ -34,7 +34,6 @@ from abz_dask.analyses import (
 from abz_dask.analyses.trends import trend
 from abz_dask.geo.grid import Grid
 from abz_dask.kernels import zyp
-from abz_dask.upscale.results import annual_budgets
 
 START, END = 2001, 2010
 #: zyp fixture B (seed-spec §4.10.5): no trend, strongly alternating -> sig 0.694 whatever
@@ -247,11 +246,11 @@ def _sums(seed: int = 0) -> xr.DataArray:
 
 def test_budget_trend_equals_the_kernel_on_the_budget_series() -> None:
     sums = _sums()
-    ann = seasonal_budgets(sums, "annual")
-    # identical to the upscaler's annual_budgets on a store holding these sums
+    ann = seasonal_budgets(sums * TG_PER_G, "annual")
+    # identical to the annual domain budgets of a store holding these sums
     store = xr.Dataset({"zone_sums": sums.expand_dims(tile_id=["t0"]).transpose(
         "tile_id", "flux", "model", "time", "domain")})
-    xr.testing.assert_allclose(ann.drop_attrs(), annual_budgets(store).drop_attrs()
+    xr.testing.assert_allclose(ann.drop_attrs(), domain_budgets(store).compute().drop_attrs()
                                .transpose(*ann.dims))
     tab = budget_trend_table(ann).set_index(["flux", "domain"])
     for f in ("NEE", "GPP"):
@@ -269,7 +268,7 @@ def test_budget_trend_equals_the_kernel_on_the_budget_series() -> None:
     assert tab.loc[("NEE", "a"), "trend_tg_c_per_yr"] == pytest.approx(5.0, rel=0.15)
     assert tab.loc[("NEE", "a"), "significant"]
     # a season is the sum of its months
-    spring = seasonal_budgets(sums, "spring")
+    spring = seasonal_budgets(sums * TG_PER_G, "spring")
     want = sums.sel(time=sums.time.dt.month.isin([4, 5])).groupby("time.year").sum() * 1e-12
     np.testing.assert_allclose(spring.values, want.values)
 
@@ -285,9 +284,8 @@ def test_fire_budget_conserves_mass_and_nee_plus_fire() -> None:
     cell = 1e8
     mask = np.zeros((ny, nx), bool)
     mask[1:, :] = True
-    weights = (lf * cell).where(xr.DataArray(mask, dims=("y", "x")), 0.0).expand_dims(
-        domain=["d"])
-    fb = fire_budgets(fire, lf, weights)
+    zones = xr.Dataset({"land_fraction": lf, "d": xr.DataArray(mask, dims=("y", "x"))})
+    fb = fire_budgets(xr.Dataset({"fire_emissions": fire}), zones, cell, domains={"d": "d"})
     np.testing.assert_allclose(fb.sel(domain="d").values,
                                (fire.values[:, mask] * cell).sum(axis=1) * 1e-12)
     nee = xr.DataArray(np.ones((6, ny, nx)), dims=("year", "y", "x"),
@@ -329,8 +327,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     est["NEE"] = (truth["NEE"] + add).astype(np.float32)
     domains = {"abz": "abz", "tundra": "biome == 1", "boreal": "biome == 2",
                "permafrost": "permafrost"}
-    w = domain_weights(zones, grid.cell_area, domains)
-    central = domain_sums(est, w).compute()
+    central = monthly_domain_budgets(est, zones, grid.cell_area, domains=domains).compute(
+    ) * G_PER_TG
     sums = xr.concat([central * s for s in (1.0, 1.02, 0.97)], dim="model").assign_coords(
         model=np.arange(3))
     store = est.chunk({"time": 12, "y": 48, "x": 48})  # the twin cube's tiles, as the upscaler

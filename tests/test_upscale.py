@@ -1,8 +1,8 @@
 """The tile upscaler and the lazy ``predict`` API on a tiny twin run (see ``tiny_run``).
 
 Checked against independent references: scikit-learn's own ``predict`` on rows read straight from
-the cube, budgets recomputed from the written maps with :func:`abz_dask.aggregation.budgets`, the planted
-truth, and an uninterrupted run for the resume and scheduler tests.
+the cube, budgets recomputed from the written maps with :func:`abz_dask.aggregation.budgets`, the
+planted truth, and an uninterrupted run for the resume and scheduler tests.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import xarray as xr
 from conftest import raise_if_dask_computes
 
 from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
+from abz_dask.aggregation.zonal import domain_budgets
 from abz_dask.geo.grid import Grid
 from abz_dask.io.predictors import PREDICTOR_NAMES
 from abz_dask.io.store import TileLedger
@@ -32,7 +33,6 @@ from abz_dask.training import load_bundle
 from abz_dask.upscale import (
     ModelSet,
     UpscaleConfig,
-    annual_budgets,
     budget_table,
     compile_bundle,
     plan_upscale,
@@ -120,7 +120,7 @@ def test_zone_sums_equal_budgets_of_the_maps(tiny_run: Path, exact: Path) -> Non
     grid = Grid.of_dataset(ds)
     w = domain_weights(zones, grid.cell_area)
     maps = annual_domain_budgets(ds[["NEE", "GPP", "Reco"]], w).compute()
-    ann = annual_budgets(exact).sel(model=0)
+    ann = domain_budgets(exact).sel(model=0).compute()
     for f in ("NEE", "GPP", "Reco"):
         np.testing.assert_allclose(ann.sel(flux=f).transpose("year", "domain").values,
                                    maps[f].transpose("year", "domain").values, rtol=1e-5)
@@ -273,3 +273,31 @@ def test_killed_run_resumes_only_missing_tiles_bit_identical(tiny_run: Path, exa
     a, b = (xr.open_zarr(p, consolidated=False).load() for p in (exact, out))
     for v in a.data_vars:
         np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=str(v))
+
+
+def test_production_multi_forest_path_equals_sklearn_per_forest(tiny_run: Path) -> None:
+    """The upscaler's path — every model of a design on ONE encoded block, box-pruned per
+    tile-month chunk — gives exactly scikit-learn's ``predict`` of each forest, one by one."""
+    from abz_dask.kernels.forest import PRUNE_MIN_ROWS
+    from abz_dask.upscale.blocks import block_arrays, block_rows
+    from abz_dask.upscale.models import predict_models
+
+    cube, _ = _open(tiny_run)
+    bundle = load_bundle(tiny_run / "models", cube=cube)
+    ms = compile_bundle(bundle)
+    t = np.flatnonzero(cube["time"].dt.year.values == 2002)
+    arrays = block_arrays(cube, ms.predictors, slice(int(t[0]), int(t[-1]) + 1), slice(None),
+                          slice(None))
+    rows = block_rows(arrays, cube["time"].dt.month.values[t], ms.predictors)
+    assert rows.matrix.shape[0] >= 2 * PRUNE_MIN_ROWS  # pruned chunks are exercised
+    starts = [sl.start for sl in rows.month_slices]
+    models = [*ms.central.values(), *(b for f in ms.fluxes for b in ms.bootstraps[f])]
+    refs = [*bundle.models.values(), *(b for f in ms.fluxes for b in bundle.bootstraps[f])]
+    got = predict_models(models, rows.matrix, segments=starts)
+    frame = pd.DataFrame(np.asarray(rows.matrix), columns=list(rows.matrix.names))
+    for k, ref in enumerate(refs):
+        ref.estimator.set_params(n_jobs=1)  # scikit-learn sums the trees in order
+        np.testing.assert_array_equal(got[k], ref.predict(frame), err_msg=str(k))
+    # the plain path (full trees, one forest at a time) agrees too
+    for k, m in enumerate(models[:4]):
+        np.testing.assert_array_equal(got[k], m.predict(rows.matrix))

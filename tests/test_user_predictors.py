@@ -29,13 +29,14 @@ def _open(path: Path) -> xr.Dataset:
 
 @pytest.fixture(scope="module")
 def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The tiny twin exported as files, with a 6-month build-cube config to vary."""
+    """The tiny twin exported as files, with a 6-month build-cube config (no fire) to vary."""
     from abz_dask.twin.export import export_twin
 
     root = tmp_path_factory.mktemp("user_predictors")
     exp = export_twin(tiny_run / "twin", root / "export", lonlat_res=1.0, ndvi_gap=False)
     cfg = yaml.safe_load(exp.config.read_text())
     cfg.update(start=START, end=END)
+    cfg.pop("fire", None)  # half a year: no annual fire record
     return {"root": root, "dir": exp.config.parent, "config": cfg,
             "zones": tiny_run / "twin" / "zones.zarr"}
 
@@ -146,17 +147,17 @@ def _by_hand(cube: xr.Dataset, names: list[str], model: Any, t: slice) -> np.nda
 
 @pytest.fixture(scope="module")
 def dropped(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from abz_dask.pipeline.demo import train_stage
-    from abz_dask.training import resolve_profile
+    from abz_dask.pipeline.demo import extract_stage
+    from abz_dask.training import resolve_profile, run_training
     from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
 
     out = tmp_path_factory.mktemp("dropped")
     twin = tiny_run / "twin"
     prof = resolve_profile({**TINY_PROFILE, "predictors": {"drop": ["cti", "soil_ph"]}})
     with dask.config.set(scheduler="threads"):
-        bundle: Any = train_stage(twin / "cube.zarr", twin / "zones.zarr",
-                                  twin / "abcflux_twin.csv", out, profile=prof, seed=5,
-                                  progress=False)
+        table, _ = extract_stage(twin / "cube.zarr", twin / "zones.zarr",
+                                 twin / "abcflux_twin.csv")
+        bundle: Any = run_training(table, out, profile=prof, seed=5, progress=False)
         from abz_dask.training import load_bundle
 
         loaded = load_bundle(out / "models", cube=_open(twin / "cube.zarr"))

@@ -17,8 +17,8 @@ import xarray as xr
 
 from abz_dask.cube_build import CRSError, LegendError
 from abz_dask.cube_build.config import BuildConfig, ZoneSpec
+from abz_dask.cube_build.user_zones import user_zone_layer, write_user_zones
 from abz_dask.geo.grid import Grid, radius_of_latitude
-from abz_dask.geo.user_zones import user_zone_layer, write_user_zones
 
 GRID = Grid.from_preset("100km")
 BIOME_ATTRS = {"flag_values": np.array([0, 1, 2], np.int8),

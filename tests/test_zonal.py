@@ -19,6 +19,7 @@ from conftest import REPLICATE_SCALE, make_run
 
 from abz_dask.aggregation import zonal
 from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
+from abz_dask.geo.grid import Grid
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def _numpy_zone_budgets(flux: np.ndarray, labels: np.ndarray, area: np.ndarray,
 @pytest.mark.parametrize("layer", ["biome", "key_region_biome", "reccap2", "igbp",
                                    "permafrost"])
 def test_layer_budgets_match_numpy(store: xr.Dataset, zones: xr.Dataset, layer: str) -> None:
-    grid = zonal.store_grid(store)
+    grid = Grid.of_dataset(store)
     lay = zonal.zone_layer(zones, layer)
     area = zonal.pixel_area(zones, grid.cell_area)
     ann = zonal.annual_zonal_budgets(store["NEE"], lay, area)
@@ -67,7 +68,7 @@ def test_layer_budgets_match_numpy(store: xr.Dataset, zones: xr.Dataset, layer: 
 
 
 def test_biome_budgets_equal_existing_budget_code(store: xr.Dataset, zones: xr.Dataset) -> None:
-    grid = zonal.store_grid(store)
+    grid = Grid.of_dataset(store)
     lay = zonal.zone_layer(zones, "biome")
     area = zonal.pixel_area(zones, grid.cell_area)
     ours = zonal.annual_zonal_budgets(store[["NEE", "GPP"]], lay, area).compute()
@@ -81,7 +82,7 @@ def test_biome_budgets_equal_existing_budget_code(store: xr.Dataset, zones: xr.D
 
 
 def test_domain_totals_overlapping_domains(store: xr.Dataset, zones: xr.Dataset) -> None:
-    grid = zonal.store_grid(store)
+    grid = Grid.of_dataset(store)
     area = zonal.pixel_area(zones, grid.cell_area)
     tot = zonal.domain_totals(store["Reco"], zones, area)
     got = tot.compute()
@@ -111,7 +112,7 @@ def test_budget_table_boot_sd_and_per_area(store: xr.Dataset, zones: xr.Dataset)
                                                   * np.std(REPLICATE_SCALE, ddof=1), rel=1e-5)
         assert r.per_area_g_c_m2_yr * r.area_mkm2 == pytest.approx(r.budget_tg_c_yr, rel=1e-12)
     areas = zonal.zone_area(zonal.zone_layer(zones, "biome"),
-                            zonal.pixel_area(zones, zonal.store_grid(store).cell_area))
+                            zonal.pixel_area(zones, Grid.of_dataset(store).cell_area))
     land = (zones["land_fraction"].values * 1e10)
     b = zones["biome"].values
     assert float(areas.sel(zone=1)) == pytest.approx(land[(b == 1) & zones["abz"].values].sum(),
@@ -119,7 +120,7 @@ def test_budget_table_boot_sd_and_per_area(store: xr.Dataset, zones: xr.Dataset)
 
 
 def test_user_label_raster_and_errors(store: xr.Dataset, zones: xr.Dataset) -> None:
-    grid = zonal.store_grid(store)
+    grid = Grid.of_dataset(store)
     lab = xr.DataArray(np.where(zones["x"].values[None, :] < 0, 1, 2)
                        * np.ones((zones.sizes["y"], 1), int), dims=("y", "x"), name="halves")
     lay = zonal.zone_layer(zones, lab, names={1: "west", 2: "east"})
@@ -138,7 +139,7 @@ def test_user_label_raster_and_errors(store: xr.Dataset, zones: xr.Dataset) -> N
 
 def test_chunk_bounded_graph(store: xr.Dataset, zones: xr.Dataset) -> None:
     """Every task of the reduction touches at most one input chunk of the cube."""
-    grid = zonal.store_grid(store)
+    grid = Grid.of_dataset(store)
     big = store["NEE"].chunk({"time": 12, "y": 15, "x": 15})
     tot = zonal.zonal_totals(big, zonal.zone_layer(zones, "biome"),
                              zonal.pixel_area(zones, grid.cell_area))
@@ -154,7 +155,7 @@ def test_chunk_bounded_graph(store: xr.Dataset, zones: xr.Dataset) -> None:
 def test_graph_building_computes_nothing(store: xr.Dataset, zones: xr.Dataset) -> None:
     from conftest import raise_if_dask_computes
 
-    grid = zonal.store_grid(store)
+    grid = Grid.of_dataset(store)
     area = zonal.pixel_area(zones, grid.cell_area)
     lay = zonal.zone_layer(zones, "reccap2")
     with raise_if_dask_computes():
@@ -178,9 +179,9 @@ def test_user_polygons_rasterised(store: xr.Dataset, zones: xr.Dataset) -> None:
     """Two half-planes as user polygons: their budgets add up to the ABZ budget."""
     from shapely.geometry import box
 
-    from abz_dask.geo.user_zones import rasterize_polygons
+    from abz_dask.cube_build.user_zones import rasterize_polygons
 
-    grid = zonal.store_grid(store)
+    grid = Grid.of_dataset(store)
     w = grid.half_width
     lab = rasterize_polygons([box(-w, -w, 0, w), box(0, -w, w, w)], [1, 2], grid)
     raster = xr.DataArray(lab, dims=("y", "x"), name="halves")

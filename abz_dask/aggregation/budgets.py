@@ -1,22 +1,26 @@
-"""Carbon budgets per domain (seed-spec §1, §4.8).
+"""The Table-1 domains and their weight maps (seed-spec §1, §4.8).
 
-Budget (Tg C yr⁻¹) = Σ_pixels annual flux (g C m⁻² yr⁻¹) × pixel area (m²) × 1e-12, where the
-pixel area is the exact equal-area cell area × the cell's land fraction (DECISIONS 2). A period
-budget is the mean of the annual budgets.
+Budget (Tg C yr⁻¹) = Σ_pixels annual flux (g C m⁻² yr⁻¹) × pixel area (m²) × 10⁻¹²
+(:data:`~abz_dask.aggregation.units.TG_PER_G`), where the pixel area is the exact equal-area
+cell area × the cell's land fraction (DECISIONS 2). A period budget is the mean of the annual
+budgets.
 
-Domain sums are one lazy, chunk-bounded reduction: the flux cube is contracted with a stack of
-domain weight maps (``area × mask``) over ``(y, x)``, so the full cube is never materialised.
+:func:`domain_weights` is the ``(domain, y, x)`` weight stack of the upscaler's in-tile domain
+sums (``zone_sums``, contracted in the tile kernel) and of the area shares of the trend stage;
+:func:`annual_domain_budgets` contracts a flux cube with it (the twin's ``truth_budgets.csv``,
+the reference of ``budgets.csv``). Every other budget goes through
+:mod:`abz_dask.aggregation.zonal` (flox).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from abz_dask.aggregation.periods import complete_years
+from abz_dask.aggregation.units import TG_PER_G
 
-__all__ = ["DOMAINS", "annual_domain_budgets", "domain_weights", "period_budgets"]
+__all__ = ["DOMAINS", "annual_domain_budgets", "domain_weights"]
 
 #: The four domains of Table 1 and how each is read from the zones Dataset.
 DOMAINS: dict[str, str] = {
@@ -63,20 +67,6 @@ def annual_domain_budgets(flux: xr.DataArray | xr.Dataset, weights: xr.DataArray
         # kernels), which made twin/truth_budgets.csv differ at 1e-13 between identical runs
         return (v.fillna(0.0).astype(np.float64) * w).sum(("y", "x"))
 
-    monthly = (flux.map(total) if isinstance(flux, xr.Dataset) else total(flux)) * 1e-12
+    monthly = (flux.map(total) if isinstance(flux, xr.Dataset) else total(flux)) * TG_PER_G
     annual = monthly.groupby("time.year").sum()
     return annual.sel(year=complete_years(monthly["time"]))
-
-
-def period_budgets(annual: xr.Dataset, start: int, end: int) -> pd.DataFrame:
-    """Mean annual budget per domain and flux over ``start..end`` as a long table."""
-    sel = annual.sel(year=slice(start, end))
-    rows = []
-    for name in sel.data_vars:
-        for dom in sel["domain"].values:
-            series = sel[name].sel(domain=dom)
-            rows.append({"domain": str(dom), "flux": str(name),
-                         "budget_tg_c_yr": float(series.mean()),
-                         "interannual_sd_tg_c_yr": float(series.std(ddof=1)),
-                         "n_years": int(series.sizes["year"])})
-    return pd.DataFrame(rows)

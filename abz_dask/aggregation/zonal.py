@@ -31,7 +31,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.aggregation.budgets import DOMAINS
 from abz_dask.aggregation.periods import complete_years
+from abz_dask.aggregation.units import (
+    BUDGET_MONTH_UNITS,
+    BUDGET_UNITS,
+    M2_PER_MKM2,
+    TG_PER_G,
+)
 from abz_dask.geo.grid import Grid
 from abz_dask.geo.zones import ZONE_LABELS
 from abz_dask.io.integrity import verify_store
@@ -41,16 +48,15 @@ __all__ = [
     "annual_zonal_budgets",
     "domain_budgets",
     "domain_totals",
+    "fire_budgets",
     "open_flux_store",
     "pixel_area",
-    "store_grid",
     "zonal_budget_table",
     "zonal_totals",
     "zone_area",
     "zone_layer",
 ]
 
-TG = 1e-12
 #: Layers combined from two categorical layers: name -> (outer, inner).
 COMBINED: dict[str, tuple[str, str]] = {"key_region_biome": ("key_region", "biome"),
                                         "continent_biome": ("continent", "biome")}
@@ -110,18 +116,6 @@ def open_flux_store(store: str | Path | xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def store_grid(ds: xr.Dataset) -> Grid:
-    """The :class:`~abz_dask.geo.grid.Grid` of a store, from its ``grid_resolution_m`` attribute."""
-    res = ds.attrs.get("grid_resolution_m")
-    if res is None:
-        if "x" not in ds.coords or ds.sizes.get("x", 0) < 2:
-            raise ValueError("store has no grid_resolution_m attribute and no x coordinate")
-        res = float(abs(ds["x"].values[1] - ds["x"].values[0]))
-    grid = Grid.from_preset(float(res))
-    name = ds.attrs.get("grid_name")
-    return Grid(grid.resolution, str(name)) if name else grid
-
-
 def pixel_area(zones: xr.Dataset, cell_area: float) -> xr.DataArray:
     """Pixel area (m²) = cell area × land fraction, ``(y, x)``, 0 where the fraction is NaN."""
     if "land_fraction" not in zones:
@@ -155,7 +149,7 @@ def zone_layer(zones: xr.Dataset, layer: str | xr.DataArray, *,
         A variable of ``zones`` (``biome``, ``continent``, ``key_region``, ``reccap2``, ``igbp``,
         ``abz``, ``permafrost``), a combined layer (``key_region_biome``, ``continent_biome``) or
         a user's integer label raster on the grid (``(y, x)``; negative or NaN = no zone;
-        user polygons: rasterise them with :func:`abz_dask.geo.user_zones.rasterize_polygons`
+        user polygons: rasterise them with :func:`abz_dask.cube_build.user_zones.rasterize_polygons`
         and pass ``drop_codes=[0]``).
     names : mapping, optional
         Code -> name. Default: the CF ``flag_meanings`` of the layer (codes named ``none`` or
@@ -282,12 +276,12 @@ def annual_zonal_budgets(monthly: xr.DataArray | xr.Dataset, layer: ZoneLayer,
 
     Years with fewer than 12 months are dropped. Returns ``(..., year, zone)``.
     """
-    tot = zonal_totals(monthly, layer, area) * TG
+    tot = zonal_totals(monthly, layer, area) * TG_PER_G
     years = complete_years(monthly["time"])
     if len(years) == 0:
         raise ValueError("no complete calendar year (12 months) in the flux data")
     ann = tot.groupby("time.year").sum().sel(year=years)
-    ann.attrs.update({"units": "Tg C yr-1", "zone_layer": layer.name})
+    ann.attrs.update({"units": BUDGET_UNITS, "zone_layer": layer.name})
     return ann
 
 
@@ -316,8 +310,6 @@ def domain_totals(data: xr.DataArray | xr.Dataset, zones: xr.Dataset, area: xr.D
     xarray.DataArray or xarray.Dataset
         ``(..., domain)`` totals, lazy.
     """
-    from abz_dask.aggregation.budgets import DOMAINS
-
     doms = dict(domains or DOMAINS)
     if len(doms) > 16:
         raise ValueError(f"at most 16 overlapping domains per pass, got {len(doms)}")
@@ -343,6 +335,55 @@ def domain_totals(data: xr.DataArray | xr.Dataset, zones: xr.Dataset, area: xr.D
     return out
 
 
+def fire_budgets(fire: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
+                 variable: str = "fire_emissions", domains: Mapping[str, str] | None = None,
+                 layer: ZoneLayer | None = None) -> xr.DataArray:
+    """Annual fire-emission budgets (Tg C yr⁻¹) per domain or per zone of a layer, lazy.
+
+    The package's one definition of a fire budget, the one of the digital twin's truth
+    (:mod:`abz_dask.twin.fire`: emissions in g C per m² of *cell* area per year): the sum over
+    the domain's (or zone's) cells of ``emissions × cell area``, whatever the cell's land
+    fraction; NaN emissions count as no fire. The NEE + fire budget of a domain is its NEE
+    budget (Σ NEE × cell area × land fraction) plus this fire budget. Emissions regridded with
+    :func:`abz_dask.geo.regrid.mass_sum` are per m² of cell area too.
+
+    Parameters
+    ----------
+    fire : xarray.Dataset
+        Fire store (``fire.zarr``) with ``variable`` ``(year, y, x)``.
+    zones : xarray.Dataset
+        Zone layers of the same grid.
+    cell_area : float
+        Cell area (m²).
+    variable : str
+        Emission variable of ``fire``.
+    domains : mapping, optional
+        Domain name -> variable or expression of ``zones`` (default
+        :data:`abz_dask.aggregation.budgets.DOMAINS`); ignored when ``layer`` is given.
+    layer : ZoneLayer, optional
+        Zones of a layer (:func:`zone_layer`) instead of the overlapping domains.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(year, domain)``, or ``(year, zone)`` for a layer.
+
+    Raises
+    ------
+    ValueError
+        If ``fire`` has no ``variable``.
+    """
+    if variable not in fire:
+        raise ValueError(f"fire store has no variable {variable!r} (has "
+                         f"{sorted(map(str, fire.data_vars))})")
+    cell = xr.full_like(zones["land_fraction"], float(cell_area), dtype=np.float64)
+    cell = cell.drop_vars([c for c in cell.coords if c not in ("y", "x")])
+    tot = (zonal_totals(fire[variable], layer, cell) if layer is not None
+           else domain_totals(fire[variable], zones, cell, domains)) * TG_PER_G
+    tot.attrs.update({"units": BUDGET_UNITS, "long_name": "fire carbon emissions"})
+    return cast(xr.DataArray, tot)
+
+
 def domain_budgets(store: str | Path | xr.Dataset, *, monthly: bool = False) -> xr.DataArray:
     """Budgets of every model from the store's ``zone_sums`` (the Table-1 domains), lazy.
 
@@ -362,13 +403,13 @@ def domain_budgets(store: str | Path | xr.Dataset, *, monthly: bool = False) -> 
     ds = open_flux_store(store)
     if "zone_sums" not in ds:
         raise ValueError("flux store has no 'zone_sums' variable (written by run_upscale)")
-    zs = ds["zone_sums"].sum("tile_id") * TG
+    zs = ds["zone_sums"].sum("tile_id") * TG_PER_G
     if monthly:
-        zs.attrs["units"] = "Tg C month-1"
+        zs.attrs["units"] = BUDGET_MONTH_UNITS
         return zs
     years = complete_years(zs["time"])
     ann = zs.groupby("time.year").sum().sel(year=years)
-    ann.attrs["units"] = "Tg C yr-1"
+    ann.attrs["units"] = BUDGET_UNITS
     return ann
 
 
@@ -409,7 +450,7 @@ def zonal_budget_table(store: str | Path | xr.Dataset, zones: xr.Dataset,
         over the replicates' period budgets when replicate maps are stored, else NaN.
     """
     ds = open_flux_store(store)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     lay = layer if isinstance(layer, ZoneLayer) else zone_layer(zones, layer, within=within)
     area = pixel_area(zones, grid.cell_area)
     fl = list(fluxes) if fluxes else [f for f in ("NEE", "GPP", "Reco") if f in ds]
@@ -432,8 +473,8 @@ def zonal_budget_table(store: str | Path | xr.Dataset, zones: xr.Dataset,
             rows.append({"layer": lay.name, "zone": lay.names[int(code)], "code": int(code),
                          "flux": f, "budget_tg_c_yr": b, "boot_sd_tg_c_yr": sd,
                          "interannual_sd_tg_c_yr": float(s.std(ddof=1)),
-                         "per_area_g_c_m2_yr": b / TG / a if a > 0 else np.nan,
-                         "area_mkm2": a / 1e12, "n_years": int(s.sizes["year"]),
+                         "per_area_g_c_m2_yr": b / TG_PER_G / a if a > 0 else np.nan,
+                         "area_mkm2": a / M2_PER_MKM2, "n_years": int(s.sizes["year"]),
                          "n_bootstrap": (0 if rep_mean is None
                                          else int(rep_mean.sizes["replicate"]))})
     return pd.DataFrame(rows)

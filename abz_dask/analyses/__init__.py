@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from abz_dask.analyses.budget_trends import (
     budget_trend_table,
-    domain_sums,
-    fire_budgets,
+    budget_trends,
+    monthly_domain_budgets,
     seasonal_budgets,
-    store_domain_sums,
 )
 from abz_dask.analyses.compare import map_agreement, trend_class
 from abz_dask.analyses.maps import MAP_FIELDS, finish_atomic, pixel_trends, write_zarr_atomic
@@ -44,9 +43,9 @@ from abz_dask.analyses.shares import greening_overlap, shares_table, trend_area_
 
 __all__ = [
     "MAP_FIELDS", "OVERLAY_LEGEND", "SEASONS", "TrendConfig", "TrendInputs", "TrendResult",
-    "budget_trend_table", "domain_sums", "finish_atomic", "fire_budgets", "flux_series",
-    "greening_overlap", "map_agreement", "nee_plus_fire", "overlay_categories",
-    "overlay_shares", "pixel_trends", "predictor_series", "run_trends", "season_months",
-    "seasonal_budgets", "seasonal_series", "shares_table", "store_domain_sums",
+    "budget_trend_table", "budget_trends", "finish_atomic", "flux_series",
+    "greening_overlap", "map_agreement", "monthly_domain_budgets", "nee_plus_fire",
+    "overlay_categories", "overlay_shares", "pixel_trends", "predictor_series",
+    "run_trends", "season_months", "seasonal_budgets", "seasonal_series", "shares_table",
     "trend_area_shares", "trend_class", "whole_years", "write_zarr_atomic",
 ]

@@ -1,60 +1,67 @@
 """Trends of domain budgets: annual, seasonal (JJA, shoulder seasons) and NEE + fire (§4.10).
 
-Budgets come from monthly domain sums (g C month⁻¹): for an upscaling run the flux store's
-``zone_sums`` (written in the same pass as the maps, central model = 0, bootstrap replicates
-1..B), for a truth or any other flux cube :func:`domain_sums` (the same contraction with the
-domain weights). A seasonal budget is the sum of its months (Tg C per season); the annual one
-equals :func:`abz_dask.upscale.results.annual_budgets`.
+:func:`budget_trends` writes the package's one ``budget_trends`` table (the trends stage's
+``RUN/trends/budget_trends.csv``; the report shows the same table). Its inputs are monthly
+domain budgets (Tg C month⁻¹): for an upscaling run the flux store's ``zone_sums``
+(:func:`abz_dask.aggregation.zonal.domain_budgets` with ``monthly=True``: central model 0,
+bootstrap replicates 1..B), for a truth or any other flux cube :func:`monthly_domain_budgets`
+(flox domain totals of the maps). A seasonal budget is the sum of its months (Tg C per season);
+the annual one is the annual budget of Table 1. NEE + fire adds the fire budget of
+:func:`abz_dask.aggregation.zonal.fire_budgets`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.aggregation.zonal import open_flux_store
+from abz_dask.aggregation.units import BUDGET_MONTH_UNITS, BUDGET_SEASON_UNITS, TG_PER_G
+from abz_dask.aggregation.zonal import domain_totals, pixel_area
 from abz_dask.analyses.series import season_months, whole_years
 from abz_dask.analyses.trends import Method, trend
 
-__all__ = ["budget_trend_table", "domain_sums", "fire_budgets", "seasonal_budgets",
-           "store_domain_sums"]
+__all__ = ["BUDGET_SEASONS", "BUDGET_TREND_COLUMNS", "budget_trend_table", "budget_trends",
+           "monthly_domain_budgets", "seasonal_budgets"]
+
+#: Seasons of the budget trends (:data:`abz_dask.analyses.series.SEASONS`).
+BUDGET_SEASONS: tuple[str, ...] = ("annual", "JJA", "spring", "autumn")
+#: Columns of the ``budget_trends`` table, in order.
+BUDGET_TREND_COLUMNS: tuple[str, ...] = (
+    "season", "flux", "domain", "first_year", "last_year", "n_years", "mean_tg_c",
+    "trend_tg_c_per_yr", "lbound", "ubound", "sig", "tau", "significant", "nruns", "autocor",
+    "linear", "intercept", "trend_boot_sd", "n_bootstrap", "source")
 
 
-def store_domain_sums(store: str | Path | xr.Dataset) -> xr.DataArray:
-    """Monthly domain sums ``(flux, model, time, domain)`` (g C month⁻¹) of a flux store."""
-    ds = open_flux_store(store)
-    if "zone_sums" not in ds:
-        raise KeyError(f"{store}: flux store has no 'zone_sums' variable")
-    return ds["zone_sums"].sum("tile_id")
-
-
-def domain_sums(fluxes: xr.Dataset, weights: xr.DataArray,
-                names: Sequence[str] = ("NEE", "GPP", "Reco")) -> xr.DataArray:
-    """Monthly domain sums ``(flux, time, domain)`` (g C month⁻¹) of monthly flux maps (lazy).
+def monthly_domain_budgets(fluxes: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
+                           names: Sequence[str] = ("NEE", "GPP", "Reco"),
+                           domains: Mapping[str, str] | None = None) -> xr.DataArray:
+    """Monthly domain budgets ``(flux, time, domain)`` (Tg C month⁻¹) of monthly flux maps, lazy.
 
     ``fluxes`` holds ``(time, y, x)`` maps in g C m⁻² month⁻¹ (e.g. the twin's truth); missing
-    pixels contribute nothing, as in the upscaler.
+    pixels contribute nothing, as in the upscaler. One flox pass
+    (:func:`abz_dask.aggregation.zonal.domain_totals`) with the pixel area.
     """
-    w = weights.astype(np.float64)
-    w = w.drop_vars([c for c in w.coords if c not in w.dims])
-    parts = [xr.dot(fluxes[n].astype(np.float64).fillna(0.0), w, dim=("y", "x"))
-             for n in names]
-    out = xr.concat(parts, dim="flux").assign_coords(flux=list(names))
-    return out.drop_vars([c for c in out.coords if c not in out.dims])
+    missing = [n for n in names if n not in fluxes]
+    if missing:
+        raise KeyError(f"flux dataset has no variable(s) {missing} "
+                       f"(has {sorted(map(str, fluxes.data_vars))})")
+    tot = domain_totals(fluxes[list(names)], zones, pixel_area(zones, cell_area), domains)
+    out = tot.to_dataarray("flux") * TG_PER_G
+    out = out.drop_vars([c for c in out.coords if c not in out.dims])
+    return out.transpose("flux", "time", "domain").assign_attrs(units=BUDGET_MONTH_UNITS)
 
 
-def seasonal_budgets(sums: xr.DataArray, season: str | Sequence[int] = "annual", *,
+def seasonal_budgets(monthly: xr.DataArray, season: str | Sequence[int] = "annual", *,
                      start: int | None = None, end: int | None = None) -> xr.DataArray:
-    """Budgets per year (Tg C per season; per year for ``"annual"``) from monthly domain sums.
+    """Budgets per year (Tg C per season; per year for ``"annual"``) from monthly budgets.
 
     Parameters
     ----------
-    sums : xarray.DataArray
-        Monthly domain sums with a ``time`` dimension (g C month⁻¹).
+    monthly : xarray.DataArray
+        Monthly domain budgets with a ``time`` dimension (Tg C month⁻¹).
     season : str or sequence of int
         Named season (:data:`abz_dask.analyses.series.SEASONS`) or calendar months.
     start, end : int, optional
@@ -66,30 +73,66 @@ def seasonal_budgets(sums: xr.DataArray, season: str | Sequence[int] = "annual",
         ``time`` replaced by ``year``.
     """
     months = season_months(season)
-    years = whole_years(pd.DatetimeIndex(sums["time"].values), months, start, end)
+    years = whole_years(pd.DatetimeIndex(monthly["time"].values), months, start, end)
     if len(years) == 0:
         raise ValueError(f"no year in {start}..{end} has all months {list(months)} "
-                         "in the domain sums")
-    t = pd.DatetimeIndex(sums["time"].values)
-    sel = sums.isel(time=np.flatnonzero(np.isin(t.month, months) & np.isin(t.year, years)))
-    out = sel.groupby("time.year").sum() * 1e-12
-    return out.sel(year=years).assign_attrs(units="Tg C", season_months=list(months))
+                         "in the monthly budgets")
+    t = pd.DatetimeIndex(monthly["time"].values)
+    sel = monthly.isel(time=np.flatnonzero(np.isin(t.month, months) & np.isin(t.year, years)))
+    out = sel.groupby("time.year").sum()
+    return out.sel(year=years).assign_attrs(units=BUDGET_SEASON_UNITS,
+                                            season_months=list(months))
 
 
-def fire_budgets(fire_emissions: xr.DataArray, land_fraction: xr.DataArray,
-                 weights: xr.DataArray) -> xr.DataArray:
-    """Annual fire emissions per domain ``(year, domain)`` in Tg C yr⁻¹.
+def budget_trends(monthly: xr.DataArray, *, fire: xr.DataArray | None = None,
+                  seasons: Sequence[str] = BUDGET_SEASONS, start: int | None = None,
+                  end: int | None = None, method: Method = "zhang",
+                  preserve_range: bool = True, alpha: float = 0.05,
+                  source: str = "estimate") -> pd.DataFrame:
+    """The ``budget_trends`` table of one source: every season's budget trends and NEE + fire.
 
-    ``fire_emissions`` is per m² of cell area (twin ``fire.zarr``); dividing by the land
-    fraction and weighting with ``cell area × land fraction`` conserves the emitted mass
-    (DECISIONS 16).
+    Parameters
+    ----------
+    monthly : xarray.DataArray
+        Monthly domain budgets ``(flux, [model,] time, domain)`` (Tg C month⁻¹).
+    fire : xarray.DataArray, optional
+        Annual fire budgets ``(year, domain)`` (Tg C yr⁻¹,
+        :func:`abz_dask.aggregation.zonal.fire_budgets`): adds the annual ``NEE_fire`` rows
+        over the years both cover.
+    seasons : sequence of str
+        Seasons (:data:`BUDGET_SEASONS` by default).
+    start, end : int, optional
+        Year range.
+    method, preserve_range, alpha
+        As :func:`abz_dask.analyses.trends.trend`.
+    source : str
+        Value of the ``source`` column (``estimate``, ``truth``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`BUDGET_TREND_COLUMNS`.
     """
-    lf = land_fraction.where(land_fraction > 0)
-    per_land = (fire_emissions.astype(np.float64).fillna(0.0) / lf).fillna(0.0)
-    per_land = per_land.drop_vars([c for c in per_land.coords if c not in per_land.dims])
-    w = weights.astype(np.float64)
-    w = w.drop_vars([c for c in w.coords if c not in w.dims])
-    return (xr.dot(per_land, w, dim=("y", "x")) * 1e-12).assign_attrs(units="Tg C yr-1")
+    kw = {"method": method, "preserve_range": preserve_range, "alpha": alpha}
+    mon = monthly.compute()
+    parts = []
+    annual = None
+    for s in seasons:
+        b = seasonal_budgets(mon, s, start=start, end=end)
+        annual = b if s == "annual" else annual
+        parts.append(budget_trend_table(b, season=s, **kw))  # type: ignore[arg-type]
+    if fire is not None and "NEE" in mon["flux"].values:
+        if annual is None:
+            annual = seasonal_budgets(mon, "annual", start=start, end=end)
+        fb = fire.compute()
+        nee = annual.sel(flux=["NEE"])
+        common = np.intersect1d(nee["year"].values, fb["year"].values)
+        if len(common):
+            nf = (nee.sel(year=common) + fb.sel(year=common, domain=nee["domain"].values)
+                  ).assign_coords(flux=["NEE_fire"])
+            parts.append(budget_trend_table(nf, season="annual", **kw))  # type: ignore[arg-type]
+    out = pd.concat(parts, ignore_index=True).assign(source=source)
+    return out[list(BUDGET_TREND_COLUMNS)]
 
 
 def budget_trend_table(budgets: xr.DataArray, *, season: str = "annual",

@@ -1,23 +1,10 @@
-"""Fire: reading and mass-conserving regridding of fire rasters, NEE + fire, years since fire and
-the post-fire bias test (seed-spec §3.3, §4.9, §4.11; DECISIONS 15, 16).
+"""Fire: reading fire rasters, NEE + fire, years since fire and the post-fire bias test
+(seed-spec §3.3, §4.9, §4.11; DECISIONS 15, 16).
 
-Regridding (:func:`regrid_to_grid`) accepts any raster with a CRS (GeoTIFF or NetCDF, geographic
-or projected, read by :func:`read_raster`) holding
-
-* ``kind="density"``: an amount per m² of the source cell (fire emissions, g C m⁻² yr⁻¹) or a
-  fraction of the cell (burned fraction) — the output is the amount per m² of the target cell;
-* ``kind="total"``: an amount per source cell (g C per cell) — the output is per m² of target
-  cell.
-
-Mass is conserved: each source cell's amount (density × its true area) is split over k × k
-sub-cells in proportion to their true areas, every sub-cell centre is projected onto the flux
-grid and the amounts are summed per target cell (``method="exact"``: exact conservation of
-everything that falls on the grid, whatever the two grids; k is chosen so that sub-cells are at
-most a quarter of a target cell). ``method="gdal"`` uses ``rasterio.warp.reproject`` with
-``Resampling.sum`` on the amounts instead (fast, conserves mass to ≈ 0.5 % for a 0.25° source
-on the 100-km grid, measured). True source areas: the authalic sphere for geographic CRSs; the
-projected cell area divided by the projection's areal scale factor (pyproj) otherwise. Source
-rows are processed in blocks (memory ∝ block × k²).
+:func:`read_raster` opens a fire raster (GeoTIFF or NetCDF, geographic or projected) lazily with
+its CRS; the mass-conserving regridding onto the grid is
+:func:`abz_dask.geo.regrid.mass_sum` (``kind="density"``: per m² of source cell or a burned
+fraction; ``kind="total"``: per source cell; output per m² of target cell).
 
 The post-fire bias test (:func:`fit_postfire_bias`, :func:`postfire_correction`, DECISIONS 15):
 bias = observed − predicted NEE from the LOSO CV predictions of burned sites
@@ -35,14 +22,21 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from abz_dask.aggregation.budgets import DOMAINS
-from abz_dask.aggregation.zonal import TG, domain_totals, open_flux_store, pixel_area, store_grid
+from abz_dask.aggregation.units import BUDGET_UNITS, FLUX_ANNUAL_UNITS, TG_PER_G
+from abz_dask.aggregation.zonal import (
+    domain_totals,
+    fire_budgets,
+    open_flux_store,
+    pixel_area,
+)
+from abz_dask.analyses.seasonal import pixel_annual
+from abz_dask.analyses.series import nee_plus_fire as nee_plus_fire_map
 from abz_dask.geo.grid import Grid
 
 __all__ = [
@@ -53,17 +47,14 @@ __all__ = [
     "postfire_correction",
     "read_cv_predictions",
     "read_raster",
-    "regrid_to_grid",
-    "source_cell_area",
 ]
 
-AUTHALIC_RADIUS_M = 6371007.181
 #: Months of the post-fire correction (DECISIONS 15).
 CORRECTION_MONTHS: tuple[int, ...] = (5, 6, 7)
 
 
 # --------------------------------------------------------------------------------------------
-# reading and regridding
+# reading
 
 
 def read_raster(path: str | Path, variable: str | None = None, *,
@@ -125,163 +116,6 @@ def read_raster(path: str | Path, variable: str | None = None, *,
     return da
 
 
-def source_cell_area(src: xr.DataArray) -> np.ndarray:
-    """True area (m²) of every cell of a raster ``(y, x)`` (see the module docstring)."""
-    from pyproj import CRS, Proj
-
-    crs = CRS.from_user_input(src.rio.crs)
-    x = np.asarray(src["x"].values, float)
-    y = np.asarray(src["y"].values, float)
-    dx = _edges(x)
-    dy = _edges(y)
-    if crs.is_geographic:
-        lat_e = np.clip(dy, -90, 90)
-        band = np.abs(np.sin(np.deg2rad(lat_e[:-1])) - np.sin(np.deg2rad(lat_e[1:])))
-        width = np.deg2rad(np.abs(np.diff(dx)))
-        return AUTHALIC_RADIUS_M**2 * band[:, None] * width[None, :]
-    px = np.abs(np.diff(dy))[:, None] * np.abs(np.diff(dx))[None, :]
-    xx, yy = np.meshgrid(x, y)
-    proj = Proj(crs)
-    lon, lat = proj(xx, yy, inverse=True)
-    f = proj.get_factors(lon, lat)
-    scale = np.asarray(f.areal_scale, float)
-    return px / np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-
-
-def _edges(c: np.ndarray) -> np.ndarray:
-    if len(c) < 2:
-        raise ValueError("a raster axis needs at least 2 coordinates")
-    mid = 0.5 * (c[1:] + c[:-1])
-    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
-
-
-def _regrid_exact(values: np.ndarray, x: np.ndarray, y: np.ndarray, area: np.ndarray,
-                  src_crs: object, grid: Grid, k: int, block_rows: int
-                  ) -> tuple[np.ndarray, float, float]:
-    """Amounts (density × area) of one 2-D slice summed onto the grid; returns the target
-    amounts, the source total and the total that fell outside the grid."""
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(src_crs, grid.crs, always_xy=True)
-    ny, nx = grid.shape
-    out = np.zeros(ny * nx)
-    xe, ye = _edges(x), _edges(y)
-    frac = (np.arange(k) + 0.5) / k
-    total = lost = 0.0
-    geographic = getattr(src_crs, "is_geographic", False)
-    for r0 in range(0, len(y), block_rows):
-        r1 = min(len(y), r0 + block_rows)
-        v = np.nan_to_num(values[r0:r1].astype(np.float64)) * area[r0:r1]
-        if not v.any():
-            continue
-        rows, cols = np.nonzero(v)
-        amt = v[rows, cols]
-        total += float(amt.sum())
-        yr0, yr1 = ye[r0 + rows], ye[r0 + rows + 1]
-        xc0, xc1 = xe[cols], xe[cols + 1]
-        sy = yr0[:, None] + (yr1 - yr0)[:, None] * frac[None, :]  # (n, k)
-        sx = xc0[:, None] + (xc1 - xc0)[:, None] * frac[None, :]
-        if geographic:  # sub-row weights ∝ true area of the sub-band
-            lo = yr0[:, None] + (yr1 - yr0)[:, None] * (np.arange(k) / k)[None, :]
-            hi = lo + (yr1 - yr0)[:, None] / k
-            wy = np.abs(np.sin(np.deg2rad(np.clip(hi, -90, 90)))
-                        - np.sin(np.deg2rad(np.clip(lo, -90, 90))))
-            wy = wy / wy.sum(axis=1, keepdims=True)
-        else:
-            wy = np.full((len(amt), k), 1.0 / k)
-        px = np.broadcast_to(sx[:, None, :], (len(amt), k, k)).reshape(len(amt), -1)
-        py = np.broadcast_to(sy[:, :, None], (len(amt), k, k)).reshape(len(amt), -1)
-        w = (np.broadcast_to(wy[:, :, None], (len(amt), k, k)) / k).reshape(len(amt), -1)
-        gx, gy = tr.transform(px.ravel(), py.ravel())
-        ri, ci = grid.index_of(np.asarray(gx), np.asarray(gy))
-        sub = (amt[:, None] * w).ravel()
-        ok = (ri >= 0) & np.isfinite(gx)
-        lost += float(sub[~ok].sum())
-        out += np.bincount(ri[ok] * nx + ci[ok], weights=sub[ok], minlength=ny * nx)
-    return out.reshape(ny, nx), total, lost
-
-
-def regrid_to_grid(src: xr.DataArray, grid: Grid, *, kind: Literal["density", "total"]
-                   = "density", method: Literal["exact", "gdal"] = "exact",
-                   supersample: int | None = None, block_rows: int = 256) -> xr.DataArray:
-    """Aggregate a fire raster onto the flux grid conserving mass (DECISIONS 16).
-
-    Parameters
-    ----------
-    src : xarray.DataArray
-        ``(..., y, x)`` raster with a CRS (:func:`read_raster`); leading dimensions (band,
-        year, time) are kept.
-    grid : Grid
-        Target grid.
-    kind : {"density", "total"}
-        Per m² of source cell (or a fraction of it) / per source cell.
-    method : {"exact", "gdal"}
-        Sub-cell binning (exact conservation) or ``rasterio.warp.reproject`` with
-        ``Resampling.sum``.
-    supersample : int, optional
-        k of the exact method (default: enough for sub-cells ≤ ¼ of a target cell, ≥ 1).
-    block_rows : int
-        Source rows per block.
-
-    Returns
-    -------
-    xarray.DataArray
-        ``(..., y, x)`` on the grid, per m² of target cell; attributes ``mass_in``,
-        ``mass_out`` (amounts summed over all slices) and ``mass_outside_grid``.
-    """
-    import rioxarray  # noqa: F401
-    from pyproj import CRS
-
-    if kind not in ("density", "total"):
-        raise ValueError(f"kind must be 'density' or 'total', got {kind!r}")
-    if src.rio.crs is None:
-        raise ValueError(f"raster {src.name!r} has no CRS")
-    src_crs = CRS.from_user_input(src.rio.crs)
-    src = src.transpose(..., "y", "x")
-    area = source_cell_area(src) if kind == "density" else np.ones((src.sizes["y"],
-                                                                    src.sizes["x"]))
-    lead = [d for d in src.dims if d not in ("y", "x")]
-    stacked = src.stack(_slice=lead) if lead else src.expand_dims(_slice=[0])
-    stacked = stacked.transpose("_slice", "y", "x")
-    if supersample is None:
-        side = float(np.sqrt(np.nanmedian(source_cell_area(src))))
-        supersample = max(1, int(np.ceil(4 * side / grid.resolution)))
-    x, y = np.asarray(src["x"].values, float), np.asarray(src["y"].values, float)
-    outs, m_in, m_out, m_lost = [], 0.0, 0.0, 0.0
-    for i in range(stacked.sizes["_slice"]):
-        vals = np.asarray(stacked.isel(_slice=i).values)
-        if method == "exact":
-            o, tot, lost = _regrid_exact(vals, x, y, area, src_crs, grid, supersample,
-                                         block_rows)
-        elif method == "gdal":
-            from rasterio.warp import Resampling, reproject
-
-            o = np.zeros(grid.shape)
-            amt = np.nan_to_num(vals.astype(np.float64)) * area
-            reproject(amt, o, src_transform=src.rio.transform(), src_crs=src_crs.to_wkt(),
-                      dst_transform=grid.transform, dst_crs=grid.crs.to_wkt(),
-                      resampling=Resampling.sum)
-            tot, lost = float(amt.sum()), np.nan
-        else:
-            raise ValueError(f"method must be 'exact' or 'gdal', got {method!r}")
-        outs.append(o / grid.cell_area)
-        m_in += tot
-        m_out += float(o.sum())
-        m_lost += lost
-    data = np.stack(outs).astype(np.float32)
-    coords = {"y": grid.y, "x": grid.x}
-    res = xr.DataArray(data, dims=("_slice", "y", "x"),
-                       coords={**coords, "_slice": stacked["_slice"]})
-    res = res.unstack("_slice") if lead else res.isel(_slice=0, drop=True)
-    if lead:
-        res = res.transpose(*lead, "y", "x")
-    res.name = src.name
-    res.attrs = {**{k: v for k, v in src.attrs.items() if k in ("long_name", "units")},
-                 "regrid": f"{method} mass-conserving ({kind}), per m2 of target cell",
-                 "mass_in": m_in, "mass_out": m_out, "mass_outside_grid": m_lost}
-    return grid.attach(res)
-
-
 # --------------------------------------------------------------------------------------------
 # NEE + fire and burn history
 
@@ -291,9 +125,12 @@ def nee_plus_fire(store: str | Path | xr.Dataset, fire: xr.Dataset, zones: xr.Da
                   variable: str = "fire_emissions") -> xr.Dataset:
     """Annual NEE + fire maps and domain budgets for the fire years, lazy maps.
 
-    Fire emissions (g C m⁻² of cell) are converted to g C m⁻² of land (÷ land fraction) so that
-    they add to NEE per pixel; the budgets use cell area for fire and pixel area for NEE, i.e.
-    ``Σ NEE × area × lf + Σ fire × area``.
+    Budgets: the NEE budget of the maps (Σ NEE × cell area × land fraction) plus the fire
+    budget of :func:`abz_dask.aggregation.zonal.fire_budgets` (Σ emissions × cell area over the
+    domain's cells, the twin truth's definition). Maps: fire emissions (g C m⁻² of cell) are
+    converted to g C m⁻² of land (÷ land fraction) so that they add to NEE per pixel
+    (:func:`abz_dask.analyses.series.nee_plus_fire`); they are NaN where NEE is (cells without
+    a prediction), so the maps' area total misses the fire of such cells; the budget keeps it.
 
     Returns
     -------
@@ -301,25 +138,20 @@ def nee_plus_fire(store: str | Path | xr.Dataset, fire: xr.Dataset, zones: xr.Da
         ``nee_plus_fire (year, y, x)`` (g C m⁻² yr⁻¹), ``budget (year, domain)``,
         ``fire_budget (year, domain)`` (Tg C yr⁻¹).
     """
-    from abz_dask.analyses.seasonal import pixel_annual
-    from abz_dask.analyses.table1 import fire_domain_budgets
-
     ds = open_flux_store(store)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     nee = pixel_annual(ds, "NEE", start=start, end=end)
     yrs = np.intersect1d(nee["year"].values, fire["year"].values)
     if len(yrs) == 0:
         raise ValueError("no year is common to the flux store and the fire data")
-    lf = zones["land_fraction"].fillna(0.0)
-    em = fire[variable].sel(year=yrs)
-    em_land = (em / lf.where(lf > 0)).fillna(0.0).where(nee.sel(year=yrs).notnull())
-    maps = nee.sel(year=yrs) + em_land
+    fb = fire_budgets(fire.sel(year=yrs), zones, grid.cell_area, variable=variable)
+    maps = nee_plus_fire_map(nee.sel(year=yrs), fire[variable].sel(year=yrs),
+                             zones["land_fraction"].fillna(0.0))
     area = pixel_area(zones, grid.cell_area)
-    nb = domain_totals(nee.sel(year=yrs), zones, area) * TG
-    fb = fire_domain_budgets(fire.sel(year=yrs), zones, grid.cell_area, variable=variable)
+    nb = domain_totals(nee.sel(year=yrs), zones, area) * TG_PER_G
     out = xr.Dataset({"nee_plus_fire": maps, "budget": nb + fb, "fire_budget": fb})
-    out["nee_plus_fire"].attrs = {"units": "g C m-2 yr-1"}
-    out["budget"].attrs = out["fire_budget"].attrs = {"units": "Tg C yr-1"}
+    out["nee_plus_fire"].attrs = {"units": FLUX_ANNUAL_UNITS}
+    out["budget"].attrs = out["fire_budget"].attrs = {"units": BUDGET_UNITS}
     return out
 
 
@@ -458,7 +290,7 @@ def postfire_correction(store: str | Path | xr.Dataset, fire: xr.Dataset, zones:
         correction map (g C m⁻² yr⁻¹).
     """
     ds = open_flux_store(store)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     if year not in set(ds["time"].dt.year.values):
         raise ValueError(f"year {year} is not in the flux store")
     hist = burn_history(fire, year).compute()
@@ -479,12 +311,12 @@ def postfire_correction(store: str | Path | xr.Dataset, fire: xr.Dataset, zones:
     dc = dc.where(nee.notnull(), 0.0)
     area = pixel_area(zones, grid.cell_area)
     doms = dict(domains or DOMAINS)
-    base = (domain_totals(nee, zones, area, doms).sum("time") * TG).compute()
-    delta = (domain_totals(dc, zones, area, doms).sum("time") * TG).compute()
+    base = (domain_totals(nee, zones, area, doms).sum("time") * TG_PER_G).compute()
+    delta = (domain_totals(dc, zones, area, doms).sum("time") * TG_PER_G).compute()
     tab = pd.DataFrame({"domain": list(doms), "year": year,
                         "budget_tg_c_yr": base.sel(domain=list(doms)).values,
                         "corrected_tg_c_yr": (base + delta).sel(domain=list(doms)).values,
                         "change_tg_c_yr": delta.sel(domain=list(doms)).values})
     cmap = dc.sum("time")
-    cmap.attrs = {"units": "g C m-2 yr-1", "long_name": f"post-fire NEE correction {year}"}
+    cmap.attrs = {"units": FLUX_ANNUAL_UNITS, "long_name": f"post-fire NEE correction {year}"}
     return tab, cmap

@@ -32,14 +32,8 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.aggregation.budgets import DOMAINS, domain_weights
-from abz_dask.aggregation.zonal import open_flux_store
-from abz_dask.analyses.budget_trends import (
-    budget_trend_table,
-    domain_sums,
-    fire_budgets,
-    seasonal_budgets,
-    store_domain_sums,
-)
+from abz_dask.aggregation.zonal import domain_budgets, fire_budgets, open_flux_store
+from abz_dask.analyses.budget_trends import budget_trends, monthly_domain_budgets
 from abz_dask.analyses.compare import map_agreement
 from abz_dask.analyses.maps import finish_atomic, pixel_trends, write_zarr_atomic
 from abz_dask.analyses.overlay import overlay_categories, overlay_shares
@@ -48,7 +42,6 @@ from abz_dask.analyses.shares import greening_overlap, shares_table, trend_area_
 from abz_dask.analyses.trends import METHODS
 from abz_dask.geo.grid import Grid
 from abz_dask.progress import compute_with_progress
-from abz_dask.upscale.results import annual_budgets
 
 __all__ = ["TrendConfig", "TrendInputs", "TrendResult", "flux_series", "predictor_series",
            "prepare_output", "run_trends"]
@@ -56,7 +49,6 @@ __all__ = ["TrendConfig", "TrendInputs", "TrendResult", "flux_series", "predicto
 FLUXES = ("NEE", "GPP", "Reco")
 _TABLE_CHUNKS = {"y": 2048, "x": 2048}
 NEE_SEASONS = ("JJA", "spring", "autumn")
-BUDGET_SEASONS = ("annual", "JJA", "spring", "autumn")
 
 
 @dataclass(frozen=True)
@@ -103,32 +95,14 @@ class TrendConfig:
 
 @dataclass(frozen=True)
 class TrendInputs:
-    """Stores read by the trend stage (``None`` = not available, analyses skipped)."""
+    """Stores read by the trend stage (``None`` = not available, analyses skipped); a run's
+    set is :meth:`abz_dask.pipeline.layout.RunLayout.trend_inputs`."""
 
     fluxes: Path
     zones: Path
     cube: Path | None = None
     fire: Path | None = None
     truth: Path | None = None
-
-    @classmethod
-    def from_run_dir(cls, run_dir: str | Path, **paths: Path | None) -> TrendInputs:
-        """Demo layout: ``RUN_DIR/fluxes.zarr``, ``RUN_DIR/twin/{zones,cube,fire,truth}.zarr``.
-
-        Missing optional stores become ``None``; ``paths`` override single entries.
-        """
-        run = Path(run_dir)
-        default = {"fluxes": run / "fluxes.zarr", "zones": run / "twin" / "zones.zarr",
-                   "cube": run / "twin" / "cube.zarr", "fire": run / "twin" / "fire.zarr",
-                   "truth": run / "twin" / "truth.zarr"}
-        default.update({k: v for k, v in paths.items() if v is not None})
-        for k in ("fluxes", "zones"):
-            if not Path(default[k]).exists():
-                raise FileNotFoundError(f"{k} store {default[k]} does not exist")
-        opt = {k: (Path(v) if v is not None and Path(v).exists() else None)
-               for k, v in default.items() if k not in ("fluxes", "zones")}
-        return cls(fluxes=Path(default["fluxes"]), zones=Path(default["zones"]),
-                   **opt)
 
 
 @dataclass
@@ -180,13 +154,6 @@ def predictor_series(cube: xr.Dataset, cfg: TrendConfig) -> dict[str, xr.DataArr
 
 def _open(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, consolidated=False)
-
-
-def _grid_of(ds: xr.Dataset) -> Grid:
-    res = ds.attrs.get("grid_resolution_m")
-    if res is None:
-        res = abs(float(ds["x"][1] - ds["x"][0]))
-    return Grid(float(res), str(ds.attrs.get("grid_name", "custom")))
 
 
 def _domains_of(ds: xr.Dataset) -> dict[str, str]:
@@ -284,7 +251,7 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
     Parameters
     ----------
     inputs : TrendInputs
-        Stores to read (:meth:`TrendInputs.from_run_dir` for the demo layout).
+        Stores to read (a run's: :meth:`abz_dask.pipeline.layout.RunLayout.trend_inputs`).
     out : path
         Output folder (created).
     cfg : TrendConfig, optional
@@ -311,7 +278,7 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
     manifest = prepare_output(inputs, out, cfg, overwrite=overwrite)
 
     fx = open_flux_store(inputs.fluxes)
-    grid = _grid_of(fx)
+    grid = Grid.of_dataset(fx)
     zones = _open(inputs.zones)
     if (zones.sizes["y"], zones.sizes["x"]) != (fx.sizes["y"], fx.sizes["x"]):
         raise ValueError(f"zones {inputs.zones} ({zones.sizes['y']}x{zones.sizes['x']}) and "
@@ -322,6 +289,8 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
         {"domain": -1, "y": cy, "x": cx})
     lf = zones["land_fraction"].chunk({"y": cy, "x": cx})
     fire = _open(inputs.fire) if inputs.fire is not None else None
+    if fire is not None and "fire_emissions" not in fire:  # burned fraction only: no NEE + fire
+        fire = None
     cube = _open(inputs.cube) if inputs.cube is not None else None
     truth = _open(inputs.truth) if inputs.truth is not None else None
     attrs = {"trend_config": json.dumps(manifest["config"], sort_keys=True)}
@@ -388,27 +357,14 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
         return pd.concat(parts, ignore_index=True)
 
     def budgets(src: str) -> pd.DataFrame:
-        sums = store_domain_sums(fx) if src == "estimate" else domain_sums(
-            truth.sel(time=slice(str(cfg.start), str(cfg.end))), weights)  # type: ignore[union-attr]
-        sums = sums.compute()
-        parts = []
-        kw = {"method": cfg.method, "preserve_range": cfg.preserve_range, "alpha": cfg.alpha}
-        annual = None
-        for s in BUDGET_SEASONS:
-            if s == "annual" and src == "estimate":  # the upscaler's own annual budgets
-                b = annual_budgets(fx).sel(year=slice(cfg.start, cfg.end))
-            else:
-                b = seasonal_budgets(sums, s, start=cfg.start, end=cfg.end)
-            annual = b if s == "annual" else annual
-            parts.append(budget_trend_table(b, season=s, **kw))  # type: ignore[arg-type]
-        if fire is not None and annual is not None:
-            fb = fire_budgets(fire["fire_emissions"].sel(year=slice(cfg.start, cfg.end)), lf,
-                              weights).compute()
-            nee = annual.sel(flux=["NEE"])
-            common = np.intersect1d(nee["year"].values, fb["year"].values)
-            nf = (nee.sel(year=common) + fb.sel(year=common)).assign_coords(flux=["NEE_fire"])
-            parts.append(budget_trend_table(nf, season="annual", **kw))  # type: ignore[arg-type]
-        return pd.concat(parts, ignore_index=True).assign(source=src)
+        doms = _domains_of(fx)
+        mon = domain_budgets(fx, monthly=True) if src == "estimate" else monthly_domain_budgets(
+            truth.sel(time=slice(str(cfg.start), str(cfg.end))),  # type: ignore[union-attr]
+            zones, grid.cell_area, domains=doms)
+        fb = (fire_budgets(fire, zones, grid.cell_area, domains=doms) if fire is not None
+              else None)
+        return budget_trends(mon, fire=fb, start=cfg.start, end=cfg.end, method=cfg.method,
+                             preserve_range=cfg.preserve_range, alpha=cfg.alpha, source=src)
 
     table("trend_shares", shares)
     if "overlay" in maps:

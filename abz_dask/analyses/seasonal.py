@@ -1,9 +1,9 @@
 """Time series, trends and seasonality of the upscaled fluxes (seed-spec §4.8, §4.10, §5 Figs 2–4).
 
 * :func:`annual_series` — annual budgets per Table-1 domain of the central model with the SD
-  over the bootstrap replicates (Fig. 2a,b bands), NEE + fire when fire data are given;
-* :func:`series_trends` — Theil–Sen slope and Mann–Kendall p (Zhang prewhitening, zyp-exact,
-  :func:`abz_dask.analyses.trends.trend`) of those series;
+  over the bootstrap replicates (Fig. 2a,b bands), NEE + fire when fire data are given (their
+  Theil–Sen trends are the ``annual`` rows of
+  :func:`abz_dask.analyses.budget_trends.budget_trends`, the one budget-trend table);
 * :func:`region_biome_budgets` — key region × biome budgets and trends (Fig. 4);
 * :func:`monthly_means` — mean monthly per-area fluxes per domain for two decades with bootstrap
   SD (Fig. 3);
@@ -21,25 +21,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from abz_dask.aggregation.budgets import DOMAINS
+from abz_dask.aggregation.units import BUDGET_UNITS, M2_PER_MKM2, TG_PER_G
 from abz_dask.aggregation.zonal import (
-    TG,
     annual_zonal_budgets,
     domain_budgets,
     domain_totals,
+    fire_budgets,
     open_flux_store,
     pixel_area,
-    store_grid,
     zone_area,
     zone_layer,
 )
 from abz_dask.analyses.trends import trend
+from abz_dask.geo.grid import Grid
 
 __all__ = [
     "DECADES",
@@ -52,7 +52,6 @@ __all__ = [
     "pixel_trends",
     "region_biome_budgets",
     "seasonal_amplitude",
-    "series_trends",
     "source_area_share",
 ]
 
@@ -122,7 +121,7 @@ def annual_series(store: str | Path | xr.Dataset, *, start: int | None = None,
         Period.
     fire_budgets : xarray.DataArray, optional
         ``(year, domain)`` annual fire emissions (Tg C yr⁻¹,
-        :func:`abz_dask.analyses.table1.fire_domain_budgets`): adds the series ``NEE+fire``.
+        :func:`abz_dask.aggregation.zonal.fire_budgets`): adds the series ``NEE+fire``.
 
     Returns
     -------
@@ -147,7 +146,7 @@ def annual_series(store: str | Path | xr.Dataset, *, start: int | None = None,
                           "boot_sd": out["boot_sd"].sel(series=["NEE"]).assign_coords(
                               series=["NEE+fire"]).where(out["year"].isin(yrs))})
         out = xr.concat([out, add], dim="series")
-    out["budget"].attrs["units"] = out["boot_sd"].attrs["units"] = "Tg C yr-1"
+    out["budget"].attrs["units"] = out["boot_sd"].attrs["units"] = BUDGET_UNITS
     out.attrs.update({"bootstrap_replicates": nb, "period": f"{s}-{e}"})
     return out
 
@@ -158,26 +157,6 @@ def _trend_table(series: xr.DataArray, dims: Sequence[str], method: str = "zhang
     tr = trend(v, dim="year", method=method)  # type: ignore[arg-type]
     df = tr[["trend", "sig", "tau", "intercept"]].to_dataframe().reset_index()
     return df.rename(columns={"trend": "slope_per_yr", "sig": "p_value"})
-
-
-def series_trends(series: xr.Dataset, method: str = "zhang") -> pd.DataFrame:
-    """Theil–Sen slopes (Tg C yr⁻¹ yr⁻¹) and MK p-values of :func:`annual_series` output.
-
-    Missing years (NaN, e.g. NEE + fire before the fire record) are dropped per series.
-    """
-    rows = []
-    for s in series["series"].values:
-        b = series["budget"].sel(series=s)
-        keep = b.notnull().all("domain")
-        b = b.sel(year=b["year"].values[keep.values])
-        if b.sizes["year"] < 3:
-            continue
-        t = _trend_table(b, ["domain"], method)
-        t.insert(0, "series", str(s))
-        t["first_year"], t["last_year"] = int(b["year"].min()), int(b["year"].max())
-        t["mean_tg_c_yr"] = b.mean("year").sel(domain=t["domain"].to_numpy()).to_numpy()
-        rows.append(t)
-    return pd.concat(rows, ignore_index=True)
 
 
 def region_biome_budgets(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
@@ -193,7 +172,7 @@ def region_biome_budgets(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
     """
     ds = open_flux_store(store)
     s, e = _years(ds, start, end)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     lay = zone_layer(zones, layer)
     area = pixel_area(zones, grid.cell_area)
     fl = [f for f in ("NEE", "GPP", "Reco") if f in ds]
@@ -201,8 +180,7 @@ def region_biome_budgets(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
                                ).compute()
     series = {f: ann[f] for f in fl}
     if fire is not None and "NEE" in fl:
-        cell = xr.full_like(area, grid.cell_area)
-        fb = (_zone_fire_budgets(fire, lay, cell)).compute()
+        fb = fire_budgets(fire, zones, grid.cell_area, layer=lay).compute()
         yrs = np.intersect1d(ann["year"].values, fb["year"].values)
         series["NEE+fire"] = ann["NEE"].sel(year=yrs) + fb.sel(year=yrs)
         series["fire"] = fb.sel(year=yrs)
@@ -215,24 +193,12 @@ def region_biome_budgets(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
         t["series"] = name
         t["zone_name"] = [lay.names[int(c)] for c in t["zone"]]
         t["mean_tg_c_yr"] = v.mean("year").sel(zone=t["zone"].to_numpy()).to_numpy()
-        t["area_mkm2"] = za.sel(zone=t["zone"].to_numpy()).to_numpy() / 1e12
+        t["area_mkm2"] = za.sel(zone=t["zone"].to_numpy()).to_numpy() / M2_PER_MKM2
         t["first_year"], t["last_year"] = int(v["year"].min()), int(v["year"].max())
         rows.append(t)
     out = pd.concat(rows, ignore_index=True)
     return out[["zone", "zone_name", "series", "mean_tg_c_yr", "slope_per_yr", "p_value",
                 "area_mkm2", "first_year", "last_year"]]
-
-
-def _zone_fire_budgets(fire: xr.Dataset, lay: object, cell_area: xr.DataArray,
-                              variable: str = "fire_emissions") -> xr.DataArray:
-    """Annual fire budgets (Tg C yr⁻¹) per zone of a layer; emissions per m² of cell area."""
-    from abz_dask.aggregation.zonal import zonal_totals
-
-    if variable not in fire:
-        raise ValueError(f"fire store has no variable {variable!r}")
-    out = zonal_totals(fire[variable], lay, cell_area) * TG  # type: ignore[arg-type]
-    out.attrs["units"] = "Tg C yr-1"
-    return cast(xr.DataArray, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +219,7 @@ def monthly_means(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
         ``domain, flux, period, month, mean_g_c_m2_month, boot_sd``.
     """
     ds = open_flux_store(store)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     mon = domain_budgets(ds, monthly=True).sel(domain=list(domains)).compute()
     area = pixel_area(zones, grid.cell_area)
     dmap = {d: DOMAINS[d] for d in domains}
@@ -263,7 +229,7 @@ def monthly_means(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
         sel = mon.sel(time=slice(str(p0), f"{p1}-12-31"))
         if sel.sizes["time"] == 0:
             continue
-        clim = sel.groupby("time.month").mean() / TG / areas
+        clim = sel.groupby("time.month").mean() / TG_PER_G / areas
         nb = clim.sizes["model"] - 1
         for d in domains:
             for f in clim["flux"].values:
@@ -309,7 +275,7 @@ def source_area_share(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
                       start: int | None = None, end: int | None = None) -> pd.DataFrame:
     """Share of each domain's area whose mean annual NEE is > 0 (a source), area-weighted."""
     ds = open_flux_store(store)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     area = pixel_area(zones, grid.cell_area)
     mean = pixel_mean_annual(ds, "NEE", start=start, end=end)
     src = (mean > 0).astype(np.float64)
@@ -317,7 +283,7 @@ def source_area_share(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
     tot = domain_totals(xr.Dataset({"source": src, "valid": valid}), zones, area).compute()
     share = tot["source"] / tot["valid"]
     return pd.DataFrame({"domain": share["domain"].values, "source_share": share.values,
-                         "source_area_mkm2": tot["source"].values / 1e12})
+                         "source_area_mkm2": tot["source"].values / M2_PER_MKM2})
 
 
 def nee_vs_components(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
@@ -325,13 +291,13 @@ def nee_vs_components(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
     """Directly modelled NEE against Reco − GPP: period budgets and the pixel correlation of
     the mean annual maps, per domain (seed-spec §4.7, Suppl. Fig. 17)."""
     ds = open_flux_store(store)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     s, e = _years(ds, start, end)
     area = pixel_area(zones, grid.cell_area)
     nee = pixel_mean_annual(ds, "NEE", start=s, end=e)
     diff = pixel_mean_annual(ds, "Reco", start=s, end=e) - pixel_mean_annual(ds, "GPP", start=s,
                                                                                  end=e)
-    tot = domain_totals(xr.Dataset({"nee": nee, "diff": diff}), zones, area).compute() * TG
+    tot = domain_totals(xr.Dataset({"nee": nee, "diff": diff}), zones, area).compute() * TG_PER_G
     nv, dv = np.asarray(nee.values), np.asarray(diff.values)
     rows = []
     for d, expr in DOMAINS.items():
@@ -356,7 +322,7 @@ def latitude_correlation(store: str | Path | xr.Dataset, zones: xr.Dataset, *,
     from scipy import stats
 
     ds = open_flux_store(store)
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     nee = np.asarray(pixel_mean_annual(ds, "NEE", start=start, end=end).values)
     _, lat = grid.lonlat()
     m = np.asarray(zones.eval(DOMAINS.get(domain, domain)).fillna(False).values, bool)

@@ -15,7 +15,8 @@ For each domain (ABZ, tundra, boreal, permafrost region) and flux (NEE, GPP, Rec
 * **ratio** (DECISIONS 9): |summer (JJA) NEE budget| / non-summer (Sep–May of the same calendar
   year) NEE budget, period means of the central model;
 * **NEE + fire** (Tg C yr⁻¹): the mean over ``fire_start..end`` of annual NEE budget + annual fire
-  emissions of the domain (fire.zarr ``fire_emissions``, g C m⁻² of cell area);
+  budget of the domain (:func:`abz_dask.aggregation.zonal.fire_budgets`: fire.zarr
+  ``fire_emissions``, g C m⁻² of cell area, × cell area over the domain's cells);
 * **area** (10⁶ km²): Σ cell area × land fraction; **area with data**: its mean over the months
   of the part with a prediction. Domain cells whose predictors have no data get no prediction;
   they are excluded from the budgets and the per-area means (which divide by the area with
@@ -41,25 +42,24 @@ import xarray as xr
 
 from abz_dask.aggregation.budgets import DOMAINS
 from abz_dask.aggregation.periods import complete_years
+from abz_dask.aggregation.units import M2_PER_MKM2, TG_PER_G
 from abz_dask.aggregation.zonal import (
-    TG,
     domain_budgets,
     domain_totals,
+    fire_budgets,
     open_flux_store,
     pixel_area,
-    store_grid,
 )
 from abz_dask.geo.grid import Grid
 
 __all__ = [
     "FLUXES",
     "IdentityError",
-    "RunPaths",
     "Table1",
+    "Table1Inputs",
     "build_table1",
     "check_identities",
     "domain_table",
-    "fire_domain_budgets",
     "in_situ_stats",
     "season_budgets",
     "table1_markdown",
@@ -78,44 +78,22 @@ class IdentityError(AssertionError):
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    """Where the inputs of the analyses live in a run folder.
+class Table1Inputs:
+    """The stores and site file Table 1 reads (optional ones ``None`` when absent); a run's
+    set is :meth:`abz_dask.pipeline.layout.RunLayout.table1_inputs`."""
 
-    ``zones``, ``truth``, ``fire`` and ``sites`` are looked up in ``RUN/`` and then ``RUN/twin/``;
-    absent optional inputs are ``None``.
-    """
-
-    root: Path
     fluxes: Path
     zones: Path
-    truth: Path | None
-    fire: Path | None
-    sites: Path | None
-    training: Path | None
+    truth: Path | None = None
+    fire: Path | None = None
+    sites: Path | None = None
 
-    @classmethod
-    def discover(cls, root: str | Path) -> RunPaths:
-        """Find the stores of a run folder (``fluxes.zarr`` and ``zones.zarr`` are required)."""
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"run folder {root} does not exist")
-
-        def find(*names: str) -> Path | None:
-            for n in names:
-                for base in (root, root / "twin"):
-                    if (base / n).exists():
-                        return base / n
-            return None
-
-        fluxes = root / "fluxes.zarr"
-        if not fluxes.exists():
-            raise FileNotFoundError(f"{fluxes} not found: run the upscaling stage first")
-        zones = find("zones.zarr")
-        if zones is None:
-            raise FileNotFoundError(f"no zones.zarr in {root} or {root / 'twin'}")
-        return cls(root, fluxes, zones, find("truth.zarr"), find("fire.zarr"),
-                   find("abcflux_twin.csv", "abcflux.csv"),
-                   root / "training" if (root / "training").is_dir() else None)
+    def check(self) -> None:
+        """Raise FileNotFoundError naming the flux store or zones when missing."""
+        if not Path(self.fluxes).exists():
+            raise FileNotFoundError(f"{self.fluxes} not found: run the upscaling stage first")
+        if not Path(self.zones).exists():
+            raise FileNotFoundError(f"zones {self.zones} not found")
 
 
 @dataclass
@@ -227,28 +205,9 @@ def season_budgets(monthly: xr.DataArray) -> xr.Dataset:
     return xr.Dataset({"summer": summer, "non_summer": non}).sel(year=full)
 
 
-def fire_domain_budgets(fire: xr.Dataset, zones: xr.Dataset, cell_area: float,
-                        domains: dict[str, str] | None = None, *,
-                        variable: str = "fire_emissions") -> xr.DataArray:
-    """Annual fire emission budgets (Tg C yr⁻¹) per domain, ``(year, domain)``, lazy.
-
-    ``fire_emissions`` is in g C m⁻² of *cell* area per year (twin convention and the output of
-    :func:`abz_dask.analyses.fire.regrid_to_grid`), so cells are weighted by the full cell area
-    inside the
-    domain (the domain masks still apply).
-    """
-    if variable not in fire:
-        raise ValueError(f"fire store has no variable {variable!r}")
-    cell = xr.full_like(zones["land_fraction"], float(cell_area), dtype=np.float64)
-    cell = cell.drop_vars([c for c in cell.coords if c not in ("y", "x")])
-    tot = domain_totals(fire[variable], zones, cell, domains) * TG
-    tot.attrs["units"] = "Tg C yr-1"
-    return cast(xr.DataArray, tot)
-
-
 def _areas(zones: xr.Dataset, area: xr.DataArray, domains: dict[str, str]) -> pd.Series:
     a = cast(xr.DataArray, domain_totals(xr.ones_like(area), zones, area, domains).compute())
-    return pd.Series(a.values / 1e12, index=list(domains), name="area_mkm2")
+    return pd.Series(a.values / M2_PER_MKM2, index=list(domains), name="area_mkm2")
 
 
 def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
@@ -299,10 +258,10 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
     # one flox pass: the flux totals and the area with a prediction (cells whose predictors
     # have no data get none and are not in the totals: per-area means divide by this area)
     sel = sel.assign(_predicted=sel[fluxes[0]].notnull().astype(np.float64))
-    map_tot = cast(xr.Dataset, (domain_totals(sel, zones, area, doms) * TG).compute())
+    map_tot = cast(xr.Dataset, (domain_totals(sel, zones, area, doms) * TG_PER_G).compute())
     years_full = season_budgets(map_tot[fluxes[0]])["year"].values
-    covered = (map_tot["_predicted"] / TG).sel(
-        time=map_tot["time"].dt.year.isin(years_full)).mean("time") / 1e12
+    covered = (map_tot["_predicted"] / TG_PER_G).sel(
+        time=map_tot["time"].dt.year.isin(years_full)).mean("time") / M2_PER_MKM2
     map_tot = map_tot.drop_vars("_predicted")
     map_ann = map_tot.groupby("time.year").sum().sel(year=years_full)
     areas = _areas(zones, area, doms)
@@ -324,8 +283,8 @@ def domain_table(monthly: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
         a = float(areas[d])
         a_pred = float(covered.sel(domain=d))
         for f in fluxes:
-            per_area_ann = (map_ann[f].sel(domain=d) / TG / (a_pred * 1e12) if a_pred > 0
-                            else np.nan)
+            per_area_ann = (map_ann[f].sel(domain=d) / TG_PER_G / (a_pred * M2_PER_MKM2)
+                            if a_pred > 0 else np.nan)
             budget = float(cen_ann[f].sel(domain=d).mean("year"))
             row = {"domain": d, "flux": f,
                    "per_area_mean": float(np.mean(per_area_ann)),
@@ -407,7 +366,7 @@ def _biomes_partition(zones: xr.Dataset) -> bool:
 # the table
 
 
-def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 2020,
+def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
                  fire_start: int = 2002, strict: bool = True,
                  store: xr.Dataset | None = None, truth_store: xr.Dataset | None = None
                  ) -> Table1:
@@ -415,9 +374,9 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
 
     Parameters
     ----------
-    run : path or RunPaths
-        Run folder (``fluxes.zarr``, ``zones.zarr`` here or in ``twin/``, optionally
-        ``truth.zarr``, ``fire.zarr``, the ABCflux CSV).
+    run : Table1Inputs
+        Flux store and zones, optionally the planted truth, the fire store and the ABCflux
+        CSV.
     start, end : int
         Period; clipped to the complete years of the store.
     fire_start : int
@@ -434,10 +393,11 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
     """
     from abz_dask.io.abcflux import read_abcflux
 
-    paths = run if isinstance(run, RunPaths) else RunPaths.discover(run)
+    paths = run
+    paths.check()
     ds = store if store is not None else open_flux_store(paths.fluxes)
     zones = xr.open_zarr(paths.zones, consolidated=False).load()
-    grid = store_grid(ds)
+    grid = Grid.of_dataset(ds)
     years = np.unique(ds["time"].dt.year.values)
     start, end = max(start, int(years.min())), min(end, int(years.max()))
     if start > end:
@@ -448,7 +408,8 @@ def build_table1(run: str | Path | RunPaths, *, start: int = 2001, end: int = 20
         fire = xr.open_zarr(paths.fire, consolidated=False)
         if fire.nbytes < 1e9:  # annual rasters: small next to the monthly maps
             fire = fire.load()
-        fire_b = fire_domain_budgets(fire, zones, grid.cell_area)
+        if "fire_emissions" in fire:  # a store of burned fraction only has no NEE + fire
+            fire_b = fire_budgets(fire, zones, grid.cell_area)
     reps = central = None
     if "zone_sums" in ds:
         central = domain_budgets(ds, monthly=True).sel(model=0, drop=True)
@@ -567,11 +528,11 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_table1(run: str | Path, out_dir: str | Path | None = None, **kw: object) -> Table1:
+def write_table1(run: Table1Inputs, out_dir: str | Path, **kw: object) -> Table1:
     """Build Table 1 and write ``table1.csv``, ``table1_truth.csv`` (if a truth exists),
-    ``table1_checks.csv`` and ``table1.md`` into ``out_dir`` (default: the run folder)."""
+    ``table1_checks.csv`` and ``table1.md`` into ``out_dir`` (the run folder)."""
     t1 = build_table1(run, **kw)  # type: ignore[arg-type]
-    out = Path(out_dir or run)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _atomic(out / "table1.csv", lambda p: t1.estimate.to_csv(p, index=False))
     if t1.truth is not None:

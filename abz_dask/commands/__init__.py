@@ -11,6 +11,7 @@ from __future__ import annotations
 MODULES: tuple[str, ...] = (
     "abz_dask.commands.stages",
     "abz_dask.commands.run",
+    "abz_dask.commands.plan",
     "abz_dask.commands.trends",
     "abz_dask.commands.build_cube",
     "abz_dask.commands.compare",

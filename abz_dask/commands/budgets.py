@@ -11,8 +11,6 @@ from abz_dask.commands.common import check_order, check_year, fail
 
 __all__ = ["budgets", "register"]
 
-_ZONES = ("inputs/zones.zarr", "twin/zones.zarr", "zones.zarr")
-
 
 def budgets(
     run: Annotated[Path, typer.Argument(help="Run folder holding fluxes.zarr")],
@@ -24,8 +22,8 @@ def budgets(
         help="Zone layer (biome, continent, key_region, reccap2, igbp, permafrost, "
              "key_region_biome, ...); default: the Table-1 domains with bootstrap SD")] = None,
     zones: Annotated[Path | None, typer.Option(
-        help="Zones store for --layer (default: the run's inputs/zones.zarr or "
-             "twin/zones.zarr)")] = None,
+        help="Zones store for --layer (default: the run's, e.g. RUN/twin/zones.zarr or "
+             "RUN/inputs/zones.zarr)")] = None,
     within: Annotated[str, typer.Option(
         help="Domain the layer's zones are restricted to (a zones variable or expression)")]
     = "abz",
@@ -37,12 +35,17 @@ def budgets(
     import xarray as xr
 
     from abz_dask.aggregation.zonal import zonal_budget_table
+    from abz_dask.pipeline.layout import RunLayout
     from abz_dask.upscale import budget_table, excluded_area_message
 
     check_year("--start", start)
     check_year("--end", end)
     check_order("--start", start, "--end", end)
-    store = run / "fluxes.zarr"
+    try:
+        layout = RunLayout.from_run(run).with_paths(zones=zones)
+    except ValueError as e:
+        fail(str(e))
+    store = layout.fluxes
     if not store.is_dir():
         fail(f"{store} does not exist: run the upscaling stage first")
     try:
@@ -50,10 +53,9 @@ def budgets(
             tab = budget_table(store, start, end)
             lost = excluded_area_message(tab)
         else:
-            zpath = zones or next((run / z for z in _ZONES if (run / z).is_dir()), None)
-            if zpath is None:
-                fail(f"no zones store in {run} ({', '.join(_ZONES)}); give --zones")
-            tab = zonal_budget_table(store, xr.open_zarr(zpath, consolidated=False), layer,
+            if not layout.zones.is_dir():
+                fail(f"zones store {layout.zones} of {run} does not exist; give --zones")
+            tab = zonal_budget_table(store, xr.open_zarr(layout.zones, consolidated=False), layer,
                                      start=start, end=end, within=within)
             lost = None
     except (ValueError, KeyError, FileNotFoundError) as e:

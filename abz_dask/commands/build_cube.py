@@ -1,4 +1,5 @@
-"""``abz-dask build-cube``: the predictor cube (and zones) from users' rasters and polygons."""
+"""``abz-dask build-cube``: the predictor cube (and zones, and the fire store) from users' rasters
+and polygons."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def build_cube(
     zones_out: Annotated[Path | None, typer.Option(
         help="Zones store (when the config has zones) [default: zones.zarr next to OUT]")]
     = None,
+    fire_out: Annotated[Path | None, typer.Option(
+        help="Fire store (when the config has a fire section) [default: fire.zarr next to "
+             "OUT]")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs")] = False,
     workers: Annotated[int | None, typer.Option(
         help="Local worker processes (0 = no cluster: threads in this process)",
@@ -30,7 +34,8 @@ def build_cube(
 
     Every check that needs no pixel values (files per month, timestamps, CRS, extent, units)
     runs before anything is written; the cube is written to OUT.tmp tile by tile (a rerun
-    resumes) and renamed to OUT when complete.
+    resumes) and renamed to OUT when complete. A fire section's monthly burned-fraction /
+    emission rasters are regridded conserving mass into the twin's annual fire.zarr layout.
     """
     from abz_dask.cube_build import CubeBuildError
     from abz_dask.cube_build import build_cube as run
@@ -40,11 +45,15 @@ def build_cube(
     ctx = contextlib.nullcontext() if workers == 0 else local_cluster(workers)
     try:
         with ctx:
-            res = run(config, out, zones_out=zones_out, overwrite=overwrite, progress=progress)
+            res = run(config, out, zones_out=zones_out, fire_out=fire_out, overwrite=overwrite,
+                      progress=progress)
     except (CubeBuildError, ValueError, FileExistsError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(f"cube written to {res.cube} ({res.n_tiles} tiles, {res.resumed_tiles} resumed) "
                f"in {time.perf_counter() - t0:.1f} s")
+    if res.fire is not None:
+        typer.echo(f"fire store written to {res.fire.store} (years {res.fire.years[0]}-"
+                   f"{res.fire.years[-1]})")
     for name, rep in res.report.items():
         typer.echo(f"gap filling {name}: " + ", ".join(f"{k} {n}" for k, n in rep.items())
                    + " cell-months")

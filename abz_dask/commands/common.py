@@ -12,15 +12,19 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
-    from abz_dask.pipeline.config import SecuritySection
+    from abz_dask.pipeline.config import RunConfig, SecuritySection
+    from abz_dask.pipeline.layout import RunLayout
+    from abz_dask.pipeline.runner import RunResult
 
 __all__ = ["FRACTION", "NON_NEGATIVE", "POSITIVE", "bounded", "check_month", "check_order",
-           "check_resolution", "check_workers", "check_year", "fail", "local_cluster"]
+           "check_resolution", "check_workers", "check_year", "fail", "local_cluster",
+           "run_stages", "stage_config"]
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -147,3 +151,63 @@ def local_cluster(workers: int | None, threads: int = 1, *,
         spec = spec.model_copy(update={"security": security})
     with open_cluster(spec) as session:
         yield session.client
+
+
+def stage_config(run: Path, sections: dict[str, Any], *, files_input: bool = True,
+                 **paths: Path | None) -> tuple[RunConfig, RunLayout]:
+    """The run configuration and layout of a per-stage command on run folder ``run``.
+
+    The input section is the one saved in the run (:func:`abz_dask.pipeline.layout.saved_input`:
+    its ``run_config.json`` or its twin's ``twin.json``); ``sections`` are the command's settings
+    (``training``, ``upscale``, ``budgets``, ``trends``, ``compare``, ``report``). Paths given
+    on the command line replace the layout's (``fluxes``, ``models``, ``fire``, ``truth``,
+    ``report_html``, ``trends``, ...); with ``files_input``, a given ``cube``, ``zones`` or
+    ``abcflux`` — or a folder with no saved input — makes the input a ``files`` input of the
+    layout's paths (the reader options of a saved real input are kept); otherwise the saved
+    input stays and only the layout's paths change.
+
+    Exits with an error naming the key when the configuration is invalid.
+    """
+    from abz_dask.pipeline.config import BuildInput, ConfigError, FilesInput, parse_config
+    from abz_dask.pipeline.layout import RunLayout, saved_input
+
+    run = Path(run).absolute()
+    try:
+        inp = saved_input(run)
+    except ValueError as e:
+        fail(str(e))
+    layout = RunLayout.from_input(run, inp) if inp is not None else RunLayout.from_run(run)
+    given = {k: v for k, v in paths.items() if v is not None}
+    layout = layout.with_paths(**given)
+    if inp is None or (files_input and given.keys() & {"cube", "zones", "abcflux"}):
+        options = (inp.model_dump(mode="json", include={
+            "methods", "max_gap_fill", "exclude_disturbed", "gpp_sign", "truth_budgets"})
+            if isinstance(inp, FilesInput | BuildInput) else {})
+        layout = layout.as_files()
+        data: dict[str, Any] = {**options, "kind": "files", "cube": str(layout.cube),
+                                "zones": str(layout.zones), "abcflux": str(layout.abcflux)}
+    else:
+        data = inp.model_dump(mode="json")
+    try:
+        cfg = parse_config({"output": str(run), "input": data, **sections},
+                           source=f"settings of the command on {run}")
+    except ConfigError as e:
+        fail(str(e))
+    return cfg, layout
+
+
+def run_stages(config: RunConfig, only: tuple[str, ...], layout: RunLayout,
+               scheduler: contextlib.AbstractContextManager[object]) -> RunResult:
+    """Run the stages ``only`` of ``config`` with the stage runner (:func:`run_pipeline` with
+    ``only=``) inside ``scheduler`` (the command's local cluster, or a null context for dask's
+    threaded scheduler), printing the runner's line per stage.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError, FileExistsError, RuntimeError
+        From the stages (the commands turn them into an error exit).
+    """
+    from abz_dask.pipeline.runner import run_pipeline
+
+    with scheduler:
+        return run_pipeline(config, only=only, layout=layout, echo=typer.echo)

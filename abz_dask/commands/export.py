@@ -1,8 +1,10 @@
 """``abz-dask export-twin TWIN --out DIR``: a twin's predictors as a user's own files would be.
 
 GeoTIFF / NetCDF rasters (lon/lat and polar stereographic, integer-scaled with sentinels, annual
-cover layers, a CO2 CSV series) plus a matching ``build-cube.yaml``: the starting point of the
-README's "own rasters" walk-through, and a template for a configuration of real files.
+cover layers, a CO2 CSV series, the twin's fire as monthly burned-fraction GeoTIFFs and an
+emissions NetCDF) plus a matching ``build-cube.yaml`` (with its ``fire`` section): the starting
+point of the README's "own rasters" walk-through, and a template for a configuration of real
+files.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def export_twin(
     lonlat_res: Annotated[float, typer.Option(
         help="Pixel size in degrees of the lon/lat rasters", min=0.01, max=10.0)] = 0.5,
 ) -> None:
-    """Write the twin's predictors as GeoTIFF / NetCDF / CSV files and a build-cube config."""
+    """Write the twin's predictors and fire as GeoTIFF / NetCDF / CSV files and a build-cube
+    config."""
     from abz_dask.io.ownership import ForeignPathError, claim_folder
     from abz_dask.twin.export import export_twin as export
 

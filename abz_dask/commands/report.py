@@ -1,4 +1,8 @@
-"""``abz-dask report`` and ``abz-dask table1``: Table 1 and the HTML report of a run folder."""
+"""``abz-dask report`` and ``abz-dask table1``: Table 1 and the HTML report of a run folder.
+
+``report`` is the stage runner's ``report`` stage (after ``compare`` with ``--compare``) on the
+run's layout; ``table1`` writes Table 1 alone from the stores the layout names.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,20 @@ from typing import Annotated
 
 import typer
 
-from abz_dask.commands.common import POSITIVE, check_order, check_year, fail, local_cluster
+from abz_dask.commands.common import (
+    POSITIVE,
+    check_order,
+    check_year,
+    fail,
+    local_cluster,
+    run_stages,
+    stage_config,
+)
 
 __all__ = ["register", "report", "table1"]
 
 RunDir = Annotated[Path, typer.Argument(
-    help="Run folder (fluxes.zarr; zones/truth/fire/ABCflux CSV here or in twin/)")]
+    help="Run folder (fluxes.zarr and the run's inputs: zones, truth, fire, ABCflux CSV)")]
 Start = Annotated[int, typer.Option(help="First year")]
 End = Annotated[int, typer.Option(help="Last year")]
 Workers = Annotated[int | None, typer.Option(
@@ -37,18 +49,22 @@ def table1(run_dir: RunDir, start: Start = 2001, end: End = 2020,
            workers: Workers = None) -> None:
     """Write Table 1 (table1.csv, table1_truth.csv, table1_checks.csv, table1.md)."""
     from abz_dask.analyses.table1 import IdentityError, table1_markdown, write_table1
+    from abz_dask.pipeline.layout import RunLayout
 
     _check_period(start, end)
     check_year("--fire-start", fire_start)
     check_order("--fire-start", fire_start, "--end", end)
     t0 = time.perf_counter()
     try:
+        layout = RunLayout.from_run(run_dir)
         with _scheduler(workers):
-            t1 = write_table1(run_dir, start=start, end=end, fire_start=fire_start)
+            t1 = write_table1(layout.table1_inputs(), layout.root, start=start, end=end,
+                              fire_start=fire_start)
     except (FileNotFoundError, ValueError, IdentityError) as e:
         fail(str(e))
     typer.echo(table1_markdown(t1))
-    typer.echo(f"Table 1 written to {run_dir}/table1.{{csv,md}} in "
+    files = layout.table1_files()
+    typer.echo(f"Table 1 written to {files['estimate']} and {files['markdown'].name} in "
                f"{time.perf_counter() - t0:.1f} s")
 
 
@@ -59,26 +75,33 @@ def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
            out: Annotated[Path | None, typer.Option(
                help="HTML file [default: RUN_DIR/report.html]")] = None,
            compare: Annotated[bool, typer.Option(
-               help="Run the comparison stage first if RUN_DIR/compare has no figures")]
+               help="Run the comparison stage first (skipped when current; on a twin with the "
+                    "twin's products, else with the run's configured products)")]
            = False,
            workers: Workers = None) -> None:
     """Write the self-contained HTML report (Table 1, analyses, figures) of a run folder."""
     from abz_dask.analyses.table1 import IdentityError
-    from abz_dask.report import build_report
 
     _check_period(start, end)
     check_year("--fire-year", fire_year)
     check_order("--fire-year", fire_year, "--end", end)
+    if not run_dir.is_dir():
+        fail(f"run folder {run_dir} does not exist")
     t0 = time.perf_counter()
+    sections = {"budgets": {"start_year": start, "end_year": end},
+                "report": {"enabled": True, "fire_year": fire_year},
+                "compare": {"enabled": compare}, "trends": {"enabled": False}}
+    run_cfg, layout = stage_config(run_dir, sections, files_input=False,
+                                   report_html=out.absolute() if out else None)
     try:
-        with _scheduler(workers):
-            rep = build_report(run_dir, start=start, end=end, fire_year=fire_year, out=out,
-                               compare=compare)
-    except (FileNotFoundError, ValueError, IdentityError) as e:
+        res = run_stages(run_cfg, ("compare", "report") if compare else ("report",), layout,
+                         _scheduler(workers))
+    except (FileNotFoundError, ValueError, IdentityError, RuntimeError) as e:
         fail(str(e))
-    typer.echo(f"report written to {rep.path} ({rep.path.stat().st_size / 1e6:.1f} MB) in "
+    path = layout.report_html
+    typer.echo(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB) in "
                f"{time.perf_counter() - t0:.1f} s")
-    typer.echo("figures: " + ", ".join(rep.figure_names))
+    typer.echo("figures: " + ", ".join(res.stages[-1].info.get("figures", [])))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,10 @@
 """``abz-dask train`` and ``abz-dask upscale``: the two expensive stages on their own.
 
-Both work on a run folder laid out like the demo's (``RUN/twin/cube.zarr``, ``RUN/twin/zones.zarr``,
-``RUN/twin/abcflux_twin.csv``, ``RUN/models/``, ``RUN/fluxes.zarr``); every input path can be
-given explicitly instead, so real inputs work the same way.
+Both are the stage runner (:func:`abz_dask.pipeline.runner.run_pipeline`) on a run
+configuration built from the options and the run folder's saved input (its
+``run_config.json`` or its twin), running only the stages they name (``extract`` + ``train``,
+``upscale``); every input path can be given explicitly instead, so real inputs work the same
+way. Paths come from the run's :class:`~abz_dask.pipeline.layout.RunLayout`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from abz_dask.commands.common import (
     check_order,
     fail,
     local_cluster,
+    run_stages,
+    stage_config,
 )
 from abz_dask.pipeline.config import DEFAULT_SEED, MIN_TILE
 
@@ -54,11 +58,12 @@ def train(
     config: Annotated[Path | None, typer.Option(
         help="YAML with any of: cube, zones, sites (relative to the YAML's folder), profile "
              "(name, YAML path or mapping), fluxes, seed; command-line flags win")] = None,
-    cube: Annotated[Path | None, typer.Option(help="Predictor cube (default RUN/twin/cube.zarr)")]
-    = None,
-    zones: Annotated[Path | None, typer.Option(help="Zones (default RUN/twin/zones.zarr)")] = None,
+    cube: Annotated[Path | None, typer.Option(
+        help="Predictor cube (default: the run's, e.g. RUN/twin/cube.zarr)")] = None,
+    zones: Annotated[Path | None, typer.Option(
+        help="Zones (default: the run's, e.g. RUN/twin/zones.zarr)")] = None,
     sites: Annotated[Path | None, typer.Option(
-        help="ABCflux CSV (default RUN/twin/abcflux_twin.csv)")] = None,
+        help="ABCflux CSV (default: the run's, e.g. RUN/twin/abcflux_twin.csv)")] = None,
     profile: Annotated[str | None, typer.Option(
         help="Training profile: light, paper, or a YAML file of overrides")] = None,
     flux: Annotated[list[str] | None, typer.Option(
@@ -71,36 +76,41 @@ def train(
 ) -> None:
     """Extract predictors at the sites, tune forests by leave-one-site-out CV, fit the central
     and bootstrap models and write diagnostics and the model bundle."""
+    import json
+
     from abz_dask.io.abcflux import InputError
-    from abz_dask.pipeline.demo import train_stage
     from abz_dask.training import resolve_profile
 
     cfg = _train_config(config)
     base = config.parent if config is not None else Path()  # config paths are relative to it
-    paths = {k: v if v is not None else base / cfg[k] if k in cfg else run / "twin" / default
-             for k, v, default in (("cube", cube, "cube.zarr"), ("zones", zones, "zones.zarr"),
-                                   ("sites", sites, "abcflux_twin.csv"))}
-    for k, p in paths.items():
-        if not p.exists():
-            fail(f"{k} input {p} does not exist")
+    given = {k: v if v is not None else base / cfg[k] if k in cfg else None
+             for k, v in (("cube", cube), ("zones", zones), ("sites", sites))}
+    name = profile or cfg.get("profile", "light")
     try:
-        prof = resolve_profile(profile or cfg.get("profile", "light"))
+        prof = resolve_profile(name)
     except ValueError as e:
         fail(str(e))
+    if isinstance(name, str) and Path(name).suffix:
+        name = str(Path(name).absolute())
     fluxes = tuple(flux or cfg.get("fluxes", ("NEE", "GPP", "Reco")))
+    training = {"profile": name, "fluxes": list(fluxes),
+                "seed": seed if seed is not None else cfg.get("seed", DEFAULT_SEED)}
+    run_cfg, layout = stage_config(run, {"training": training, "trends": {"enabled": False}},
+                                   cube=given["cube"], zones=given["zones"],
+                                   abcflux=given["sites"])
+    for k, p in (("cube", layout.cube), ("zones", layout.zones), ("sites", layout.abcflux)):
+        if not p.exists():
+            fail(f"{k} input {p} does not exist")
     t0 = time.perf_counter()
     try:
-        with local_cluster(workers):
-            bundle: Any = train_stage(paths["cube"], paths["zones"], paths["sites"], run,
-                                      profile=prof, fluxes=fluxes,
-                                      seed=seed if seed is not None
-                                      else cfg.get("seed", DEFAULT_SEED))
-    except (InputError, ValueError) as e:
+        run_stages(run_cfg, ("extract", "train"), layout, local_cluster(workers))
+    except (InputError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
-    typer.echo(f"models written to {run / 'models'} in {time.perf_counter() - t0:.1f} s "
+    card: Any = json.loads(layout.card.read_text())
+    typer.echo(f"models written to {layout.models} in {time.perf_counter() - t0:.1f} s "
                f"(profile {prof.name}; {prof.n_bootstrap} bootstraps by {prof.bootstrap_unit})")
     for f in fluxes:
-        m = bundle.card["models"][f]
+        m = card["models"][f]
         cv = m["cv_metrics"]
         typer.echo(f"  {f}: mtry {m['central']['mtry']}, n {m['n_rows']} rows / "
                    f"{m['n_sites']} sites, "
@@ -111,9 +121,10 @@ def train(
 def upscale(
     run: Annotated[Path, typer.Argument(help="Run folder (reads RUN/models, writes "
                                               "RUN/fluxes.zarr)")],
-    cube: Annotated[Path | None, typer.Option(help="Predictor cube (default RUN/twin/cube.zarr)")]
-    = None,
-    zones: Annotated[Path | None, typer.Option(help="Zones (default RUN/twin/zones.zarr)")] = None,
+    cube: Annotated[Path | None, typer.Option(
+        help="Predictor cube (default: the run's, e.g. RUN/twin/cube.zarr)")] = None,
+    zones: Annotated[Path | None, typer.Option(
+        help="Zones (default: the run's, e.g. RUN/twin/zones.zarr)")] = None,
     models: Annotated[Path | None, typer.Option(help="Model bundle (default RUN/models)")] = None,
     out: Annotated[Path | None, typer.Option(help="Flux store (default RUN/fluxes.zarr)")] = None,
     bootstrap_sample: Annotated[float, typer.Option(
@@ -134,43 +145,37 @@ def upscale(
 ) -> None:
     """Predict every month and cell (central + bootstrap models, single pass, resumable) and
     report throughput and the projected cost of the full 1-km product."""
+    import pandas as pd
     import xarray as xr
 
     from abz_dask.pipeline.demo import check_n_bootstrap
     from abz_dask.training import BundleMismatchError, load_bundle
-    from abz_dask.upscale import (
-        UpscaleConfig,
-        budget_table,
-        compile_bundle,
-        project_core_hours,
-        run_upscale,
-    )
+    from abz_dask.upscale import budget_table, project_core_hours
 
     _check_period(start, end)
-    cube = cube or run / "twin" / "cube.zarr"
-    zones = zones or run / "twin" / "zones.zarr"
-    models = models or run / "models"
-    out = out or run / "fluxes.zarr"
-    for name, p in (("cube", cube), ("zones", zones), ("models", models / "card.json")):
+    settings = {"start": start, "end": end, "tile": tile, "bootstrap_sample": bootstrap_sample,
+                "n_bootstrap": n_bootstrap}
+    run_cfg, layout = stage_config(run, {"upscale": settings, "trends": {"enabled": False}},
+                                   cube=cube, zones=zones, models=models, fluxes=out)
+    for name, p in (("cube", layout.cube), ("zones", layout.zones), ("models", layout.card)):
         if not p.exists():
             fail(f"{name} input {p} does not exist")
     t0 = time.perf_counter()
     try:
-        cube_ds = xr.open_zarr(cube, consolidated=False)
-        _check_period_in_cube(start, end, cube_ds, cube)
-        bundle = load_bundle(models, cube=cube_ds)
+        cube_ds = xr.open_zarr(layout.cube, consolidated=False)
+        _check_period_in_cube(start, end, cube_ds, layout.cube)
+        bundle = load_bundle(layout.models, cube=cube_ds)  # refused before any cluster starts
         check_n_bootstrap(bundle, n_bootstrap, "--n-bootstrap")
-        cfg = UpscaleConfig(start=start, end=end, tile=tile, bootstrap_sample=bootstrap_sample)
-        with local_cluster(workers):
-            ms = compile_bundle(bundle, n_bootstrap=n_bootstrap)
-            tiles = run_upscale(cube, zones, out, ms, cfg)
-    except (BundleMismatchError, ValueError, FileExistsError) as e:
+        run_stages(run_cfg, ("upscale",), layout, local_cluster(workers))
+    except (BundleMismatchError, ValueError, FileExistsError, FileNotFoundError,
+            RuntimeError) as e:
         fail(str(e))
     wall = time.perf_counter() - t0
-    tab = budget_table(out)
+    tiles = pd.read_csv(layout.upscale_tiles)
+    tab = budget_table(layout.fluxes)
     typer.echo(tab.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
-    typer.echo(f"\nflux store {out}: {len(tiles)} tiles in {wall:.1f} s wall")
-    nf = len(ms.fluxes)
+    typer.echo(f"\nflux store {layout.fluxes}: {len(tiles)} tiles in {wall:.1f} s wall")
+    nf = len(bundle.card["fluxes"])
     for f_ in sorted({bootstrap_sample, 1.0, 0.1}, reverse=True):
         proj = project_core_hours(tiles, n_fluxes=nf, n_bootstrap=20, bootstrap_sample=f_)
         typer.echo(f"measured {proj['tree_rows_per_core_s'] / 500:,.0f} rows per core-second per "

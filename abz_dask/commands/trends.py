@@ -1,4 +1,5 @@
-"""``abz-dask trends``: trend maps (Zarr) and trend tables (CSV) of a run folder."""
+"""``abz-dask trends``: trend maps (Zarr) and trend tables (CSV) of a run folder — the stage
+runner's ``trends`` stage on the run's layout, with the options as its settings."""
 
 from __future__ import annotations
 
@@ -16,22 +17,25 @@ from abz_dask.commands.common import (
     check_year,
     fail,
     local_cluster,
+    run_stages,
+    stage_config,
 )
 
 __all__ = ["register", "trends"]
 
 
 def trends(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (holds fluxes.zarr and twin/)")],
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (holds fluxes.zarr and its inputs)")],
     fluxes: Annotated[Path | None, typer.Option(
         help="Flux store [default: RUN_DIR/fluxes.zarr]")] = None,
     zones: Annotated[Path | None, typer.Option(
-        help="Zone layers [default: RUN_DIR/twin/zones.zarr]")] = None,
+        help="Zone layers [default: the run's, e.g. RUN_DIR/twin/zones.zarr]")] = None,
     cube: Annotated[Path | None, typer.Option(
         help="Predictor cube for greening / predictor trends "
-             "[default: RUN_DIR/twin/cube.zarr if present]")] = None,
+             "[default: the run's, e.g. RUN_DIR/twin/cube.zarr, if present]")] = None,
     fire: Annotated[Path | None, typer.Option(
-        help="Fire store for NEE + fire [default: RUN_DIR/twin/fire.zarr if present]")] = None,
+        help="Fire store for NEE + fire [default: the run's, e.g. RUN_DIR/twin/fire.zarr, if "
+             "present]")] = None,
     truth: Annotated[Path | None, typer.Option(
         help="Planted truth to compare with [default: RUN_DIR/twin/truth.zarr if present]")]
     = None,
@@ -62,7 +66,9 @@ def trends(
     overlay_shares.csv, greening.csv, budget_trends.csv and truth_comparison.csv. A rerun with
     the same settings finishes only what is missing.
     """
-    from abz_dask.analyses import TrendConfig, TrendInputs, run_trends
+    import pandas as pd
+
+    from abz_dask.analyses import TrendConfig
     from abz_dask.analyses.run import METHODS, prepare_output
 
     check_year("--start", start)
@@ -74,22 +80,28 @@ def trends(
         fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     t0 = time.perf_counter()
     names = tuple(p.strip() for p in predictors.split(",") if p.strip())
+    sections = {"budgets": {"start_year": start, "end_year": end},
+                "trends": {"enabled": True, "method": method, "preserve_range": preserve_range,
+                           "alpha": alpha, "predictors": list(names)},
+                "progress": progress}
+    run_cfg, layout = stage_config(run_dir, sections, files_input=False, fluxes=fluxes,
+                                   zones=zones, cube=cube, fire=fire, truth=truth, trends=out)
     try:
         cfg = TrendConfig(start=start, end=end, method=method, preserve_range=preserve_range,
                           alpha=alpha, predictors=names)
-        inputs = TrendInputs.from_run_dir(run_dir, fluxes=fluxes, zones=zones, cube=cube,
-                                          fire=fire, truth=truth)
+        layout.require(**{"fluxes store": layout.fluxes, "zones store": layout.zones})
+        inputs = layout.trend_inputs()
         for given, got in ((cube, inputs.cube), (fire, inputs.fire), (truth, inputs.truth)):
             if given is not None and got is None:
                 raise FileNotFoundError(f"store {given} does not exist")
-        dest = out or Path(run_dir) / "trends"
-        prepare_output(inputs, dest, cfg, overwrite=overwrite)  # refuse before any cluster
-        with local_cluster(workers):
-            res = run_trends(inputs, dest, cfg, progress=progress, echo=typer.echo)
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError) as e:
+        prepare_output(inputs, layout.trends, cfg, overwrite=overwrite)  # before any cluster
+        run_stages(run_cfg, ("trends",), layout, local_cluster(workers))
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
-    _summary(res.tables)
-    typer.echo(f"trend outputs in {res.out} ({time.perf_counter() - t0:.1f} s)")
+    tables = {n: pd.read_csv(layout.trend_table(n)) for n in ("trend_shares", "budget_trends")
+              if layout.trend_table(n).exists()}
+    _summary(tables)
+    typer.echo(f"trend outputs in {layout.trends} ({time.perf_counter() - t0:.1f} s)")
 
 
 def _summary(tables: Mapping[str, object]) -> None:

@@ -20,13 +20,13 @@ def verify(
     all variables, every chunk's SHA-256); exit 1 naming each damaged store, variable and chunk.
     The next ``abz-dask run`` rebuilds what is damaged."""
     from abz_dask.io.integrity import check_digest, summarize
+    from abz_dask.pipeline.layout import RunLayout
 
-    records = sorted(run.glob("*.stage.json"))
+    records = RunLayout.for_twin(run).records()  # records sit in the run folder, any input
     if not records:
         fail(f"{run} holds no stage records (*.stage.json): not a run folder of abz-dask run")
     damaged = 0
-    for rec in records:
-        stage = rec.name.removesuffix(".stage.json")
+    for stage, rec in records.items():
         try:
             doc = json.loads(rec.read_text())
         except (OSError, ValueError) as e:

@@ -2,7 +2,7 @@
 
 - :mod:`~abz_dask.compare.products`: read inversions / CMIP6 / FLUXCOM / ISIMIP NetCDF as NEE in
   g C m⁻² month⁻¹ (or yr⁻¹) on a normalised lat/lon grid;
-- :mod:`~abz_dask.compare.regrid`: area-conservative, lazy regridding to the polar LAEA grid;
+- regridding to the polar LAEA grid: :func:`abz_dask.geo.regrid.conservative`;
 - :mod:`~abz_dask.compare.metrics`: fire removal, Pearson r of mean and trend maps, budget ratios;
 - :mod:`~abz_dask.compare.regional`: paper 2 Table 3 (mean ± spatial SD per RECCAP2 region ×
   approach), ANOVA and Tukey letters; :mod:`~abz_dask.compare.agreement`: agreement maps;
@@ -28,12 +28,11 @@ from abz_dask.compare.regional import (
     table_wide,
     tukey_letters,
 )
-from abz_dask.compare.regrid import latlon_cell_area, regrid_to_grid
 from abz_dask.compare.run import ProductSpec, parse_product, run_compare
 
 __all__ = ["ProductSpec", "agreement_maps", "ch4_summary", "classify_nee", "compare_maps",
-           "comparison_figures", "environmental_clusters", "latlon_cell_area", "map_correlation",
+           "comparison_figures", "environmental_clusters", "map_correlation",
            "mess", "mess_map", "parse_product", "parse_units", "read_ch4_synthesis",
            "read_product", "read_table3", "region_anova", "regional_summary", "regional_table",
-           "regrid_to_grid", "run_compare", "subtract_fire", "table_wide", "to_annual",
+           "run_compare", "subtract_fire", "table_wide", "to_annual",
            "trend_map", "tukey_letters"]

@@ -1,7 +1,7 @@
 """PNG figures of the comparison stage (for the HTML report and the run folder).
 
 :func:`comparison_figures` reads ``RUN/compare/maps.zarr`` and the CSV tables written by
-:func:`abz_dask.compare.run.run_compare` (running it first if they are missing) and writes:
+:func:`abz_dask.compare.run.run_compare` and writes:
 
 ``compare_mean_nee.png``
     Mean annual NEE per approach on the polar LAEA grid with the paper's class breaks
@@ -41,19 +41,24 @@ def _extent(ds: xr.Dataset) -> tuple[float, float, float, float]:
         (y.max() + dx / 2) / 1e3
 
 
-def comparison_figures(run_dir: str | Path) -> dict[str, Path]:
-    """Write the comparison PNGs into ``RUN/compare`` and return their paths by name."""
+def comparison_figures(out: str | Path) -> dict[str, Path]:
+    """Write the comparison PNGs into ``out`` (``RUN/compare``, holding the ``maps.zarr`` and
+    tables of :func:`abz_dask.compare.run.run_compare`) and return their paths by name.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``out`` holds no ``maps.zarr`` (run the comparison stage first).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
-    out = Path(run_dir) / "compare"
+    out = Path(out)
     if not (out / "maps.zarr").exists():
-        from abz_dask.compare.run import run_compare
-
-        run_compare(run_dir, figures=False)
+        raise FileNotFoundError(f"{out / 'maps.zarr'} not found: run the comparison stage first")
     ds = xr.open_zarr(out / "maps.zarr", consolidated=False).load()
     ext = _extent(ds)
     paths: dict[str, Path] = {}

@@ -2,14 +2,14 @@
 
 All inputs are annual NEE maps on our grid, ``(year, y, x)`` in g C m⁻² yr⁻¹ (source positive),
 e.g. :func:`~abz_dask.compare.products.to_annual` of a product regridded with
-:func:`~abz_dask.compare.regrid.regrid_to_grid`, or the annual sums of ``fluxes.zarr``.
+:func:`~abz_dask.geo.regrid.conservative`, or the annual sums of ``fluxes.zarr``.
 
 * :func:`subtract_fire` — inversions see fire emissions; the paper removes them before comparing.
 * :func:`map_correlation` — Pearson r (and its two-sided p) over the domain's pixels of two maps.
 * :func:`compare_maps` — r of the mean maps and of the Theil–Sen trend maps
   (:func:`abz_dask.analyses.trends.trend`, Zhang prewhitening as everywhere in the package) over the
-  common years, plus per-domain budgets and their ratios (domains of
-  :func:`abz_dask.aggregation.budgets.domain_weights`).
+  common years, plus per-domain budgets and their ratios (the package's one domain aggregation,
+  :func:`abz_dask.aggregation.zonal.domain_totals`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from abz_dask.aggregation.budgets import domain_weights
+from abz_dask.aggregation.units import TG_PER_G
+from abz_dask.aggregation.zonal import domain_totals, pixel_area
 from abz_dask.analyses.trends import trend
 
 __all__ = ["annual_flux", "budgets", "compare_maps", "map_correlation", "mean_map",
@@ -99,10 +100,15 @@ def budgets(annual: xr.DataArray, zones: xr.Dataset, cell_area: float,
             years: np.ndarray | None = None) -> pd.Series:
     """Mean annual budget (Tg C yr⁻¹) per domain; NaN pixels contribute nothing."""
     a = annual if years is None else annual.sel(year=years)
-    w = domain_weights(zones, cell_area).astype(np.float64)
-    w = w.assign_coords(y=a["y"], x=a["x"])
-    b = (xr.dot(a.fillna(0.0).astype(np.float64), w, dim=("y", "x")) * 1e-12).mean("year")
-    return b.compute().to_series()
+    return _domain_budgets(a, zones, cell_area).mean("year").compute().to_series()
+
+
+def _domain_budgets(annual: xr.DataArray, zones: xr.Dataset, cell_area: float) -> xr.DataArray:
+    """Annual budgets (Tg C yr⁻¹) per domain of annual maps (g C m⁻² yr⁻¹), lazy; NaN pixels
+    contribute nothing (:func:`~abz_dask.aggregation.zonal.domain_totals`)."""
+    z = zones.assign_coords(y=annual["y"], x=annual["x"])
+    tot = domain_totals(annual.fillna(0.0).astype(np.float64), z, pixel_area(z, cell_area))
+    return tot * TG_PER_G
 
 
 def _lazy_corr(a: xr.DataArray, b: xr.DataArray, mask: xr.DataArray) -> dict[str, xr.DataArray]:
@@ -167,8 +173,6 @@ def compare_maps(reference: xr.DataArray, products: dict[str, xr.DataArray], zon
     if mask is None:
         mask = zones["abz"].astype(bool) & (zones["land_fraction"] > 0)
     mask = mask.assign_coords(y=reference["y"], x=reference["x"])
-    w = domain_weights(zones, cell_area).astype(np.float64)
-    w = w.assign_coords(y=reference["y"], x=reference["x"])
     rows = []
     for name, prod in products.items():
         prod = prod.assign_coords(y=reference["y"], x=reference["x"])
@@ -179,10 +183,8 @@ def compare_maps(reference: xr.DataArray, products: dict[str, xr.DataArray], zon
         prod_y = prod.sel(year=years)
         graph: dict[str, object] = {
             "mean": _lazy_corr(mean_map(ref_y), mean_map(prod_y), mask),
-            "b_ref": (xr.dot(ref_y.fillna(0.0).astype(np.float64), w, dim=("y", "x"))
-                      * 1e-12).mean("year"),
-            "b_prod": (xr.dot(prod_y.fillna(0.0).astype(np.float64), w, dim=("y", "x"))
-                       * 1e-12).mean("year")}
+            "b_ref": _domain_budgets(ref_y, zones, cell_area).mean("year"),
+            "b_prod": _domain_budgets(prod_y, zones, cell_area).mean("year")}
         if years.size >= min_trend_years:
             graph["trend"] = _lazy_corr(trend_map(ref_y)["trend"], trend_map(prod_y)["trend"],
                                         mask)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.aggregation.zonal import pixel_area, zonal_totals, zone_layer
 from abz_dask.geo.zones import ZONE_LABELS
 
 __all__ = ["REGIONS", "markdown", "read_table3", "region_anova", "regional_summary",
@@ -73,24 +74,21 @@ def regional_table(maps: dict[str, xr.DataArray], zones: xr.Dataset, cell_area: 
     import dask
 
     labels = {c: r for c, r in ZONE_LABELS[layer].items() if c != 0}
-    area = (zones["land_fraction"].fillna(0.0) * cell_area).astype(np.float64)
-    onehot = xr.concat([area.where(zones[layer] == c, 0.0) for c in labels], dim="region")
-    onehot = onehot.assign_coords(region=list(labels.values()))
-    onehot = onehot.drop_vars([c for c in onehot.coords if c not in ("region", "y", "x")])
+    zl = zone_layer(zones, layer, names=labels, within=None, drop_codes=[0])
+    area = pixel_area(zones, cell_area)
     rows = []
     for name, m in maps.items():
         arr = m
         for d in ("model", "year"):
             if d not in arr.dims:
                 arr = arr.expand_dims(d)
-        arr = arr.assign_coords(y=onehot["y"], x=onehot["x"]).astype(np.float64)
-        ok = np.isfinite(arr)
-        x = arr.where(ok, 0.0)
-        s0 = xr.dot(ok.astype(np.float64), onehot, dim=("y", "x"))
-        s1 = xr.dot(x, onehot, dim=("y", "x"))
-        s2 = xr.dot(x * x, onehot, dim=("y", "x"))
-        npx = xr.dot(ok.astype(np.float64), (onehot > 0).astype(np.float64), dim=("y", "x"))
-        s0, s1, s2, npx = dask.compute(s0, s1, s2, npx)
+        arr = arr.assign_coords(y=area["y"], x=area["x"]).astype(np.float64)
+        ok = np.isfinite(arr).astype(np.float64)
+        x = arr.where(ok > 0, 0.0)
+        sums = [zonal_totals(v, zl, area) for v in (ok, x, x * x)]
+        sums.append(zonal_totals(ok, zl, (area > 0).astype(np.float64)))
+        s0, s1, s2, npx = (v.swap_dims(zone="zone_name").rename(zone_name="region")
+                           for v in dask.compute(*sums))
         with np.errstate(invalid="ignore", divide="ignore"):
             mu = (s1 / s0).where(s0 > 0)
             sd = np.sqrt(np.maximum(s2 / s0 - mu**2, 0.0)).where(s0 > 0)

@@ -1,9 +1,10 @@
 """The comparison stage of a run folder: products → tables, maps and figures in ``RUN/compare``.
 
 :func:`run_compare` reads the run's upscaled NEE (``fluxes.zarr``), its zones, predictor cube,
-fire emissions and training table (looked up in ``RUN`` and ``RUN/twin``), and any number of
-other products (:class:`ProductSpec`; by default the digital twin's two comparison products,
-written on demand by :func:`abz_dask.twin.comparisons.write_comparison_products`). The approach of
+fire emissions, planted truth and training table (:class:`CompareInputs`, built from the run's
+layout by :meth:`abz_dask.pipeline.layout.RunLayout.compare_inputs`), and any number of other
+products (:class:`ProductSpec`; the stage runner's ``compare`` stage passes the configured ones,
+or on a twin the twin's two comparison products). The approach of
 a product is read from its name prefix (:data:`APPROACH_PREFIXES`: ``inversion…`` → inversion,
 fire subtracted; ``cmip6…``/``isimip…``/``trendy…`` → process model; ``fluxcom…`` → ML upscaling).
 
@@ -58,12 +59,12 @@ from abz_dask.compare.regional import (
     table_wide,
     tukey_letters,
 )
-from abz_dask.compare.regrid import regrid_to_grid
 from abz_dask.geo.grid import Grid
+from abz_dask.geo.regrid import conservative
 from abz_dask.geo.zones import ZONE_LABELS
 
-__all__ = ["APPROACH_PREFIXES", "PAPER2_YEARS", "ProductSpec", "RunInputs", "approach_of",
-           "find_inputs", "in_situ_regional", "parse_product", "run_compare"]
+__all__ = ["APPROACH_PREFIXES", "PAPER2_YEARS", "CompareInputs", "ProductSpec", "approach_of",
+           "in_situ_regional", "parse_product", "run_compare"]
 
 PAPER2_YEARS = (2002, 2014)
 APPROACH_PREFIXES: dict[str, str] = {"inversion": "inversion", "gcb": "inversion",
@@ -109,8 +110,11 @@ def parse_product(text: str) -> ProductSpec:
 
 
 @dataclass(frozen=True)
-class RunInputs:
-    """Stores of a run folder used by the comparison stage (``None`` when absent)."""
+class CompareInputs:
+    """What the comparison stage reads and where it writes (optional stores ``None`` when
+    absent): flux store, zones, predictor cube (MESS, clusters), fire store (removed from
+    inversions), planted truth (compared too), training table (in-situ row, MESS) and the
+    output folder."""
 
     fluxes: Path
     zones: Path
@@ -118,31 +122,7 @@ class RunInputs:
     fire: Path | None
     truth: Path | None
     training: Path | None
-    twin: Path | None
-
-
-def find_inputs(run_dir: str | Path) -> RunInputs:
-    """Locate ``fluxes.zarr``, zones, cube, fire, truth and the training table of a run."""
-    run = Path(run_dir)
-
-    def first(*cands: Path) -> Path | None:
-        return next((c for c in cands if c.exists()), None)
-
-    fluxes = run / "fluxes.zarr"
-    if not fluxes.exists():
-        raise FileNotFoundError(f"{run}: no fluxes.zarr (run the upscaling stage first)")
-    zones = first(run / "zones.zarr", run / "twin" / "zones.zarr")
-    if zones is None:
-        raise FileNotFoundError(f"{run}: no zones.zarr in the run folder or its twin/ folder")
-    twin = run / "twin" if (run / "twin" / "truth.zarr").exists() else None
-    return RunInputs(
-        fluxes=fluxes, zones=zones,
-        cube=first(run / "cube.zarr", run / "twin" / "cube.zarr"),
-        fire=first(run / "fire.zarr", run / "twin" / "fire.zarr"),
-        truth=first(run / "twin" / "truth.zarr"),
-        training=first(run / "training" / "training_table.parquet",
-                       run / "training" / "training_table.csv"),
-        twin=twin)
+    out: Path
 
 
 def in_situ_regional(training: pd.DataFrame, zones: xr.Dataset, years: tuple[int, int],
@@ -191,17 +171,17 @@ def _period(a: xr.DataArray, years: tuple[int, int]) -> xr.DataArray:
     return a.sel(year=slice(years[0], years[1]))
 
 
-def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, *,
+def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
                 years: tuple[int, int] = PAPER2_YEARS, k: int = 8, n_sample: int = 10_000,
                 seed: int = 0, coverage: bool = True, figures: bool = True) -> dict[str, Path]:
-    """Run the comparison stage of a run folder (see the module docstring for the outputs).
+    """Run the comparison stage (see the module docstring for the outputs).
 
     Parameters
     ----------
-    run_dir : path
-        Run folder with ``fluxes.zarr`` and zones (and, for a twin, ``twin/``).
-    products : list of ProductSpec, optional
-        Products to compare; default: the twin's comparison products (written if missing).
+    inputs : CompareInputs
+        Stores to read and the output folder (``RUN/compare``).
+    products : list of ProductSpec
+        Products to compare (may be empty on a twin: the planted truth is compared).
     years : (int, int)
         Period of the paper-2 regional table and agreement maps.
     k, n_sample, seed : int
@@ -216,35 +196,37 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
     -------
     dict of str to Path
         Every written file, by short name.
+
+    Raises
+    ------
+    FileNotFoundError
+        The flux store or the zones do not exist.
+    ValueError
+        No product and no planted truth to compare with.
     """
-    inp = find_inputs(run_dir)
-    out = Path(run_dir) / "compare"
+    inp = inputs
+    for what, p in (("flux store", inp.fluxes), ("zones", inp.zones)):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{what} {p} does not exist (run the upscaling stage "
+                                    "first)")
+    if not products and inp.truth is None:
+        raise ValueError("compare: no products given and no planted truth to compare with")
+    out = Path(inp.out)
     out.mkdir(parents=True, exist_ok=True)
     zones = xr.open_zarr(inp.zones, consolidated=False)
-    grid = Grid.from_preset(float(zones.attrs["grid_resolution_m"]))
+    grid = Grid.of_dataset(zones)
     cell_area = grid.cell_area
     zl = zones[["abz", "land_fraction", "biome", "permafrost", "reccap2"]].load()
     domain = (zl["abz"].astype(bool) & (zl["land_fraction"] > 0))
     fluxes = xr.open_zarr(inp.fluxes, consolidated=False)
     ref = _maybe_persist(to_annual(fluxes["NEE"]))
-    if products is None:
-        if inp.twin is None:
-            raise ValueError(f"{run_dir}: no products given and no twin folder to derive them")
-        from abz_dask.twin.comparisons import write_comparison_products
-        from abz_dask.twin.generate import TwinLayout
-
-        paths = write_comparison_products(TwinLayout(inp.twin))
-        products = [ProductSpec("inversion_twin", paths["inversion"])] if "inversion" in paths \
-            else []
-        if "cmip6" in paths:
-            products.append(ProductSpec("cmip6_twin", paths["cmip6"]))
     fire = (xr.open_zarr(inp.fire, consolidated=False)["fire_emissions"]
             if inp.fire is not None else None)
     annual: dict[str, xr.DataArray] = {}
     notes: dict[str, dict[str, object]] = {}
     for spec in products:
         p = read_product(spec.path, spec.variable, sign=spec.sign)
-        a = regrid_to_grid(to_annual(p), grid).where(domain.values)
+        a = conservative(to_annual(p), grid).where(domain.values)
         a = a.assign_coords(y=ref["y"], x=ref["x"])
         fire_removed = False
         if spec.approach == "inversion" and fire is not None:
@@ -375,5 +357,5 @@ def run_compare(run_dir: str | Path, products: list[ProductSpec] | None = None, 
     if figures:
         from abz_dask.compare.figures import comparison_figures
 
-        written.update(comparison_figures(run_dir))
+        written.update(comparison_figures(out))
     return written

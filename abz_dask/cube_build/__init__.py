@@ -4,7 +4,8 @@
 :func:`~abz_dask.cube_build.plan.make_plan` (every check that needs no pixel values) →
 :func:`~abz_dask.cube_build.build.run_plan` (tile tasks on the active Dask scheduler: windowed
 reads, resampling onto the grid, temporal aggregation, range/legend checks, gap filling) and, when
-the configuration has ``zones``, :func:`abz_dask.geo.user_zones.build_user_zones`.
+the configuration has ``zones``, :func:`abz_dask.cube_build.user_zones.build_user_zones`; with a
+``fire`` section, :func:`~abz_dask.cube_build.fire.write_fire` writes the fire store first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from abz_dask.cube_build.build import BuildResult, run_plan
-from abz_dask.cube_build.config import BuildConfig, SourceSpec, ZoneSpec, load_config
+from abz_dask.cube_build.config import BuildConfig, FireSection, SourceSpec, ZoneSpec, load_config
+from abz_dask.cube_build.fire import FireResult, write_fire
 from abz_dask.cube_build.gapfill import fill_gaps
 from abz_dask.cube_build.plan import BuildPlan, make_plan
 from abz_dask.cube_build.validate import (
@@ -28,13 +30,15 @@ from abz_dask.cube_build.validate import (
 )
 
 __all__ = ["BuildConfig", "BuildPlan", "BuildResult", "CRSError", "CubeBuildError",
-           "DuplicateTimeError", "ExtentError", "LegendError", "MissingFileError", "RangeError",
-           "SourceSpec", "TimeGapError", "UnitsError", "ZoneSpec", "build_cube", "fill_gaps",
-           "load_config", "make_plan", "run_plan"]
+           "DuplicateTimeError", "ExtentError", "FireResult", "FireSection", "LegendError",
+           "MissingFileError", "RangeError", "SourceSpec", "TimeGapError", "UnitsError",
+           "ZoneSpec", "build_cube", "fill_gaps", "load_config", "make_plan", "run_plan",
+           "write_fire"]
 
 
 def build_cube(config: str | Path, out: str | Path, *, zones_out: str | Path | None = None,
-               overwrite: bool = False, progress: bool = True) -> BuildResult:
+               fire_out: str | Path | None = None, overwrite: bool = False,
+               progress: bool = True) -> BuildResult:
     """Build a predictor cube (and user zones) from a ``build-cube`` YAML configuration.
 
     Parameters
@@ -46,6 +50,10 @@ def build_cube(config: str | Path, out: str | Path, *, zones_out: str | Path | N
     zones_out : path, optional
         Zones store to write when the configuration has ``zones`` (default: ``zones.zarr``
         next to ``out``).
+    fire_out : path, optional
+        Fire store to write when the configuration has a ``fire`` section (default:
+        ``fire.zarr`` next to ``out``); written before the cube, so a bad fire raster stops the
+        build before the long part.
     overwrite : bool
         Replace existing outputs.
     progress : bool
@@ -54,12 +62,21 @@ def build_cube(config: str | Path, out: str | Path, *, zones_out: str | Path | N
     Returns
     -------
     BuildResult
+        ``fire`` holds the fire store's :class:`FireResult` (None without a fire section).
     """
     cfg, root = load_config(config)
-    plan = make_plan(cfg, root)
+    plan = make_plan(cfg, root)  # every check of the cube, zones and fire files first
+    fire = None
+    if plan.fire is not None:
+        fpath = Path(fire_out) if fire_out is not None else Path(out).with_name("fire.zarr")
+        if progress:
+            for w in plan.fire.warnings:
+                print(f"WARNING: {w}")
+        fire = write_fire(plan, fpath, overwrite=overwrite, progress=progress)
     result = run_plan(plan, out, overwrite=overwrite, progress=progress)
+    result.fire = fire
     if cfg.zones:
-        from abz_dask.geo.user_zones import write_user_zones
+        from abz_dask.cube_build.user_zones import write_user_zones
 
         zpath = Path(zones_out) if zones_out is not None else Path(out).with_name("zones.zarr")
         write_user_zones(cfg, root, zpath, overwrite=overwrite)

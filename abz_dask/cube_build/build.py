@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
@@ -38,13 +38,16 @@ import zarr
 
 from abz_dask.cube_build.gapfill import fill_gaps
 from abz_dask.cube_build.plan import BuildPlan, VarPlan
-from abz_dask.cube_build.reproject import TileMap, tile_map
 from abz_dask.cube_build.sources import Entry, Reader, open_source
 from abz_dask.cube_build.validate import CubeBuildError, check_legend, check_range
+from abz_dask.geo.regrid import TileMap, tile_map
 from abz_dask.io.locks import hold
 from abz_dask.io.ownership import check_replaceable, remove_created
 from abz_dask.io.predictors import PREDICTORS
 from abz_dask.io.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
+
+if TYPE_CHECKING:
+    from abz_dask.cube_build.fire import FireResult
 
 __all__ = ["BuildResult", "run_plan"]
 
@@ -61,6 +64,8 @@ class BuildResult:
     resumed_tiles: int
     #: how every constant and every series reduced from rasters was stored (name -> text)
     series: dict[str, str] = field(default_factory=dict)
+    #: the fire store, when the configuration has a ``fire`` section
+    fire: FireResult | None = None
 
 
 def _template(plan: BuildPlan) -> xr.Dataset:

@@ -34,6 +34,17 @@ A configuration names the grid, the period and, for every stored predictor of th
     zones:
       biome: {file: "resolve.gpkg", attribute: "BIOME_NAME",
               values: {"Tundra": 1, "Boreal Forests/Taiga": 2}}
+    fire:                                           # optional: written to fire.zarr
+      start_year: 2002                              # first year of the fire record
+      burned_fraction:
+        files: "fire/burned_{year}{month:02d}.tif"  # monthly, any CRS
+        temporal: monthly
+        units: "1"                                  # or "%"
+      fire_emissions:
+        files: "fire/emissions.nc"                  # one multi-time NetCDF
+        variable: C
+        temporal: monthly
+        units: "g C m-2 month-1"                    # g|kg C m-2 [month-1 | d-1 | s-1]
 
 File patterns accept ``{year}``, ``{month}``, ``{day}`` and ``{doy}`` (optionally with a
 zero-padding spec such as ``{month:02d}``) and ``*`` wildcards; a pattern without time fields may
@@ -51,12 +62,22 @@ Names outside the catalogue are predictors of the user's own: they need ``kind``
 (continuous only), are stored like a catalogue predictor of that kind with ``abz_kind`` /
 ``units`` / ``long_name`` attributes, and are used by a model only when its training profile adds
 them (:mod:`abz_dask.training.profiles`).
+
+The optional ``fire`` section names monthly (or annual) burned-area fraction and/or fire-emission
+rasters, declared like a predictor's files (``files``, ``variable`` / ``band``, ``scale``,
+``offset``, ``nodata``, ``crs``, ``temporal: monthly | annual``) with their ``units`` required:
+``1`` or ``%`` for the burned fraction, ``g C m-2``, ``kg C m-2`` (amount per step) or a rate
+(``month-1``, ``d-1``, ``s-1``; ``yr-1`` for annual files) for the emissions
+(:func:`parse_fire_units`). They are regridded conserving mass and summed to the twin's annual
+``fire.zarr`` layout (:mod:`abz_dask.cube_build.fire`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +94,8 @@ from abz_dask.cube_build.validate import SERIES_FORMAT
 from abz_dask.io.predictors import PREDICTORS, STORED_KINDS, VEG_CLASSES, Predictor, user_predictor
 from abz_dask.io.yamlfile import flat_errors, read_mapping
 
-__all__ = ["BuildConfig", "GapFillSpec", "SourceSpec", "ZoneSpec", "load_config"]
+__all__ = ["FIRE_VARIABLES", "BuildConfig", "FireSection", "FireUnits", "GapFillSpec",
+           "SourceSpec", "ZoneSpec", "load_config", "parse_fire_units"]
 
 Temporal = Literal["monthly", "daily", "8day", "annual", "static", "series"]
 
@@ -169,7 +191,7 @@ class SourceSpec(BaseModel):
 
 
 class ZoneSpec(BaseModel):
-    """A user zone layer replacing a built-in one (:mod:`abz_dask.geo.user_zones`)."""
+    """A user zone layer replacing a built-in one (:mod:`abz_dask.cube_build.user_zones`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -188,6 +210,100 @@ class ZoneSpec(BaseModel):
         description="centre: cell-centre rule; fraction: covered fraction of each "
         "cell (land/lake/ice fractions).")
     supersample: int = Field(default=8, ge=2, le=32, description="Sub-cells per axis for fraction.")
+
+
+#: Variables of a fire store (the twin's ``fire.zarr``), in store order.
+FIRE_VARIABLES: tuple[str, ...] = ("burned_fraction", "fire_emissions")
+_FRACTION_UNITS = {"1": 1.0, "fraction": 1.0, "m2 m-2": 1.0, "unitless": 1.0, "%": 0.01,
+                   "percent": 0.01}
+_MASS_TO_G = {"mg": 1e-3, "g": 1.0, "kg": 1e3, "Mg": 1e6, "t": 1e6}
+_EMISSION_UNITS = re.compile(r"^(?P<mass>mg|g|kg|Mg|t) ?C m-2(?: (?P<per>month-1|yr-1|d-1|s-1))?$")
+_EMISSION_HELP = ("emission units are '<g|kg|Mg> C m-2' (the amount of each time step) or a rate "
+                  "'<g|kg|Mg> C m-2 month-1' / 'd-1' / 's-1' ('yr-1' for annual files), per m2 "
+                  "of the pixel")
+
+
+@dataclass(frozen=True)
+class FireUnits:
+    """Parsed units of a fire source: ``value × factor(days)`` is the burned fraction (0..1) or
+    the emissions in g C m⁻² of the time step (month or year of ``days`` days)."""
+
+    text: str
+    scale: float
+    per: str | None = None  # rate denominator: "month", "yr", "d", "s"; None = per step
+
+    def factor(self, days: float) -> float:
+        """Multiplier of a step of ``days`` days."""
+        return self.scale * {"d": days, "s": days * 86400.0}.get(self.per or "", 1.0)
+
+    def same(self, other: FireUnits) -> bool:
+        """Whether both mean the same quantity (e.g. ``g C m-2 month-1`` and ``gC m-2 month-1``)."""
+        return self.scale == other.scale and self.per == other.per
+
+
+def parse_fire_units(variable: str, units: str, temporal: str | None) -> FireUnits:
+    """Units of a fire source (see the module docstring); ValueError explains a bad one."""
+    text = " ".join(str(units).replace("gC", "g C").split())
+    if variable == "burned_fraction":
+        if text.lower() not in _FRACTION_UNITS:
+            raise ValueError(f"fire.burned_fraction: units {units!r} are not a fraction; use "
+                             "'1' (0..1) or '%' (0..100)")
+        return FireUnits(text, _FRACTION_UNITS[text.lower()])
+    m = _EMISSION_UNITS.match(text)
+    if m is None:
+        raise ValueError(f"fire.{variable}: units {units!r} are not understood; {_EMISSION_HELP}")
+    per = m.group("per")
+    per = per[:-2] if per else None
+    wrong = {"monthly": "yr", "annual": "month"}.get(str(temporal))
+    if per is not None and per == wrong:
+        raise ValueError(f"fire.{variable}: units {units!r} do not fit temporal {temporal!r} "
+                         f"files; {_EMISSION_HELP}")
+    return FireUnits(text, _MASS_TO_G[m.group("mass")], per)
+
+
+class FireSection(BaseModel):
+    """Fire rasters: monthly (or annual) burned-area fraction and/or fire carbon emissions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_year: int | None = Field(
+        default=None, ge=1900, le=2200, description="First year of the fire record (default: "
+        "the first whole year of the cube's period); the files must cover every month (or "
+        "year) from it to the last whole year of the period.")
+    burned_fraction: SourceSpec | None = Field(
+        default=None, description="Fraction of the pixel burned in the step (units 1 or %).")
+    fire_emissions: SourceSpec | None = Field(
+        default=None, description="Fire carbon emissions per m2 of the pixel.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FireSection:
+        given = self.sources()
+        if not given:
+            raise ValueError(f"give at least one of {list(FIRE_VARIABLES)}")
+        for name, spec in given.items():
+            if spec.files is None:
+                raise ValueError(f"{name}: a fire record needs 'files' (not a constant 'value')")
+            if spec.temporal not in ("monthly", "annual"):
+                raise ValueError(f"{name}: temporal must be 'monthly' or 'annual', got "
+                                 f"{spec.temporal!r}")
+            if spec.units is None:
+                raise ValueError(f"{name}: declare the 'units' of the values after scale/offset"
+                                 + (" ('1' or '%')" if name == "burned_fraction" else
+                                    f"; {_EMISSION_HELP}"))
+            parse_fire_units(name, spec.units, spec.temporal)
+            unused = [k for k in ("kind", "long_name", "recode", "valid_range", "legend",
+                                  "gapfill") if getattr(spec, k) is not None]
+            unused += ["categorical"] if spec.categorical else []
+            unused += ["missing_year"] if spec.missing_year != "error" else []
+            if unused:
+                raise ValueError(f"{name}: {unused} do not apply to fire rasters (their range is "
+                                 "fixed: burned fraction 0..1, emissions >= 0; no step may be "
+                                 "missing)")
+        return self
+
+    def sources(self) -> dict[str, SourceSpec]:
+        """The variables given, in store order."""
+        return {n: s for n in FIRE_VARIABLES if (s := getattr(self, n)) is not None}
 
 
 class BuildConfig(BaseModel):
@@ -209,6 +325,8 @@ class BuildConfig(BaseModel):
         default="clip", description="With a user 'abz' zone: clip the tundra / boreal "
         "(biome) and permafrost layers to it, so no sub-domain extends outside the domain "
         "(clip), or keep them as they are (keep).")
+    fire: FireSection | None = Field(
+        default=None, description="Fire rasters, written to fire.zarr next to the cube.")
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -281,14 +399,24 @@ class BuildConfig(BaseModel):
         return cat + [self.predictor(n) for n in self.predictors if n not in names]
 
     def token(self) -> str:
-        """Hash of the configuration (a resumed build must use the same one)."""
+        """Hash of the configuration (a resumed build must use the same one); the fire
+        section is not part of it (:meth:`fire_token`), so adding one keeps the cube."""
         dump = self.model_dump(mode="json")
+        dump.pop("fire", None)
         for spec in dump["predictors"].values():  # unset new fields: the token stays as before
             for k in _NEW_FIELDS:
                 if spec.get(k) is None:
                     spec.pop(k, None)
         blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def fire_token(self) -> str:
+        """Hash of the fire section with the grid, period and tile (a resumed fire store must
+        use the same)."""
+        fire = self.fire.model_dump(mode="json") if self.fire is not None else None
+        doc = {"fire": fire, "grid": self.grid, "start": self.start, "end": self.end,
+               "tile": self.tile}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 #: Accepted spellings of the catalogue units.

@@ -2,7 +2,8 @@
 
 :func:`make_plan` runs before anything is written: it finds every file, checks timestamps
 (duplicates, gaps, missing months or years), opens every file once for its CRS, units and
-footprint, and returns a :class:`BuildPlan` that the tile tasks execute.
+footprint, and returns a :class:`BuildPlan` that the tile tasks execute; the rasters of the
+``fire`` section get the same checks plus their units and value ranges (:class:`FirePlan`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from abz_dask.cube_build.config import BuildConfig, SourceSpec
+from abz_dask.cube_build.config import BuildConfig, FireUnits, SourceSpec, parse_fire_units
 from abz_dask.cube_build.reproject import check_overlap
-from abz_dask.cube_build.sources import Entry, Geometry, discover, open_source
+from abz_dask.cube_build.sources import Entry, Geometry, Reader, discover, open_source
 from abz_dask.cube_build.validate import (
     SERIES_FORMAT,
     CubeBuildError,
@@ -24,14 +25,17 @@ from abz_dask.cube_build.validate import (
     MissingFileError,
     SeriesFormatError,
     TimeGapError,
+    UnitsError,
+    check_fire_values,
     check_plausible,
     check_range,
     check_valid_range_plausible,
 )
-from abz_dask.geo.grid import Grid
+from abz_dask.geo.grid import Grid, radius_of_latitude
+from abz_dask.geo.regrid import pixel_coords
 from abz_dask.io.predictors import PREDICTORS, Predictor
 
-__all__ = ["BuildPlan", "VarPlan", "make_plan"]
+__all__ = ["BuildPlan", "FirePlan", "VarPlan", "make_plan"]
 
 _CATALOGUE = {p.name: p for p in PREDICTORS}
 
@@ -61,6 +65,28 @@ class VarPlan:
 
 
 @dataclass
+class FirePlan:
+    """The fire rasters of a build (:mod:`abz_dask.cube_build.fire`).
+
+    ``variables[i].steps`` has one entry list per month of ``years`` (``temporal: monthly``)
+    or per year (``annual``); ``units`` converts each variable's values to a burned fraction or
+    to g C m⁻² of the step.
+    """
+
+    years: list[int]
+    variables: list[VarPlan]
+    units: dict[str, FireUnits]
+    token: str
+    #: areas of the grid the fire files do not cover (counted as no fire)
+    warnings: list[str] = field(default_factory=list)
+
+    def step_times(self, v: VarPlan) -> pd.DatetimeIndex:
+        """Start of every step of ``v``."""
+        freq = "MS" if v.kind == "monthly" else "YS"
+        return pd.date_range(f"{self.years[0]}-01-01", f"{self.years[-1]}-12-01", freq=freq)
+
+
+@dataclass
 class BuildPlan:
     """Everything the tile tasks need."""
 
@@ -71,6 +97,8 @@ class BuildPlan:
     variables: list[VarPlan]
     #: zones store whose ``land_fraction`` weights series reduced from rasters
     land: Path | None = None
+    #: the ``fire`` section, checked
+    fire: FirePlan | None = None
 
 
 def _month_index(time: pd.DatetimeIndex) -> dict[tuple[int, int], int]:
@@ -264,7 +292,7 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
         ``valid_range`` or (without one) outside what the predictor can be in its units
         (:data:`~abz_dask.cube_build.validate.PLAUSIBLE`), a series file that is not a CSV of
         monthly values, and zone sources that cannot give their layer
-        (:func:`abz_dask.geo.user_zones.check_user_zones`).
+        (:func:`abz_dask.cube_build.user_zones.check_user_zones`).
     """
     from abz_dask.geo.grid import default_tile
 
@@ -318,11 +346,107 @@ def make_plan(config: BuildConfig, root: Path) -> BuildPlan:
                 checked.add(r.geometry.key)
         plans.append(vp)
     if config.zones or config.base_zones:
-        from abz_dask.geo.user_zones import check_user_zones
+        from abz_dask.cube_build.user_zones import check_user_zones
 
         check_user_zones(config, root, grid)
     land = _land_zones(config, root, grid) if any(v.reduced for v in plans) else None
-    return BuildPlan(grid, time, tile, config.token(), plans, land)
+    fire = _fire_plan(config, root, grid, time) if config.fire is not None else None
+    return BuildPlan(grid, time, tile, config.token(), plans, land, fire)
+
+
+def _covered_share(geom: Geometry, grid: Grid) -> float:
+    """Share of the grid's cells north of its southern circle whose centre lies inside a source
+    raster (every cell on grids up to 256 cells across, else a regular subsample)."""
+    from pyproj import Transformer
+
+    step = max(1, grid.shape[0] // 256)
+    gx, gy = np.meshgrid(grid.x[::step], grid.y[::step])
+    keep = np.hypot(gx, gy) <= radius_of_latitude(grid.south)
+    sx, sy = Transformer.from_crs(grid.crs, geom.crs, always_xy=True).transform(gx[keep],
+                                                                                gy[keep])
+    row, col = pixel_coords(geom, np.asarray(sx), np.asarray(sy))
+    ny, nx = geom.shape
+    inside = np.isfinite(row) & np.isfinite(col) & (row >= 0) & (row < ny) & (col >= 0) \
+        & (col < nx)
+    return float(inside.mean()) if inside.size else 0.0
+
+
+def _fire_years(config: BuildConfig, time: pd.DatetimeIndex) -> list[int]:
+    """Years of the fire record: ``fire.start_year`` (default: the first whole year of the
+    period) to the last whole year of the period."""
+    assert config.fire is not None
+    first = time[0].year + (time[0].month != 1)
+    last = time[-1].year - (time[-1].month != 12)
+    if first > last:
+        raise CubeBuildError(f"fire: the period {config.start}..{config.end} holds no whole "
+                             "calendar year; the fire record is annual")
+    y0 = config.fire.start_year or first
+    if not first <= y0 <= last:
+        raise CubeBuildError(f"fire.start_year {y0} is outside the whole years {first}..{last} "
+                             f"of the period {config.start}..{config.end}")
+    return list(range(y0, last + 1))
+
+
+def _file_units(r: Reader, variable: str, spec: SourceSpec, units: FireUnits) -> None:
+    """Raise :class:`UnitsError` when a file declares other units than the configuration (only
+    where no scale/offset changes them)."""
+    declared = r.units
+    if not declared or spec.scale != 1.0 or spec.offset != 0.0:
+        return
+    try:
+        own = parse_fire_units(variable, str(declared), spec.temporal)
+    except ValueError:
+        return  # units this package cannot parse: the declaration stands
+    if not own.same(units):
+        raise UnitsError(f"fire.{variable}: {r.where()} has units {declared!r}, "
+                         f"the configuration declares {units.text!r}; declare the file's units "
+                         "(values are converted) or convert with scale")
+
+
+def _fire_plan(config: BuildConfig, root: Path, grid: Grid, time: pd.DatetimeIndex
+               ) -> FirePlan:
+    """Check the fire rasters: files for every month (year) of the record, CRS, overlap, units
+    (declared vs the file's) and sampled values (:func:`check_fire_values`)."""
+    assert config.fire is not None
+    years = _fire_years(config, time)
+    plan = FirePlan(years, [], {}, config.fire_token())
+    circle = np.pi * radius_of_latitude(grid.south) ** 2
+    seen: set[tuple[object, ...]] = set()
+    for name, spec in config.fire.sources().items():
+        label = f"fire.{name}"
+        units = parse_fire_units(name, str(spec.units), spec.temporal)
+        entries = discover(spec, root, label)
+        if spec.temporal == "monthly":
+            months = pd.date_range(f"{years[0]}-01", f"{years[-1]}-12", freq="MS")
+            steps = _monthly_steps(label, spec, entries, months)
+        else:
+            steps = _annual_steps(label, spec, entries,
+                                  pd.date_range(f"{years[0]}", periods=len(years), freq="YS"))
+        vp = VarPlan(name, spec, str(spec.temporal), steps)
+        plan.variables.append(vp)
+        plan.units[name] = units
+        times = {e: t for t, s in zip(plan.step_times(vp), steps, strict=True) for e in s}
+        sample = _sampled(steps)
+        for path in sorted({e.path for s in steps for e in s}):
+            with open_source(path, spec, label) as r:
+                _file_units(r, name, spec, units)
+                vp.geometry[path] = r.geometry
+                for e in sorted((e for e in sample if e.path == path), key=lambda e: e.index or 0):
+                    t = times[e]
+                    days = t.days_in_month if vp.kind == "monthly" else 365 + t.is_leap_year
+                    check_fire_values(r.sample(e.index)[1] * units.factor(days), variable=name,
+                                      units=units.text, path=r.where(e.index))
+            if r.geometry.key in seen:
+                continue
+            seen.add(r.geometry.key)
+            check_overlap(r.geometry, grid, name=label, path=path)
+            share = _covered_share(r.geometry, grid)
+            if share < 1.0:
+                plan.warnings.append(
+                    f"{label}: {path} covers {100 * share:.1f} % of the {grid.name} grid north "
+                    f"of {grid.south:g}N; fire in the other ≈ {(1 - share) * circle / 1e12:.2f} "
+                    "million km2 is not in the record (counted as no fire)")
+    return plan
 
 
 def _land_zones(config: BuildConfig, root: Path, grid: Grid) -> Path:

@@ -250,6 +250,7 @@ class Reader:
     geometry: Geometry
     path: Path
     variable: str
+    units: str | None = None  # as the file declares them
     _nc: Any = None  # the xarray Dataset of a NetCDF source
 
     def __init__(self, path: Path, spec: SourceSpec, name: str):

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PLAUSIBLE", "SERIES_FORMAT", "CRSError", "CubeBuildError", "DuplicateTimeError",
-           "ExtentError", "LegendError", "MissingFileError", "RangeError", "ReadError",
-           "SentinelError", "SeriesFormatError", "TimeGapError", "UnitsError", "ZoneError",
-           "check_legend", "check_plausible", "check_range", "check_valid_range_plausible"]
+__all__ = ["MAX_FIRE_EMISSIONS", "PLAUSIBLE", "SERIES_FORMAT", "CRSError", "CubeBuildError",
+           "DuplicateTimeError", "ExtentError", "LegendError", "MissingFileError", "RangeError",
+           "ReadError", "SentinelError", "SeriesFormatError", "TimeGapError", "UnitsError",
+           "ZoneError", "check_fire_values", "check_legend", "check_plausible", "check_range",
+           "check_valid_range_plausible"]
 
 #: Values a predictor can physically take, in its catalogue units
 #: (:data:`abz_dask.io.predictors.PREDICTORS`). A decoded source value outside is a wrong unit
@@ -36,6 +37,10 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
     "permafrost_prob": (0.0, 1.0),
     "co2": (150.0, 1000.0),  # ppm
 }
+
+#: Largest fire emissions of one time step (g C m⁻², month or year) taken as real: the deepest
+#: peat fires burn ≈ 5–10 kg C m⁻²; more is a file in other units than those declared.
+MAX_FIRE_EMISSIONS = 20000.0
 
 #: What a ``temporal: series`` file must hold (quoted in the errors about series sources).
 SERIES_FORMAT = ("a series source is a CSV text file (not a raster) holding one spatially "
@@ -203,3 +208,52 @@ def check_valid_range_plausible(valid: tuple[float, float] | None, *, name: str,
         raise UnitsError(f"{name}: valid_range [{valid[0]:g}, {valid[1]:g}] in {where} lies "
                          f"outside what {name} can be in {units} ([{lo:g}, {hi:g}]); the values "
                          "are in other units: convert them with scale/offset")
+
+
+def check_fire_values(values: np.ndarray, *, variable: str, units: str, path: Path | str
+                      ) -> None:
+    """Raise if converted fire values are impossible.
+
+    Parameters
+    ----------
+    values : ndarray
+        Burned fraction (0..1) or emissions in g C m⁻² of the step, after scale/offset and the
+        declared units (NaN = no data).
+    variable : str
+        ``burned_fraction`` or ``fire_emissions``.
+    units : str
+        The declared units (for the message).
+    path : path or str
+        File, time step and variable (for the message).
+
+    Raises
+    ------
+    RangeError
+        A burned fraction outside 0..1 or negative emissions.
+    UnitsError
+        Emissions above :data:`MAX_FIRE_EMISSIONS` in one step.
+    """
+    fin = values[np.isfinite(values)]
+    if not fin.size:
+        return
+    lo, hi = float(fin.min()), float(fin.max())
+    where = f"fire.{variable}: {path}"
+    if variable == "burned_fraction":
+        tlo, thi = _tolerant(0.0, 1.0)
+        bad = int(((fin < tlo) | (fin > thi)).sum())
+        if bad:
+            hint = (" (the values look like percent: declare units '%')"
+                    if units != "%" and 1.0 < hi <= 100.0 and lo >= 0 else "")
+            raise RangeError(f"{where}: {bad} value(s) outside the burned fraction's 0..1 in "
+                             f"declared units {units!r} (min {lo:g}, max {hi:g}){hint}; check "
+                             "scale, offset, nodata and units")
+        return
+    if lo < 0:
+        raise RangeError(f"{where}: {int((fin < 0).sum())} negative fire emission value(s) "
+                         f"(min {lo:g} g C m-2 in the step, from units {units!r}); declare "
+                         "negative sentinels in 'nodata'")
+    if hi > MAX_FIRE_EMISSIONS:
+        raise UnitsError(f"{where}: fire emissions up to {hi:g} g C m-2 in one step (from "
+                         f"declared units {units!r}), above the {MAX_FIRE_EMISSIONS:g} g C m-2 "
+                         "of the deepest peat fires; the file is in other units (g declared as "
+                         "kg? a rate per second declared per month?)")

@@ -43,7 +43,6 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,7 @@ from rasterio.enums import MergeAlg
 from rasterio.transform import Affine
 
 from abz_dask.geo.grid import CRS_LAEA, Grid, radius_of_latitude
+from abz_dask.geo.regrid import Supersample, bilinear
 
 __all__ = [
     "IGBP_CLASSES",
@@ -397,65 +397,8 @@ def _north_mask(grid: Grid, r0: int, r1: int) -> np.ndarray:
     return np.asarray(lazy[r0:r1].compute(scheduler="synchronous"))  # type: ignore[union-attr]
 
 
-@dataclass
-class _Block:
-    """k×k samples of the grid cells rows ra:rb, columns c0:c1."""
-
-    grid: Grid
-    ra: int
-    rb: int
-    c0: int
-    c1: int
-    k: int
-
-    @property
-    def step(self) -> float:
-        return self.grid.resolution / self.k
-
-    @property
-    def x0(self) -> float:
-        """Left edge of the window (m)."""
-        return float(self.grid.x[self.c0] - self.grid.resolution / 2)
-
-    @property
-    def y0(self) -> float:
-        """Top edge of the window (m)."""
-        return float(self.grid.y[self.ra] + self.grid.resolution / 2)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return ((self.rb - self.ra) * self.k, (self.c1 - self.c0) * self.k)
-
-    @property
-    def transform(self) -> Affine:
-        return Affine(self.step, 0.0, self.x0, 0.0, -self.step, self.y0)
-
-    @cached_property
-    def lonlat(self) -> tuple[np.ndarray, np.ndarray]:
-        ny, nx = self.shape
-        xs = self.x0 + (np.arange(nx) + 0.5) * self.step
-        ys = self.y0 - (np.arange(ny) + 0.5) * self.step
-        xx, yy = np.broadcast_arrays(xs[None, :], ys[:, None])
-        lon, lat = _inverse().transform(xx, yy)
-        return np.asarray(lon), np.asarray(lat)
-
-    def mean(self, v: np.ndarray) -> np.ndarray:
-        """Cell means of per-sample values ``(..., ny*k, nx*k)``."""
-        k = self.k
-        lead = v.shape[:-2]
-        nr, nc = self.rb - self.ra, self.c1 - self.c0
-        return v.reshape(*lead, nr, k, nc, k).mean(axis=(-3, -1), dtype=np.float64)
-
-    def cell_index(self) -> np.ndarray:
-        """Flat cell index (within the block) of every sample."""
-        k = self.k
-        nr, nc = self.rb - self.ra, self.c1 - self.c0
-        idx = np.arange(nr * nc).reshape(nr, 1, nc, 1)
-        return np.broadcast_to(idx, (nr, k, nc, k)).reshape(nr * k, nc * k)
-
-
 def _iter_blocks(grid: Grid, r0: int, r1: int, k: int,
-                 max_samples: int = MAX_SAMPLES) -> Iterator[_Block]:
+                 max_samples: int = MAX_SAMPLES) -> Iterator[Supersample]:
     """Sub-blocks of rows r0:r1 whose column span covers the cells north of the south circle."""
     nx = grid.shape[1]
     step = max(1, max_samples // max(1, nx * k * k))
@@ -470,32 +413,14 @@ def _iter_blocks(grid: Grid, r0: int, r1: int, k: int,
         cols = np.flatnonzero(np.abs(x) <= half)
         if cols.size == 0:
             continue
-        yield _Block(grid, ra, rb, int(cols[0]), int(cols[-1]) + 1, k)
-
-
-def _bilinear(field: np.ndarray, fy: np.ndarray, fx: np.ndarray, wrap_x: bool = True) -> np.ndarray:
-    """Bilinear interpolation of ``field[..., ny, nx]`` at fractional indices (fy, fx)."""
-    ny, nx = field.shape[-2:]
-    fy = np.clip(fy, 0.0, ny - 1.0)
-    j0 = np.minimum(np.floor(fy).astype(np.int64), ny - 2)
-    wy = (fy - j0).astype(np.float32)
-    i0f = np.floor(fx)
-    wx = (fx - i0f).astype(np.float32)
-    i0 = i0f.astype(np.int64) % nx
-    i1 = (i0 + 1) % nx if wrap_x else np.minimum(i0 + 1, nx - 1)
-    flat = field.reshape(*field.shape[:-2], ny * nx)
-    a = j0 * nx
-    b = (j0 + 1) * nx
-    out = (flat[..., a + i0] * ((1 - wy) * (1 - wx)) + flat[..., a + i1] * ((1 - wy) * wx)
-           + flat[..., b + i0] * (wy * (1 - wx)) + flat[..., b + i1] * (wy * wx))
-    return np.asarray(out)
+        yield Supersample(grid, ra, rb, int(cols[0]), int(cols[-1]) + 1, k)
 
 
 # --------------------------------------------------------------------------------------------
 # land / lake classes per sample
 
 
-def _lsmask_classes(blk: _Block) -> np.ndarray:
+def _lsmask_classes(blk: Supersample) -> np.ndarray:
     """0 sea / 1 land / 2 lake at the samples from the 1.25' GSHHG f grid (nearest)."""
     m = _lsmask_north()
     lon, lat = blk.lonlat
@@ -604,7 +529,7 @@ def _gshhg_projected(resolution: str, south: float, tolerance_m: float) -> _Proj
     return _ProjectedGshhg(land, water, shapely.STRtree(land), shapely.STRtree(water))
 
 
-def _gshhg_classes(blk: _Block, resolution: str) -> np.ndarray:
+def _gshhg_classes(blk: Supersample, resolution: str) -> np.ndarray:
     """0 sea / 1 land / 2 lake at the samples, rasterised from GSHHG polygons.
 
     Land = inside a level-1 polygon; water inside land = covered by an odd number of level
@@ -633,29 +558,19 @@ def _gshhg_classes(blk: _Block, resolution: str) -> np.ndarray:
     return out
 
 
-def _land_classes(blk: _Block, land_source: str) -> np.ndarray:
+def _land_classes(blk: Supersample, land_source: str) -> np.ndarray:
     if land_source == "lsmask":
         return _lsmask_classes(blk)
     return _gshhg_classes(blk, land_source.split("_", 1)[1])
 
 
-def _modis_classes(blk: _Block) -> np.ndarray:
+def _modis_classes(blk: Supersample) -> np.ndarray:
     a, lon0, lat0, d = _modis_north()
     lon, lat = blk.lonlat
     i = np.floor((lat0 - lat) / d).astype(np.int64)
     np.clip(i, 0, a.shape[0] - 1, out=i)
     j = np.floor((lon - lon0) / d).astype(np.int64) % a.shape[1]
     return a[i, j]
-
-
-def _majority(blk: _Block, cls: np.ndarray, valid: np.ndarray, ncls: int = 17) -> np.ndarray:
-    """Most frequent class among valid samples of each cell (lowest class on ties; 0 if none)."""
-    nr, nc = blk.rb - blk.ra, blk.c1 - blk.c0
-    idx = blk.cell_index()[valid].astype(np.int64) * ncls + cls[valid].astype(np.int64)
-    counts = np.bincount(idx, minlength=nr * nc * ncls).reshape(nr * nc, ncls)
-    maj = counts.argmax(axis=1)
-    maj[counts.sum(axis=1) == 0] = 0
-    return maj.reshape(nr, nc).astype(np.uint8)
 
 
 def land_lake_fractions(grid: Grid, *, rows: tuple[int, int] | None = None,
@@ -727,7 +642,7 @@ def surface_cover(grid: Grid, *, rows: tuple[int, int] | None = None,
         out["lake"][sl] = blk.mean(cls == 2)
         out["ice"][sl] = blk.mean(ice)
         out["water"][sl] = blk.mean(on_land & (mod == 0))
-        igbp[sl] = _majority(blk, mod, on_land & (mod >= 1) & (mod <= 16))
+        igbp[sl] = blk.mode(mod, on_land & (mod >= 1) & (mod <= 16), 17).astype(np.uint8)
     north = _north_mask(grid, r0, r1)
     for v in out.values():
         v[~north] = 0.0
@@ -761,7 +676,7 @@ def modis_igbp(grid: Grid, *, rows: tuple[int, int] | None = None) -> tuple[np.n
         mod = _modis_classes(blk)
         sl = (slice(blk.ra - r0, blk.rb - r0), slice(blk.c0, blk.c1))
         ice[sl] = blk.mean(mod == 15)
-        m = _majority(blk, mod, mod <= 16)
+        m = blk.mode(mod, mod <= 16, 17).astype(np.uint8)
         m[blk.mean(mod <= 16) == 0] = 255
         maj[sl] = m
     north = _north_mask(grid, r0, r1)
@@ -807,8 +722,8 @@ def era5_climatology(grid: Grid, *, rows: tuple[int, int] | None = None
         fy = (lat0 - lat) / d
         fx = np.mod(lon, 360.0) / d
         sl = (slice(None), slice(blk.ra - r0, blk.rb - r0), slice(blk.c0, blk.c1))
-        ot[sl] = blk.mean(_bilinear(t2m, fy, fx))
-        op[sl] = blk.mean(_bilinear(tp, fy, fx))
+        ot[sl] = blk.mean(bilinear(t2m, fy, fx))
+        op[sl] = blk.mean(bilinear(tp, fy, fx))
     north = _north_mask(grid, r0, r1)
     ot[:, ~north] = np.nan
     op[:, ~north] = np.nan
@@ -838,7 +753,7 @@ def etopo5_elevation(grid: Grid, *, rows: tuple[int, int] | None = None) -> np.n
     out = np.full((r1 - r0, grid.shape[1]), np.nan, np.float32)
     for blk in _iter_blocks(grid, r0, r1, supersample_factor(grid, "etopo5")):
         lon, lat = blk.lonlat
-        v = _bilinear(z, (lat - lat0) / d, np.mod(lon, 360.0) / d)
+        v = bilinear(z, (lat - lat0) / d, np.mod(lon, 360.0) / d)
         out[blk.ra - r0: blk.rb - r0, blk.c0: blk.c1] = blk.mean(np.maximum(v, 0.0))
     out[~_north_mask(grid, r0, r1)] = np.nan
     return out

@@ -4,6 +4,11 @@ The grid is symmetric about the pole with a pixel corner on the pole and covers 
 Because the projection is equal-area, the true (ellipsoidal) area of every cell equals its projected
 area, ``resolution**2`` — exactly, not approximately; ``tests/test_grid.py`` checks it against the
 geodesic area of the cell polygon.
+
+:attr:`Grid.geobox` is the grid as an odc-geo ``GeoBox`` (same affine, shape and CRS) and
+:meth:`Grid.tiles` its ``GeoboxTiles``; :meth:`Grid.of_dataset` is the one way to get the grid of
+a store. The cell-centre coordinates :attr:`Grid.x` / :attr:`Grid.y` are computed here (not by
+odc-geo), so every store keeps bit-identical coordinates.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 from affine import Affine
 from pyproj import CRS, Transformer
+
+if TYPE_CHECKING:
+    from odc.geo.geobox import GeoBox, GeoboxTiles
 
 __all__ = ["CRS_LAEA", "PRESETS", "Grid", "default_tile", "radius_of_latitude"]
 
@@ -85,13 +93,31 @@ class Grid:
 
     @classmethod
     def of_dataset(cls, ds: xr.Dataset | xr.DataArray) -> Grid:
-        """The grid a store was written on (its ``grid_resolution_m`` / ``grid_name`` attributes,
-        else the spacing of ``x``); raises ``ValueError`` when the shape does not match."""
-        res = float(ds.attrs.get("grid_resolution_m", abs(float(ds.x[1] - ds.x[0]))))
-        grid = cls(res, str(ds.attrs.get("grid_name", "custom")))
-        if grid.shape != (ds.sizes["y"], ds.sizes["x"]):
-            src = ds.encoding.get("source")
-            where = f"{src}: " if src else ""
+        """The grid a store was written on — the one "grid of a store" of the package.
+
+        The resolution is the ``grid_resolution_m`` attribute, else the spacing of ``x``; the name
+        is the ``grid_name`` attribute, else the preset of that resolution, else ``"<res>m"``.
+
+        Raises
+        ------
+        ValueError
+            When neither the attribute nor an ``x`` coordinate gives the resolution, or the
+            store's ``(y, x)`` shape is not the grid's (naming the store's source, if known).
+        """
+        src = ds.encoding.get("source")
+        where = f"{src}: " if src else ""
+        res_attr = ds.attrs.get("grid_resolution_m")
+        if res_attr is None:
+            if "x" not in ds.coords or ds.sizes.get("x", 0) < 2:
+                raise ValueError(f"{where}store has no grid_resolution_m attribute and no x "
+                                 "coordinate; not a store of this package's grid?")
+            res_attr = abs(float(ds["x"].values[1] - ds["x"].values[0]))
+        res = float(res_attr)
+        name = ds.attrs.get("grid_name")
+        if not name:
+            name = next((k for k, v in PRESETS.items() if v == res), f"{res:g}m")
+        grid = cls(res, str(name))
+        if "y" in ds.sizes and "x" in ds.sizes and grid.shape != (ds.sizes["y"], ds.sizes["x"]):
             raise ValueError(f"{where}grid_resolution_m {res:g} gives a polar grid of shape "
                              f"{grid.shape}, the store has (y, x) = ({ds.sizes['y']}, "
                              f"{ds.sizes['x']}); not a store of this package's grid?")
@@ -122,6 +148,21 @@ class Grid:
         """North-up affine transform of the top-left corner."""
         w = self.half_width
         return Affine(self.resolution, 0.0, -w, 0.0, -self.resolution, w)
+
+    @cached_property
+    def geobox(self) -> GeoBox:
+        """The grid as an odc-geo ``GeoBox`` (same shape, affine and CRS)."""
+        from odc.geo.geobox import GeoBox
+
+        return GeoBox(self.shape, self.transform, self.crs.to_wkt())
+
+    def tiles(self, tile: int) -> GeoboxTiles:
+        """The grid's square tiles of ``tile`` cells (smaller at the right and bottom edges) as
+        odc-geo ``GeoboxTiles``: ``.roi[i, j]`` gives the row and column slices of tile
+        ``(i, j)``, ``[i, j]`` its ``GeoBox``, ``.chunks`` the dask chunks of the grid."""
+        from odc.geo.geobox import GeoboxTiles
+
+        return GeoboxTiles(self.geobox, (int(tile), int(tile)))
 
     @property
     def x(self) -> np.ndarray:

@@ -569,13 +569,6 @@ def _dataset_attrs(grid: Grid, src: str) -> dict[str, Any]:
 # using the zones
 
 
-def _cell_area(zones: xr.Dataset) -> float:
-    res = zones.attrs.get("grid_resolution_m")
-    if res is None:
-        res = float(abs(zones["x"][1] - zones["x"][0]))
-    return float(res) ** 2
-
-
 def zone_areas(zones: xr.Dataset) -> pd.DataFrame:
     """Areas of the ABZ, tundra, boreal and permafrost zones beside the seed paper's.
 
@@ -594,7 +587,7 @@ def zone_areas(zones: xr.Dataset) -> pd.DataFrame:
     lf = zones["land_fraction"].astype("float64")
     masks = {"abz": zones["abz"], "tundra": zones["biome"] == 1,
              "boreal": zones["biome"] == 2, "permafrost": zones["permafrost"]}
-    scale = _cell_area(zones) / 1e12
+    scale = Grid.of_dataset(zones).cell_area / 1e12
     sums = [lf.where(m, 0.0).sum() for m in masks.values()]
     vals = da.compute(*[s.data for s in sums])
     area = [float(v) * scale for v in vals]

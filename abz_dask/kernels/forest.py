@@ -53,6 +53,12 @@ Measured in ``benchmarks/bench_forest.py`` (``benchmarks/RESULTS_forest.md``).
 - The loop is tree-major over chunks of up to :data:`CHUNK_ROWS` rows, so a tree (≈ 16 kB for
   2,000 nodes) is fetched once per chunk and then stays in L1.
 - The leaf values are summed in tree order in float64, as scikit-learn does.
+- :func:`prepare` encodes a block once for any number of forests (:func:`predict_many`); given
+  the row starts of constant-month segments it walks each chunk of one tile-month through a
+  *box-pruned* copy of every tree: the splits decided for all the chunk's rows (constant month and
+  CO2, thresholds outside the chunk's range) are bypassed, so the copy is small and paths shorter,
+  and every row still reaches its leaf (bit-identical). This is :func:`specialise` per chunk,
+  without a cache.
 
 Trees with more than 65,535 nodes use 16-byte records ``(key, left, xoff, pad: u32)`` and a
 second copy of the kernel that reads the fields one by one (≈ 25 % slower).
@@ -76,11 +82,14 @@ from abz_dask.kernels._numba import njit
 __all__ = [
     "CHUNK_ROWS",
     "LANES",
+    "PRUNE_MIN_ROWS",
     "PackedForest",
+    "PreparedRows",
     "float32_keys",
     "pack_forest",
     "predict",
     "predict_many",
+    "prepare",
     "specialise",
     "threshold_float32",
 ]
@@ -90,6 +99,10 @@ LANES = 8
 #: Rows per tree-major chunk: larger chunks load each tree fewer times; 32k rows of 17 uint32 keys
 #: (2.2 MB) still stream well from L2/L3 (measured: smaller chunks were slower).
 CHUNK_ROWS = 32768
+#: Chunks of at least this many rows walk box-pruned trees (:func:`prepare`): below it, copying the
+#: surviving nodes of every tree costs about what the shorter walks save (measured on the twin:
+#: 1,024-row chunks 0.8x, 8,192-row chunks 1.03-1.10x the full-tree walk).
+PRUNE_MIN_ROWS = 6144
 
 #: Compact node record, read by the kernel as one little-endian uint64
 #: ``key | left << 32 | xoff << 48`` (trees of at most 65,535 nodes, at most 8,191 features).
@@ -344,89 +357,188 @@ _U16 = np.uint64(0xFFFF)
 _U32 = np.uint64(32)
 _U48 = np.uint64(48)
 _U32MASK = np.uint64(0xFFFFFFFF)
+_U51 = np.uint64(51)
+
+
+@njit
+def _walk_groups(nd: np.ndarray, v: np.ndarray, x: np.ndarray, gstride: np.uint64, c0: int,
+                 c1: int, acc: np.ndarray) -> None:  # pragma: no cover - numba
+    """Add the leaf value of one tree to ``acc`` for the eight-row groups ``c0 .. c1 - 1``.
+
+    ``nd`` is one tree's :data:`NODE_DTYPE` records viewed as little-endian uint64, so one load
+    brings a whole node: ``key = q & 0xFFFFFFFF``, ``left = (q >> 32) & 0xFFFF``,
+    ``xoff = q >> 48``. ``x`` is the raveled ``(groups, n_features, 8)`` output of
+    :func:`_encode`. The eight rows of a group walk the tree in lock-step until all eight are in
+    leaves. A leaf's ``left`` is its own index, so the leaf values are found from ``q`` and the old
+    indices are dead once ``q`` is loaded (no register spills). Unsigned index arithmetic spares
+    numba's negative-index fix-ups.
+    """
+    for g in range(c0, c1):
+        gb = np.uint64(g) * gstride
+        i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = np.uint64(0)
+        while True:
+            q0 = nd[i0]
+            q1 = nd[i1]
+            q2 = nd[i2]
+            q3 = nd[i3]
+            q4 = nd[i4]
+            q5 = nd[i5]
+            q6 = nd[i6]
+            q7 = nd[i7]
+            if (q0 & q1 & q2 & q3 & q4 & q5 & q6 & q7 & _U32MASK) == _U32MASK:
+                break  # all eight rows are in leaves
+            i0 = ((q0 >> _U32) & _U16) + np.uint64(
+                x[gb + (q0 >> _U48)] > (q0 & _U32MASK))
+            i1 = ((q1 >> _U32) & _U16) + np.uint64(
+                x[gb + (q1 >> _U48) + np.uint64(1)] > (q1 & _U32MASK))
+            i2 = ((q2 >> _U32) & _U16) + np.uint64(
+                x[gb + (q2 >> _U48) + np.uint64(2)] > (q2 & _U32MASK))
+            i3 = ((q3 >> _U32) & _U16) + np.uint64(
+                x[gb + (q3 >> _U48) + np.uint64(3)] > (q3 & _U32MASK))
+            i4 = ((q4 >> _U32) & _U16) + np.uint64(
+                x[gb + (q4 >> _U48) + np.uint64(4)] > (q4 & _U32MASK))
+            i5 = ((q5 >> _U32) & _U16) + np.uint64(
+                x[gb + (q5 >> _U48) + np.uint64(5)] > (q5 & _U32MASK))
+            i6 = ((q6 >> _U32) & _U16) + np.uint64(
+                x[gb + (q6 >> _U48) + np.uint64(6)] > (q6 & _U32MASK))
+            i7 = ((q7 >> _U32) & _U16) + np.uint64(
+                x[gb + (q7 >> _U48) + np.uint64(7)] > (q7 & _U32MASK))
+        r0 = g * 8
+        acc[r0] += v[(q0 >> _U32) & _U16]
+        acc[r0 + 1] += v[(q1 >> _U32) & _U16]
+        acc[r0 + 2] += v[(q2 >> _U32) & _U16]
+        acc[r0 + 3] += v[(q3 >> _U32) & _U16]
+        acc[r0 + 4] += v[(q4 >> _U32) & _U16]
+        acc[r0 + 5] += v[(q5 >> _U32) & _U16]
+        acc[r0 + 6] += v[(q6 >> _U32) & _U16]
+        acc[r0 + 7] += v[(q7 >> _U32) & _U16]
+
+
+@njit
+def _decided(nd: np.ndarray, i: np.uint64, lo: np.ndarray,
+             hi: np.ndarray) -> np.uint64:  # pragma: no cover - numba
+    """Follow ``i`` down while its split is decided for every key in ``[lo, hi]``.
+
+    A split ``x_key > key`` on feature ``f`` sends every row left when ``hi[f] <= key`` and every
+    row right when ``lo[f] > key``; the first node whose split is not decided (or a leaf) is
+    returned.
+    """
+    while True:
+        q = nd[i]
+        k = q & _U32MASK
+        if k == _U32MASK:
+            return i
+        f = q >> _U51
+        if hi[f] <= k:
+            i = (q >> _U32) & _U16
+        elif lo[f] > k:
+            i = ((q >> _U32) & _U16) + np.uint64(1)
+        else:
+            return i
+
+
+@njit
+def _prune_tree(nd: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, pn: np.ndarray,
+                pv: np.ndarray, stack: np.ndarray) -> int:  # pragma: no cover - numba
+    """Copy one tree into ``pn``/``pv`` without the splits decided for keys in ``[lo, hi]``.
+
+    Every row whose keys lie in the box reaches the same leaf (same value) in the copy as in the
+    tree. Only the surviving nodes are visited; they are laid out again depth-first with adjacent
+    children (as :func:`pack_forest` does). Returns the number of nodes of the copy.
+    """
+    stack[0] = np.int64(_decided(nd, np.uint64(0), lo, hi))
+    stack[1] = 0
+    sp = 2
+    nxt = 1
+    keep = ~(_U16 << _U32)
+    while sp > 0:
+        sp -= 2
+        old = np.uint64(stack[sp])
+        new = stack[sp + 1]
+        q = nd[old]
+        pv[new] = v[old]
+        if (q & _U32MASK) == _U32MASK:
+            pn[new] = (q & keep) | (np.uint64(new) << _U32)
+            continue
+        pn[new] = (q & keep) | (np.uint64(nxt) << _U32)
+        base = (q >> _U32) & _U16
+        # right child first on the stack, so the left subtree is laid out first
+        stack[sp] = np.int64(_decided(nd, base + np.uint64(1), lo, hi))
+        stack[sp + 1] = nxt + 1
+        stack[sp + 2] = np.int64(_decided(nd, base, lo, hi))
+        stack[sp + 3] = nxt
+        sp += 4
+        nxt += 2
+    return nxt
 
 
 @njit
 def _walk_compact(nodes64: np.ndarray, values: np.ndarray, offsets: np.ndarray, keys: np.ndarray,
-                  m: int, acc: np.ndarray) -> None:  # pragma: no cover - numba
+                  m: int, chunks: np.ndarray, prune_min: int,
+                  acc: np.ndarray) -> None:  # pragma: no cover - numba
     """``acc[r] = sum over trees (in order) of the leaf value reached by row r``, for r < m.
 
-    ``nodes64`` is a :data:`NODE_DTYPE` array viewed as little-endian uint64, so one load brings a
-    whole node: ``key = q & 0xFFFFFFFF``, ``left = (q >> 32) & 0xFFFF``, ``xoff = q >> 48``.
-    ``keys`` is the ``(groups, n_features, 8)`` output of :func:`_encode`. Tree-major over chunks
-    of :data:`CHUNK_ROWS` rows; the eight rows of a group walk a tree in lock-step until all eight
-    are in leaves. A leaf's ``left`` is its own index, so the leaf values are found from ``q``
-    and the old indices are dead once ``q`` is loaded (no register spills). Unsigned index
-    arithmetic spares numba's negative-index fix-ups.
+    Tree-major over chunks of eight-row groups (``chunks[c] .. chunks[c + 1] - 1``). For a chunk of
+    at least ``prune_min`` rows the box of its keys (per feature min and max over its rows) is
+    computed and every tree is first copied without the splits that the box decides
+    (:func:`_prune_tree`: month and CO2, constant over a tile-month, and every threshold outside
+    the chunk's range); each row reaches the same leaf, so the sums are unchanged, bit for bit.
+    The pruned copy is small and stays in L1 while the chunk walks it.
     """
     nf = keys.shape[1]
     x = keys.ravel()
     gstride = np.uint64(nf * 8)
     n_trees = offsets.shape[0] - 1
-    n_groups = (m + 7) // 8
-    chunk = CHUNK_ROWS // 8
     for r in range(m):
         acc[r] = 0.0
-    for c0 in range(0, n_groups, chunk):
-        c1 = min(n_groups, c0 + chunk)
+    maxn = 1
+    for t in range(n_trees):
+        maxn = max(maxn, offsets[t + 1] - offsets[t])
+    pn = np.empty(maxn, np.uint64)
+    pv = np.empty(maxn, np.float64)
+    stack = np.empty(2 * maxn + 4, np.int64)
+    lo = np.empty(nf, np.uint64)
+    hi = np.empty(nf, np.uint64)
+    for c in range(chunks.shape[0] - 1):
+        c0 = chunks[c]
+        c1 = chunks[c + 1]
+        r1 = min(m, c1 * 8)
+        prune = r1 - c0 * 8 >= prune_min
+        if prune:
+            for f in range(nf):
+                lo[f] = _U32MASK
+                hi[f] = np.uint64(0)
+            for r in range(c0 * 8, r1):
+                for f in range(nf):
+                    k = np.uint64(keys[r // 8, f, r % 8])
+                    if k < lo[f]:
+                        lo[f] = k
+                    if k > hi[f]:
+                        hi[f] = k
         for t in range(n_trees):
             nd = nodes64[offsets[t]:offsets[t + 1]]
             v = values[offsets[t]:offsets[t + 1]]
-            for g in range(c0, c1):
-                gb = np.uint64(g) * gstride
-                i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = np.uint64(0)
-                while True:
-                    q0 = nd[i0]
-                    q1 = nd[i1]
-                    q2 = nd[i2]
-                    q3 = nd[i3]
-                    q4 = nd[i4]
-                    q5 = nd[i5]
-                    q6 = nd[i6]
-                    q7 = nd[i7]
-                    if (q0 & q1 & q2 & q3 & q4 & q5 & q6 & q7 & _U32MASK) == _U32MASK:
-                        break  # all eight rows are in leaves
-                    i0 = ((q0 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q0 >> _U48)] > (q0 & _U32MASK))
-                    i1 = ((q1 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q1 >> _U48) + np.uint64(1)] > (q1 & _U32MASK))
-                    i2 = ((q2 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q2 >> _U48) + np.uint64(2)] > (q2 & _U32MASK))
-                    i3 = ((q3 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q3 >> _U48) + np.uint64(3)] > (q3 & _U32MASK))
-                    i4 = ((q4 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q4 >> _U48) + np.uint64(4)] > (q4 & _U32MASK))
-                    i5 = ((q5 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q5 >> _U48) + np.uint64(5)] > (q5 & _U32MASK))
-                    i6 = ((q6 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q6 >> _U48) + np.uint64(6)] > (q6 & _U32MASK))
-                    i7 = ((q7 >> _U32) & _U16) + np.uint64(
-                        x[gb + (q7 >> _U48) + np.uint64(7)] > (q7 & _U32MASK))
-                r0 = g * 8
-                acc[r0] += v[(q0 >> _U32) & _U16]
-                acc[r0 + 1] += v[(q1 >> _U32) & _U16]
-                acc[r0 + 2] += v[(q2 >> _U32) & _U16]
-                acc[r0 + 3] += v[(q3 >> _U32) & _U16]
-                acc[r0 + 4] += v[(q4 >> _U32) & _U16]
-                acc[r0 + 5] += v[(q5 >> _U32) & _U16]
-                acc[r0 + 6] += v[(q6 >> _U32) & _U16]
-                acc[r0 + 7] += v[(q7 >> _U32) & _U16]
+            if prune:
+                _prune_tree(nd, v, lo, hi, pn, pv, stack)
+                _walk_groups(pn, pv, x, gstride, c0, c1, acc)
+            else:
+                _walk_groups(nd, v, x, gstride, c0, c1, acc)
 
 
 @njit
 def _walk_wide(nodes: np.ndarray, values: np.ndarray, offsets: np.ndarray, keys: np.ndarray,
-               m: int, acc: np.ndarray) -> None:  # pragma: no cover - numba
-    """:func:`_walk_compact` for :data:`NODE_DTYPE_WIDE` records (fields read one by one)."""
+               m: int, chunks: np.ndarray, acc: np.ndarray) -> None:  # pragma: no cover - numba
+    """:func:`_walk_compact` for :data:`NODE_DTYPE_WIDE` records (fields read one by one; the
+    trees are walked unpruned)."""
     nf = keys.shape[1]
     x = keys.ravel()
     gstride = np.uint64(nf * 8)
     n_trees = offsets.shape[0] - 1
-    n_groups = (m + 7) // 8
-    chunk = CHUNK_ROWS // 8
     for r in range(m):
         acc[r] = 0.0
-    for c0 in range(0, n_groups, chunk):
-        c1 = min(n_groups, c0 + chunk)
+    for c in range(chunks.shape[0] - 1):
+        c0 = chunks[c]
+        c1 = chunks[c + 1]
         for t in range(n_trees):
             nd = nodes[offsets[t]:offsets[t + 1]]
             v = values[offsets[t]:offsets[t + 1]]
@@ -499,36 +611,22 @@ def _finish(acc: np.ndarray, rows: np.ndarray, m: int, n_trees: int,
 
 @njit
 def _mean_compact(nodes64: np.ndarray, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
-                  keys: np.ndarray, m: int, out: np.ndarray) -> None:  # pragma: no cover - numba
+                  keys: np.ndarray, m: int, chunks: np.ndarray, prune_min: int,
+                  out: np.ndarray) -> None:  # pragma: no cover - numba
     """Forest mean of encoded rows into ``out`` (compact records)."""
     acc = np.empty(keys.shape[0] * 8, np.float64)
-    _walk_compact(nodes64, values, offsets, keys, m, acc)
+    _walk_compact(nodes64, values, offsets, keys, m, chunks, prune_min, acc)
     _finish(acc, rows, m, offsets.shape[0] - 1, out)
 
 
 @njit
 def _mean_wide(nodes: np.ndarray, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
-               keys: np.ndarray, m: int, out: np.ndarray) -> None:  # pragma: no cover - numba
+               keys: np.ndarray, m: int, chunks: np.ndarray,
+               out: np.ndarray) -> None:  # pragma: no cover - numba
     """Forest mean of encoded rows into ``out`` (wide records)."""
     acc = np.empty(keys.shape[0] * 8, np.float64)
-    _walk_wide(nodes, values, offsets, keys, m, acc)
+    _walk_wide(nodes, values, offsets, keys, m, chunks, acc)
     _finish(acc, rows, m, offsets.shape[0] - 1, out)
-
-
-@njit
-def _predict_compact(nodes64: np.ndarray, values: np.ndarray, offsets: np.ndarray, X: np.ndarray,
-                     out: np.ndarray) -> None:  # pragma: no cover - numba
-    """Encode, walk and average one block (compact records), in one call."""
-    rows, keys, m = _prepare(X)
-    _mean_compact(nodes64, values, offsets, rows, keys, m, out)
-
-
-@njit
-def _predict_wide(nodes: np.ndarray, values: np.ndarray, offsets: np.ndarray, X: np.ndarray,
-                  out: np.ndarray) -> None:  # pragma: no cover - numba
-    """Encode, walk and average one block (wide records), in one call."""
-    rows, keys, m = _prepare(X)
-    _mean_wide(nodes, values, offsets, rows, keys, m, out)
 
 
 @njit
@@ -592,17 +690,125 @@ def _as_block(packed: PackedForest, X: npt.ArrayLike) -> npt.NDArray[np.float32]
     Xa = np.ascontiguousarray(X, dtype=np.float32)
     if Xa.ndim != 2 or Xa.shape[1] != packed.n_features:
         raise ValueError(f"X must be (rows, {packed.n_features}), got shape {Xa.shape}")
+    _check_fixed(packed, Xa)
+    return Xa
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedRows:
+    """A block of rows encoded once for any number of forests (:func:`prepare`).
+
+    Attributes
+    ----------
+    rows : numpy.ndarray of int64
+        Indices (in the block) of the rows without NaN; only the first ``m`` are used.
+    keys : numpy.ndarray of uint32, shape (groups, n_features, 8)
+        Their keys in lane-interleaved groups of eight (:func:`float32_keys` order).
+    m : int
+        Number of rows without NaN.
+    n_rows : int
+        Number of rows of the block.
+    chunks : numpy.ndarray of int64
+        Group boundaries of the tree-major chunks (chunk ``c`` is groups
+        ``chunks[c] .. chunks[c + 1] - 1``): segment starts, short segments merged up to
+        :data:`PRUNE_MIN_ROWS` rows, long ones cut at :data:`CHUNK_ROWS`.
+    prune_min : int
+        Chunks of at least this many rows walk box-pruned trees (see :func:`prepare`).
+    """
+
+    rows: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.uint32]
+    m: int
+    n_rows: int
+    chunks: npt.NDArray[np.int64]
+    prune_min: int
+
+    @property
+    def n_features(self) -> int:
+        """Number of predictor columns."""
+        return int(self.keys.shape[1])
+
+
+def _chunk_bounds(rows: np.ndarray, m: int, segments: Sequence[int] | None,
+                  min_rows: int) -> npt.NDArray[np.int64]:
+    """Group boundaries of the chunks (see :class:`PreparedRows`).
+
+    Segments shorter than ``min_rows`` are merged with the next one (a short tail with the one
+    before); a group of eight that straddles two segments is a chunk of its own (walked unpruned),
+    so every other chunk holds rows of one segment only; chunks longer than :data:`CHUNK_ROWS` are
+    cut in equal parts.
+    """
+    n_groups = (m + 7) // 8
+    starts = [0]
+    if segments is not None and m:
+        enc = np.searchsorted(rows[:m], np.asarray(segments, dtype=np.int64))
+        for e in sorted({int(v) for v in enc if 0 < v < m}):
+            if e - starts[-1] >= min_rows:
+                starts.append(e)
+        if len(starts) > 1 and m - starts[-1] < min_rows:
+            starts.pop()
+    edges = {0, n_groups}
+    for e in starts[1:]:
+        edges.add(e // 8)
+        if e % 8:
+            edges.add(e // 8 + 1)
+    bounds = sorted(edges)
+    step = CHUNK_ROWS // 8
+    out = [0]
+    for b in bounds[1:]:
+        n_cut = -(-(b - out[-1]) // step)
+        out += [out[-1] + (b - out[-1]) * i // n_cut for i in range(1, n_cut + 1)]
+    if len(out) == 1:
+        out.append(n_groups)
+    return np.asarray(out, dtype=np.int64)
+
+
+def prepare(X: npt.ArrayLike, *, segments: Sequence[int] | None = None,
+            prune: bool = True) -> PreparedRows:
+    """Encode a block of rows once, for :func:`predict_many` with any number of forests.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_rows, n_features)
+        Predictors, cast to float32 and made C-contiguous if they are not already.
+    segments : sequence of int, optional
+        Row indices where a run of rows with constant predictors starts (the upscaler passes the
+        first row of every month: month and CO2 are constant within a tile-month). Chunks start at
+        these rows (rounded down to a group of eight) unless a segment is shorter than
+        :data:`PRUNE_MIN_ROWS`, in which case it shares a chunk with its neighbour; chunks longer
+        than :data:`CHUNK_ROWS` are cut in equal parts.
+    prune : bool
+        Walk box-pruned copies of the trees in chunks of at least :data:`PRUNE_MIN_ROWS` rows:
+        every split decided for all rows of the chunk (a constant month or CO2, a threshold
+        outside the chunk's range of a predictor) is bypassed before the chunk walks the tree.
+        Results are identical, bit for bit; ``False`` walks the full trees.
+
+    Returns
+    -------
+    PreparedRows
+        The encoded block.
+    """
+    Xa = np.ascontiguousarray(X, dtype=np.float32)
+    if Xa.ndim != 2:
+        raise ValueError(f"X must be 2-D (rows, features), got shape {Xa.shape}")
+    rows, keys, m = _prepare(Xa)
+    chunks = _chunk_bounds(rows, int(m), segments, PRUNE_MIN_ROWS)
+    return PreparedRows(rows, keys, int(m), int(Xa.shape[0]), chunks,
+                        PRUNE_MIN_ROWS if prune else int(np.iinfo(np.int64).max))
+
+
+def _check_fixed(packed: PackedForest, X: np.ndarray) -> None:
     for f, value in packed.fixed:
-        col = Xa[:, f]
+        col = X[:, f]
         bad = (col != np.float32(value)) & ~np.isnan(col)
         if bad.any():
             raise ValueError(f"forest specialised on feature {f} = {value!r} but X[:, {f}] "
                              f"differs in {int(bad.sum())} rows")
-    return Xa
 
 
 def predict(packed: PackedForest, X: npt.ArrayLike, *,
-            out: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
+            out: npt.NDArray[np.float64] | None = None, prune: bool = False,
+            segments: Sequence[int] | None = None) -> npt.NDArray[np.float64]:
     """Mean prediction of the packed forest for a block of rows (identical to scikit-learn).
 
     Parameters
@@ -614,6 +820,9 @@ def predict(packed: PackedForest, X: npt.ArrayLike, *,
         already.
     out : numpy.ndarray of float64, shape (n_rows,), optional
         Where to write the result.
+    prune, segments
+        See :func:`prepare` (default: full trees in chunks of :data:`CHUNK_ROWS`, the plain
+        path).
 
     Returns
     -------
@@ -631,25 +840,36 @@ def predict(packed: PackedForest, X: npt.ArrayLike, *,
         out = np.empty(Xa.shape[0], dtype=np.float64)
     elif out.shape != (Xa.shape[0],) or out.dtype != np.float64:
         raise ValueError("out must be a float64 array of shape (n_rows,)")
-    if packed.nodes.dtype == NODE_DTYPE:
-        _predict_compact(packed.nodes.view("<u8"), packed.values, packed.offsets, Xa, out)
-    else:
-        _predict_wide(packed.nodes, packed.values, packed.offsets, Xa, out)
+    block = prepare(Xa, segments=segments, prune=prune)
+    _mean_into(packed, block, out)
     return out
 
 
-def predict_many(forests: Sequence[PackedForest], X: npt.ArrayLike, *,
-                 out: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
+def _mean_into(f: PackedForest, block: PreparedRows, out: np.ndarray) -> None:
+    if f.nodes.dtype == NODE_DTYPE:
+        _mean_compact(f.nodes.view("<u8"), f.values, f.offsets, block.rows, block.keys, block.m,
+                      block.chunks, block.prune_min, out)
+    else:
+        _mean_wide(f.nodes, f.values, f.offsets, block.rows, block.keys, block.m, block.chunks,
+                   out)
+
+
+def predict_many(forests: Sequence[PackedForest], X: npt.ArrayLike | PreparedRows, *,
+                 out: npt.NDArray[np.float64] | None = None,
+                 prune: bool = False) -> npt.NDArray[np.float64]:
     """Evaluate several forests on the same block (NaN detection and key encoding done once).
 
     Parameters
     ----------
     forests : sequence of PackedForest
         Forests with the same ``n_features``.
-    X : array_like, shape (n_rows, n_features)
-        Predictors (see :func:`predict`).
+    X : array_like, shape (n_rows, n_features), or PreparedRows
+        Predictors (see :func:`predict`), or a block already encoded by :func:`prepare` (the
+        upscaler's path: one encoding per tile block for every forest that reads it).
     out : numpy.ndarray of float64, shape (len(forests), n_rows), optional
         Where to write the result.
+    prune : bool
+        Box-pruned walks (:func:`prepare`) when ``X`` is an array.
 
     Returns
     -------
@@ -661,19 +881,25 @@ def predict_many(forests: Sequence[PackedForest], X: npt.ArrayLike, *,
     first = forests[0]
     if any(f.n_features != first.n_features for f in forests):
         raise ValueError("forests differ in n_features")
-    Xa = np.ascontiguousarray(X, dtype=np.float32)
-    for f in forests:
-        Xa = _as_block(f, Xa)
+    if isinstance(X, PreparedRows):
+        block = X
+        if block.n_features != first.n_features:
+            raise ValueError(f"the prepared rows have {block.n_features} columns, the forests "
+                             f"read {first.n_features}")
+        if any(f.fixed for f in forests):
+            raise ValueError("specialised forests need the raw rows (their fixed columns are "
+                             "checked): pass X as an array")
+    else:
+        Xa = np.ascontiguousarray(X, dtype=np.float32)
+        for f in forests:
+            Xa = _as_block(f, Xa)
+        block = prepare(Xa, prune=prune)
     if out is None:
-        out = np.empty((len(forests), Xa.shape[0]), dtype=np.float64)
-    elif out.shape != (len(forests), Xa.shape[0]) or out.dtype != np.float64:
+        out = np.empty((len(forests), block.n_rows), dtype=np.float64)
+    elif out.shape != (len(forests), block.n_rows) or out.dtype != np.float64:
         raise ValueError("out must be a float64 array of shape (n_forests, n_rows)")
-    rows, keys, m = _prepare(Xa)
     for k, f in enumerate(forests):
-        if f.nodes.dtype == NODE_DTYPE:
-            _mean_compact(f.nodes.view("<u8"), f.values, f.offsets, rows, keys, m, out[k])
-        else:
-            _mean_wide(f.nodes, f.values, f.offsets, rows, keys, m, out[k])
+        _mean_into(f, block, out[k])
     return out
 
 

@@ -33,12 +33,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from abz_dask import DEFAULT_SEED
 from abz_dask.io.yamlfile import flat_errors
 
 __all__ = ["DEFAULT_SEED", "MIN_SITES", "MIN_TILE", "YEAR_RANGE", "BudgetsSection", "BuildInput",
-           "ClusterSection", "ConfigError", "FilesInput", "ReportSection", "RunConfig",
-           "TrainingSection", "TrendsSection", "TwinInput", "UpscaleSection", "load_config",
-           "parse_config"]
+           "ClusterSection", "CompareSection", "ConfigError", "FilesInput", "ProductEntry",
+           "ReportSection", "RunConfig", "TrainingSection", "TrendsSection", "TwinInput",
+           "UpscaleSection", "load_config", "parse_config"]
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 Flux = Literal["NEE", "GPP", "Reco"]
@@ -46,12 +47,6 @@ FLUX_NAMES: tuple[Flux, ...] = ("NEE", "GPP", "Reco")
 CLUSTER_KINDS = ("threads", "local", "address", "slurm", "pbs", "kubernetes", "gateway")
 _INPUT_KINDS = ("twin", "files", "build")  # tags of the input union, not keys of the file
 
-DEFAULT_SEED: int = 0
-"""The one default seed of every route (twin, training, bootstrap cell sample; ``abz-dask
-twin``, ``demo``, ``train``, ``run``), so the same inputs give the same budgets whichever route
-runs them. It is the seed the demo and the run configurations have always used. The authors' R
-code used 448, but with R's random number generator, whose draws numpy cannot reproduce, so 448
-bought no parity with their numbers."""
 
 MIN_TILE: int = 8
 """Smallest upscaling tile edge in cells (``upscale.tile``, ``abz-dask upscale --tile``)."""
@@ -135,6 +130,10 @@ class FilesInput(_ReaderOptions):
     kind: Literal["files"]
     cube: Path = Field(description="Predictor cube (Zarr store).")
     zones: Path = Field(description="Zone layers of the cube's grid (Zarr store).")
+    fire: Path | None = Field(
+        default=None, description="Optional fire store on the cube's grid with the twin's "
+        "fire.zarr schema (annual burned_fraction, fire_emissions; e.g. written by "
+        "build-cube's fire section): NEE + fire, years since fire, post-fire correction.")
 
 
 class BuildInput(_ReaderOptions):
@@ -255,6 +254,49 @@ class ReportSection(_Section):
         "at most budgets.end_year).")
 
 
+class ProductEntry(_Section):
+    """A gridded product to compare with (NetCDF;
+    :func:`abz_dask.compare.products.read_product`). The name's prefix gives the approach:
+    ``inversion*`` (fire removed), ``cmip6*`` / ``isimip*`` / ``trendy*`` (process model),
+    ``fluxcom*``."""
+
+    name: str = Field(min_length=1, description="Product name (its prefix gives the approach).")
+    path: Path = Field(description="NetCDF file.")
+    variable: str | None = Field(default=None, description="Variable (default: detected).")
+    sign: str | None = Field(default=None, description="Sign convention (default: detected).")
+
+
+class CompareSection(_Section):
+    """The compare stage: comparisons with other gridded products, the paper-2 regional
+    table, MESS and environmental clusters (:func:`abz_dask.compare.run.run_compare`) into
+    ``RUN/compare``. Off by default; a twin run compares with the twin's two comparison
+    products when ``products`` is empty."""
+
+    enabled: bool = Field(default=False, description="Run the comparisons.")
+    products: tuple[ProductEntry, ...] = Field(
+        default=(), description="Products to compare (default for a twin: its inversion-like "
+        "and CMIP6-like products; required for real inputs).")
+    start_year: int = Field(default=2002, ge=YEAR_RANGE[0], le=YEAR_RANGE[1],
+                            description="First year of the paper-2 regional table.")
+    end_year: int = Field(default=2014, ge=YEAR_RANGE[0], le=YEAR_RANGE[1],
+                          description="Last year of the paper-2 regional table.")
+    k: int = Field(default=8, ge=1, description="k-means environmental clusters.")
+    n_sample: int = Field(default=10_000, ge=1, description="Pixels sampled for the clusters.")
+    seed: int = Field(default=DEFAULT_SEED, ge=0, description="Seed of the pixel sample and "
+                      "k-means.")
+    coverage: bool = Field(default=True, description="Compute MESS and the clusters.")
+    figures: bool = Field(default=True, description="Write the PNG figures.")
+
+    @model_validator(mode="after")
+    def _order(self) -> CompareSection:
+        if self.end_year < self.start_year:
+            raise ValueError(f"end_year {self.end_year} is before start_year {self.start_year}")
+        if self.n_sample < self.k:
+            raise ValueError(f"n_sample {self.n_sample} is below k {self.k}: k-means needs at "
+                             "least k pixels")
+        return self
+
+
 class AdaptSection(_Section):
     """Adaptive scaling bounds (``cluster.adapt(minimum=..., maximum=...)``)."""
 
@@ -329,6 +371,7 @@ class RunConfig(_Section):
     budgets: BudgetsSection = Field(default_factory=BudgetsSection)
     trends: TrendsSection = Field(default_factory=TrendsSection)
     report: ReportSection = Field(default_factory=ReportSection)
+    compare: CompareSection = Field(default_factory=CompareSection)
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     progress: bool = Field(default=True, description="Show progress bars.")
 
@@ -365,9 +408,13 @@ class RunConfig(_Section):
                      "truth_budgets": fix(inp.truth_budgets)}
             if isinstance(inp, FilesInput):
                 paths["cube"] = fix(inp.cube)
+                paths["fire"] = fix(inp.fire)
             else:
                 paths["cube_config"] = fix(inp.cube_config)
             upd["input"] = inp.model_copy(update=paths)
+        if self.compare.products:
+            upd["compare"] = self.compare.model_copy(update={"products": tuple(
+                e.model_copy(update={"path": fix(e.path)}) for e in self.compare.products)})
         tr = self.training
         if isinstance(tr.profile, str) and Path(tr.profile).suffix:
             upd["training"] = tr.model_copy(update={"profile": str(fix(Path(tr.profile)))})

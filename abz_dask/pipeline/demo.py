@@ -1,4 +1,5 @@
-"""Stages chained into runs: the digital-twin demo end to end.
+"""The digital-twin demo (the stage runner on :func:`demo_config`) and helpers of the stages:
+reading + extracting an ABCflux CSV, the bootstrap-count check, budgets vs a reference.
 
 Library code never creates a cluster; the CLI (:mod:`abz_dask.cli`) does, and every stage here
 runs on whatever scheduler is active.
@@ -9,20 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import xarray as xr
 
 from abz_dask.geo.grid import Grid
 from abz_dask.pipeline.config import DEFAULT_SEED, RunConfig
-from abz_dask.twin import TwinLayout
-
-if TYPE_CHECKING:
-    from abz_dask.training import TrainingProfile
 
 __all__ = ["DemoResult", "check_n_bootstrap", "compare_budgets", "demo_config", "extract_stage",
-           "run_demo", "train_stage", "upscale_stage"]
+           "run_demo"]
 
 
 @dataclass
@@ -35,26 +31,35 @@ class DemoResult:
     projection: dict[str, float] = field(default_factory=dict)
 
 
-def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: int
-                    ) -> pd.DataFrame:
+def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: int, *,
+                    fire: xr.DataArray | None = None) -> pd.DataFrame:
     """Join period-mean estimated budgets with the twin's truth budgets.
 
     Returns the columns ``domain, flux, estimate_tg_c_yr, truth_tg_c_yr, error_tg_c_yr,
     rel_error, boot_sd_tg_c_yr`` and the area columns of the estimate (``area_mkm2``,
     ``area_predicted_mkm2``, ``excluded_area_mkm2``) when it has them. ``error = estimate −
     truth`` and ``rel_error = error / |truth|`` (meaningless where the truth is near zero, e.g.
-    the near-neutral tundra NEE).
+    the near-neutral tundra NEE). With ``fire`` (annual fire budgets ``(year, domain)``, Tg C
+    yr⁻¹), the truth of the ``NEE+fire`` rows is the truth NEE plus that fire budget over the
+    years the fire record covers (as the estimate's, :func:`~abz_dask.upscale.budget_table`).
     """
     truth = pd.read_csv(truth_csv)
     truth = truth[(truth["year"] >= start) & (truth["year"] <= end)]
+    if fire is not None:
+        fb = fire.compute().to_dataframe(name="fire").reset_index()[["year", "domain", "fire"]]
+        nee = truth[truth["flux"] == "NEE"].merge(fb, on=["year", "domain"])
+        truth = pd.concat([truth, nee.assign(flux="NEE+fire",
+                                             budget_tg_c_yr=nee["budget_tg_c_yr"] + nee["fire"])
+                           .drop(columns="fire")], ignore_index=True)
     tmean = truth.groupby(["domain", "flux"], as_index=False).agg(
         truth_tg_c_yr=("budget_tg_c_yr", "mean"))
     tab = estimate.merge(tmean, on=["domain", "flux"], how="left")
     tab["error_tg_c_yr"] = tab["estimate_tg_c_yr"] - tab["truth_tg_c_yr"]
     tab["rel_error"] = tab["error_tg_c_yr"] / tab["truth_tg_c_yr"].abs()
     order = {"abz": 0, "tundra": 1, "boreal": 2, "permafrost": 3}
+    fluxes = {"NEE": 0, "GPP": 1, "Reco": 2, "NEE+fire": 3}
     tab = tab.sort_values(["domain", "flux"], key=lambda s: s.map(order).fillna(9)
-                          if s.name == "domain" else s.map({"NEE": 0, "GPP": 1, "Reco": 2}))
+                          if s.name == "domain" else s.map(fluxes))
     cols = ["domain", "flux", "estimate_tg_c_yr", "truth_tg_c_yr", "error_tg_c_yr", "rel_error",
             "boot_sd_tg_c_yr"]
     cols += [c for c in ("area_mkm2", "area_predicted_mkm2", "excluded_area_mkm2") if c in tab]
@@ -81,21 +86,6 @@ def extract_stage(cube_path: Path, zones_path: Path, sites_csv: Path, **read_opt
     obs = read_abcflux(sites_csv, grid=grid, zones=zones, years=years,
                        **read_options)  # type: ignore[arg-type]
     return extract_training_table(obs, cube, grid)
-
-
-def train_stage(cube_path: Path, zones_path: Path, sites_csv: Path, out: Path, *,
-                profile: str | TrainingProfile = "light",
-                fluxes: tuple[str, ...] = ("NEE", "GPP", "Reco"),
-                seed: int = DEFAULT_SEED, progress: bool = True) -> object:
-    """Extraction + training: writes ``out/training/`` and ``out/models/`` (see
-    :func:`abz_dask.training.run_training`); returns the model bundle."""
-    from abz_dask.training import run_training
-
-    table, report = extract_stage(cube_path, zones_path, sites_csv)
-    (out / "training").mkdir(parents=True, exist_ok=True)
-    report.to_csv(out / "training" / "extract_report.csv", index=False)  # as the runner
-    return run_training(table, out, profile=profile, fluxes=fluxes, seed=seed,
-                        progress=progress)
 
 
 def check_n_bootstrap(bundle: object, n_bootstrap: int | None,
@@ -129,23 +119,6 @@ def check_n_bootstrap(bundle: object, n_bootstrap: int | None,
         have = ", ".join(f"{f} {n}" for f, n in short.items())
         raise ValueError(f"{name} {n_bootstrap}: the model bundle holds fewer bootstrap models "
                          f"({have}); use at most {min(held.values())} or retrain with more")
-
-
-def upscale_stage(layout: TwinLayout, models_dir: Path, out: Path, *, bootstrap_sample: float,
-                  n_bootstrap: int | None, progress: bool) -> pd.DataFrame:
-    """Load a model bundle (checked against the cube), compile and run the tile upscaler.
-
-    Raises ``ValueError`` when ``n_bootstrap`` exceeds the bundle's replicates
-    (:func:`check_n_bootstrap`)."""
-    from abz_dask.training import load_bundle
-    from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
-
-    cube = xr.open_zarr(layout.cube, consolidated=False)
-    bundle = load_bundle(models_dir, cube=cube)
-    check_n_bootstrap(bundle, n_bootstrap)
-    models = compile_bundle(bundle, n_bootstrap=n_bootstrap)
-    cfg = UpscaleConfig(bootstrap_sample=bootstrap_sample)
-    return run_upscale(layout.cube, layout.zones, out, models, cfg, progress=progress)
 
 
 def demo_config(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_SEED,
@@ -194,6 +167,7 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_S
     echo : callable, optional
         Receives the runner's line per stage.
     """
+    from abz_dask.pipeline.layout import RunLayout
     from abz_dask.pipeline.runner import run_pipeline
     from abz_dask.upscale import project_core_hours
 
@@ -201,11 +175,12 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_S
                       start_year=start_year, end_year=end_year,
                       bootstrap_sample=bootstrap_sample, progress=progress)
     res = run_pipeline(cfg, echo=echo)
+    lay = RunLayout.from_config(cfg)
     timings = {f"{s.name}_s": s.seconds for s in res.stages}
-    tab = pd.read_csv(res.out / "budgets.csv")
-    tiles = pd.read_csv(res.out / "upscale_tiles.csv")
+    tab = pd.read_csv(lay.budgets)
+    tiles = pd.read_csv(lay.upscale_tiles)
     proj = project_core_hours(tiles, n_fluxes=3, n_bootstrap=20,
                               bootstrap_sample=bootstrap_sample)
-    proj["n_bootstrap_run"] = int(xr.open_zarr(res.out / "fluxes.zarr", consolidated=False)
+    proj["n_bootstrap_run"] = int(xr.open_zarr(lay.fluxes, consolidated=False)
                                   .attrs.get("n_bootstrap", 0))
     return DemoResult(res.out, tab, timings, proj)

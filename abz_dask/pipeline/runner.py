@@ -15,11 +15,15 @@ modification time above 256 MB); of a Zarr store the content of its metadata doc
 (shapes, chunks, attributes — the provenance the stores carry).
 
 Stages: ``twin`` (twin input), ``build-cube`` (build input), ``extract``, ``train``,
-``upscale``, ``budgets``, ``trends`` and ``report`` (``trends.enabled``, ``report.enabled``).
-More stages are appended with :func:`register_stage` (one entry each). The runner never
-creates a cluster: stages run on the active scheduler (:mod:`abz_dask.pipeline.clusters` creates
-one for
-the CLI). A ``build-cube`` stage's identity is its YAML's content, not the rasters it names.
+``upscale``, ``budgets``, ``trends``, ``compare`` and ``report`` (``trends.enabled``,
+``compare.enabled``, ``report.enabled``). More stages are appended with :func:`register_stage`
+(one entry each). Every path a stage reads or writes comes from the run's
+:class:`~abz_dask.pipeline.layout.RunLayout`. The per-stage commands (``abz-dask train``,
+``upscale``, ``trends``, ``compare``, ``table1``, ``report``, ``demo``) build a run
+configuration and call :func:`run_pipeline` with the stages they name (``only=``). The runner
+never creates a cluster: stages run on the active scheduler (:mod:`abz_dask.pipeline.clusters`
+creates one for the CLI). A ``build-cube`` stage's identity is its YAML's content, not the
+rasters it names.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from abz_dask import __version__
+from abz_dask.geo.grid import Grid
 from abz_dask.io.integrity import check_digest, digest_outputs, relative, summarize
 from abz_dask.io.locks import hold
 from abz_dask.io.ownership import claim_folder
 from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
+from abz_dask.pipeline.layout import RunLayout
 from abz_dask.twin.generate import FIRE_START
 
 __all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "check_force", "identity",
@@ -50,83 +56,36 @@ _ZARR_META = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadat
 
 @dataclass
 class RunContext:
-    """What stages see: the configuration, the run folder and the hashes of finished stages."""
+    """What stages see: the configuration, the run's layout (every path of the run,
+    :class:`~abz_dask.pipeline.layout.RunLayout`; default: the configuration's) and the hashes
+    of finished stages."""
 
     config: RunConfig
+    layout: RunLayout = field(default=None)  # type: ignore[assignment]
     hashes: dict[str, str] = field(default_factory=dict)
+    echo: Callable[[str], None] = field(default=lambda _msg: None)
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            self.layout = RunLayout.from_config(self.config)
 
     @property
-    def out(self) -> Path:
-        """The run folder."""
-        return Path(self.config.output)
-
-    @property
-    def twin_dir(self) -> Path:
-        """Folder of the generated twin (twin input only)."""
-        return self.out / "twin"
-
-    def _files(self) -> FilesInput | BuildInput | None:
+    def reader(self) -> FilesInput | BuildInput | None:
+        """The input section of a real-input run (ABCflux reader options), else ``None``."""
         inp = self.config.input
         return inp if isinstance(inp, FilesInput | BuildInput) else None
 
-    @property
-    def inputs_dir(self) -> Path:
-        """Folder of the built cube and zones (build input only)."""
-        return self.out / "inputs"
 
-    @property
-    def cube(self) -> Path:
-        """Predictor cube."""
-        f = self._files()
-        if isinstance(f, BuildInput):
-            return self.inputs_dir / "cube.zarr"
-        return f.cube if f else self.twin_dir / "cube.zarr"
-
-    @property
-    def zones(self) -> Path:
-        """Zone layers."""
-        f = self._files()
-        if isinstance(f, BuildInput):
-            return f.zones or self.inputs_dir / "zones.zarr"
-        return f.zones if f else self.twin_dir / "zones.zarr"
-
-    @property
-    def sites(self) -> Path:
-        """ABCflux CSV."""
-        f = self._files()
-        return f.abcflux if f else self.twin_dir / "abcflux_twin.csv"
-
-    @property
-    def truth_budgets(self) -> Path | None:
-        """Reference budgets joined to budgets.csv (the twin's truth), if any."""
-        f = self._files()
-        return f.truth_budgets if f else self.twin_dir / "truth_budgets.csv"
-
-    @property
-    def source(self) -> list[str | Path]:
-        """Input identities of the data: the twin stage, the three input files, or the
-        build-cube stage and the ABCflux CSV."""
-        inp = self.config.input
-        if isinstance(inp, TwinInput):
-            return ["twin"]
-        if isinstance(inp, BuildInput):
-            return ["build-cube", *([inp.zones] if inp.zones else []), self.sites]
-        return [self.cube, self.zones, self.sites]
-
-    @property
-    def table(self) -> Path:
-        """Training table written by the extract stage."""
-        return self.out / "training" / "training_table.parquet"
-
-    @property
-    def models(self) -> Path:
-        """Model bundle."""
-        return self.out / "models"
-
-    @property
-    def fluxes(self) -> Path:
-        """Flux store."""
-        return self.out / "fluxes.zarr"
+def _source(ctx: RunContext, *, sites: bool = True) -> list[str | Path]:
+    """Input identities of the data: the twin stage; the build-cube stage (+ given zones); or
+    the cube, zones (and fire) files — plus the ABCflux CSV when ``sites``."""
+    lay, inp = ctx.layout, ctx.config.input
+    if isinstance(inp, TwinInput):
+        return ["twin"]
+    csv: list[str | Path] = [lay.abcflux] if sites else []
+    if isinstance(inp, BuildInput):
+        return ["build-cube", *([inp.zones] if inp.zones else []), *csv]
+    return [lay.cube, lay.zones, *csv, *([lay.fire] if lay.fire is not None else [])]
 
 
 @dataclass(frozen=True)
@@ -226,7 +185,7 @@ def _digest(obj: Any) -> str:
 
 
 def _record_path(ctx: RunContext, stage: Stage) -> Path:
-    return ctx.out / f"{stage.name}.stage.json"
+    return ctx.layout.record(stage.name)
 
 
 def _key(ctx: RunContext, stage: Stage) -> tuple[str, dict[str, Any]]:
@@ -235,7 +194,8 @@ def _key(ctx: RunContext, stage: Stage) -> tuple[str, dict[str, Any]]:
         if isinstance(inp, str):
             if inp not in ctx.hashes:
                 raise RuntimeError(f"stage {stage.name!r} needs stage {inp!r}, which has not "
-                                   "run before it")
+                                   "run before it (and whose outputs are not in "
+                                   f"{ctx.layout.root})")
             ids[f"stage:{inp}"] = ctx.hashes[inp]
         else:
             ids[str(inp)] = identity(inp)
@@ -247,7 +207,7 @@ def _key(ctx: RunContext, stage: Stage) -> tuple[str, dict[str, Any]]:
 def _remove(ctx: RunContext, paths: Sequence[Path]) -> None:
     """Remove a stage's outputs: fixed names inside the run folder, which the runner claimed
     (created, or found empty or already a run folder), so they are the package's."""
-    root = ctx.out.resolve()
+    root = ctx.layout.root.resolve()
     for p in paths:
         p = Path(p).parent.resolve() / Path(p).name  # a link is removed, not its target
         if root not in p.parents:
@@ -260,12 +220,13 @@ def _remove(ctx: RunContext, paths: Sequence[Path]) -> None:
 
 
 def check_force(force: Sequence[str], config: RunConfig,
-                stages: Sequence[Stage] | None = None) -> None:
-    """Raise ValueError naming the stages of ``force`` that are not in the run."""
+                stages: Sequence[Stage] | None = None, *, option: str = "--force") -> None:
+    """Raise ValueError naming the stages of ``force`` that are not in the run (``option``
+    names them in the message)."""
     names = [s.name for s in (STAGES if stages is None else stages) if s.applies(config)]
     unknown = sorted(set(force) - set(names))
     if unknown:
-        raise ValueError(f"--force {', '.join(unknown)}: no such stage in this run; stages: "
+        raise ValueError(f"{option} {', '.join(unknown)}: no such stage in this run; stages: "
                          f"{', '.join(names)}")
 
 
@@ -283,7 +244,8 @@ def _state(ctx: RunContext, stage: Stage, old: dict[str, Any] | None, key: str
     if missing:
         return "missing", f"output(s) missing: {', '.join(missing)}"
     recorded = old.get("outputs_digest")  # None in records written before digests existed
-    problems = check_digest(recorded, ctx.out, outputs) if recorded is not None else []
+    problems = (check_digest(recorded, ctx.layout.root, outputs) if recorded is not None
+                else [])
     if problems:
         return "damaged", "outputs damaged:" + summarize(problems)
     return "current", ""
@@ -292,8 +254,9 @@ def _state(ctx: RunContext, stage: Stage, old: dict[str, Any] | None, key: str
 def preflight(config: RunConfig) -> None:
     """Every check of a run that needs no cluster, before one is started (also ``run
     --check``): the nested build-cube configuration and its files (patterns, CRS, overlap,
-    units; :func:`abz_dask.cube_build.make_plan`), the input files, the training profile, and
-    the periods of the twin, the upscaling and the budgets against each other.
+    units; :func:`abz_dask.cube_build.make_plan`), the input files, the training profile, the
+    comparison products, and the periods of the twin, the upscaling and the budgets against
+    each other.
 
     Raises
     ------
@@ -320,7 +283,7 @@ def preflight(config: RunConfig) -> None:
             if path is not None and not Path(path).exists():
                 problems.append(f"{key}: {path} does not exist")
         if inp.zones is not None and Path(inp.zones).exists():
-            from abz_dask.geo.user_zones import open_zone_store
+            from abz_dask.cube_build.user_zones import open_zone_store
 
             try:
                 open_zone_store(Path(inp.zones), "input.zones")
@@ -344,6 +307,13 @@ def preflight(config: RunConfig) -> None:
                         f"end the twin in {FIRE_START} or later")
     if config.trends.enabled:
         problems += _trend_problems(config)
+    c = config.compare
+    if c.enabled and not c.products and not isinstance(inp, TwinInput):
+        problems.append("compare.products: a run on real inputs needs the products to compare "
+                        "with (name, path[, variable]); only a twin run has default products")
+    if c.enabled:
+        problems += [f"compare.products: {e.name}: file {e.path} does not exist"
+                     for e in c.products if not Path(e.path).exists()]
     if u.start and u.end and u.start > u.end:
         problems.append(f"upscale.start {u.start} is after upscale.end {u.end}")
     if problems:
@@ -376,15 +346,22 @@ def _trend_problems(config: RunConfig) -> list[str]:
 
 
 def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
-                 echo: Callable[[str], None] | None = None, force: Sequence[str] = ()
+                 echo: Callable[[str], None] | None = None, force: Sequence[str] = (),
+                 only: Sequence[str] | None = None, layout: RunLayout | None = None
                  ) -> RunResult:
     """Run every applicable stage in order on the active scheduler, skipping current ones.
 
-    The run folder is created (or adopted if empty or already a run folder; a non-empty folder
-    of other files is refused) and locked for the duration: a second run on the same folder
-    is refused with :class:`~abz_dask.io.locks.LockedError`. A stage is current when its record's
-    key matches and its outputs match the digest recorded when they were written; damaged
-    outputs (a missing chunk or variable, altered bytes) are reported and rebuilt.
+    The run folder is created (or adopted if empty, already a run folder, or holding outputs
+    of the package's commands — a twin, a model bundle, a flux store; a non-empty folder of
+    other files is refused) and locked for the duration: a second run on the same folder is
+    refused with :class:`~abz_dask.io.locks.LockedError`. The configuration is saved as
+    ``RUN/run_config.json`` (:meth:`RunLayout.from_run` reads it). A stage is current when its
+    record's key matches and its outputs match the digest recorded when they were written;
+    damaged outputs (a missing chunk or variable, altered bytes) are reported and rebuilt.
+
+    With ``only`` (the per-stage commands: ``abz-dask train`` runs ``extract`` and ``train``),
+    the other stages are not run but taken as they are: an earlier stage's identity is its
+    record's key, or, for outputs written without a record, the identity of its outputs.
 
     Parameters
     ----------
@@ -397,24 +374,83 @@ def run_pipeline(config: RunConfig, *, stages: Sequence[Stage] | None = None,
         Receives one line per stage (``twin: ran in 12.3 s``).
     force : sequence of str
         Stage names to rerun even when current (their partial outputs are cleared first).
+    only : sequence of str, optional
+        Run only these stages (each must be in the run).
+    layout : RunLayout, optional
+        Paths of the run (default :meth:`RunLayout.from_config`; a command's ``--cube`` or
+        ``--out`` overrides paths of it).
 
     Returns
     -------
     RunResult
+
+    Raises
+    ------
+    ValueError
+        A stage of ``force`` or ``only`` is not in the run.
     """
     stages = list(stages if stages is not None else STAGES)
     check_force(force, config, stages)
-    ctx = RunContext(config)
-    claim_folder(ctx.out)
-    with hold(ctx.out, "run folder", inside=True):
-        return _run_locked(ctx, stages, echo or (lambda _msg: None), force)
+    if only is not None:
+        check_force(only, config, stages, option="stage")
+    say = echo or (lambda _msg: None)
+    ctx = RunContext(config, layout or RunLayout.from_config(config), echo=say)
+    root = ctx.layout.root
+    _adopt(ctx.layout)
+    claim_folder(root)
+    with hold(root, "run folder", inside=True):
+        _save_config(ctx)
+        return _run_locked(ctx, stages, say, force, only)
+
+
+def _adopt(layout: RunLayout) -> None:
+    """Mark as a run folder a folder that holds outputs of the package's commands (a twin, a
+    model bundle or a flux store written by ``abz-dask twin``, ``train``, ``upscale`` before
+    any stage record existed), so that :func:`~abz_dask.io.ownership.claim_folder` adopts it.
+    """
+    from abz_dask.io.ownership import RUN_MARK, is_abz_store
+
+    root = layout.root
+    if not root.is_dir() or (root / RUN_MARK).exists():
+        return
+    inside = root.resolve()
+    ours = [layout.twin_manifest.is_file(), layout.card.is_file(),
+            inside in layout.fluxes.resolve().parents and is_abz_store(layout.fluxes)]
+    if any(ours):
+        (root / RUN_MARK).write_text(json.dumps({"adopted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+
+
+def _save_config(ctx: RunContext) -> None:
+    path = ctx.layout.config_file
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(ctx.config.model_dump(mode="json"), indent=2))
+    tmp.replace(path)
+
+
+def _given(ctx: RunContext, stage: Stage) -> str:
+    """Identity of a stage that is not run (``only``): its record's key, else the identity
+    of those of its outputs that exist (written by other means), else ``"absent"`` (a stage
+    that needs them fails naming the missing file)."""
+    rec = _record_path(ctx, stage)
+    if rec.exists():
+        try:
+            return str(json.loads(rec.read_text())["key"])
+        except (ValueError, KeyError):
+            pass
+    found = [Path(p) for p in stage.outputs(ctx) if Path(p).exists()]
+    if not found:
+        return "absent"
+    return _digest({"stage": stage.name, "given": [identity(p) for p in found]})
 
 
 def _run_locked(ctx: RunContext, stages: Sequence[Stage], say: Callable[[str], None],
-                force: Sequence[str]) -> RunResult:
+                force: Sequence[str], only: Sequence[str] | None = None) -> RunResult:
     results: list[StageResult] = []
     for stage in stages:
         if not stage.applies(ctx.config):
+            continue
+        if only is not None and stage.name not in only:
+            ctx.hashes[stage.name] = _given(ctx, stage)
             continue
         key, doc = _key(ctx, stage)
         rec_path = _record_path(ctx, stage)
@@ -439,8 +475,9 @@ def _run_locked(ctx: RunContext, stages: Sequence[Stage], say: Callable[[str], N
             raise RuntimeError(f"stage {stage.name!r} finished without writing {missing}")
         record = {**doc, "key": key, "seconds": round(dt, 3), "info": info,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "outputs": [relative(Path(p).absolute(), ctx.out.absolute()) for p in outputs],
-                  "outputs_digest": digest_outputs(outputs, ctx.out)}
+                  "outputs": [relative(Path(p).absolute(), ctx.layout.root.absolute())
+                              for p in outputs],
+                  "outputs_digest": digest_outputs(outputs, ctx.layout.root)}
         tmp = rec_path.with_name(rec_path.name + ".tmp")
         tmp.write_text(json.dumps(record, indent=2, default=str))
         tmp.replace(rec_path)
@@ -453,21 +490,11 @@ def _run_locked(ctx: RunContext, stages: Sequence[Stage], say: Callable[[str], N
         resumed = {k: v for k, v in info.items() if k.startswith("resumed") and v}
         say(f"{stage.name}: ran in {dt:.1f} s"
             + "".join(f"; {k.replace('_', ' ')}: {v}" for k, v in resumed.items()))
-    return RunResult(ctx.out, results)
+    return RunResult(ctx.layout.root, results)
 
 
 # --------------------------------------------------------------------------------------------
 # the stages
-
-
-def _grid_of(cube: Any) -> Any:
-    from abz_dask.geo.grid import PRESETS, Grid
-
-    name = str(cube.attrs.get("grid_name", ""))
-    if name in PRESETS:
-        return Grid.from_preset(name)
-    res = float(cube.attrs.get("grid_resolution_m", abs(float(cube.x[1] - cube.x[0]))))
-    return Grid(res, name or "custom")
 
 
 def _twin(ctx: RunContext) -> dict[str, Any]:
@@ -475,15 +502,9 @@ def _twin(ctx: RunContext) -> dict[str, Any]:
 
     t = ctx.config.input
     assert isinstance(t, TwinInput)
-    generate_twin(ctx.twin_dir, resolution=t.resolution, start=t.start, end=t.end, seed=t.seed,
-                  n_sites=t.n_sites, progress=ctx.config.progress)
+    generate_twin(ctx.layout.twin_dir, resolution=t.resolution, start=t.start, end=t.end,
+                  seed=t.seed, n_sites=t.n_sites, progress=ctx.config.progress)
     return {"resolution": t.resolution, "period": f"{t.start}..{t.end}"}
-
-
-def _twin_outputs(ctx: RunContext) -> list[Path]:
-    d = ctx.twin_dir
-    return [d / n for n in ("zones.zarr", "cube.zarr", "truth.zarr", "fire.zarr",
-                            "abcflux_twin.csv", "truth_budgets.csv")]
 
 
 def _build_cube(ctx: RunContext) -> dict[str, Any]:
@@ -493,19 +514,24 @@ def _build_cube(ctx: RunContext) -> dict[str, Any]:
 
     inp = ctx.config.input
     assert isinstance(inp, BuildInput)
-    ctx.inputs_dir.mkdir(parents=True, exist_ok=True)
-    zones_out = ctx.inputs_dir / "zones.zarr"
-    res = build_cube(inp.cube_config, ctx.cube, zones_out=zones_out,
+    ctx.layout.inputs_dir.mkdir(parents=True, exist_ok=True)
+    zones_out = ctx.layout.built_zones
+    fire = ctx.layout.fire  # RUN/inputs/fire.zarr when the build-cube config has a fire section
+    res = build_cube(inp.cube_config, ctx.layout.cube, zones_out=zones_out, fire_out=fire,
                      progress=ctx.config.progress)
     if inp.zones is None and not zones_out.exists():
         from abz_dask.geo.zones import build_zones
 
-        grid = _grid_of(xr.open_zarr(ctx.cube, consolidated=False))
+        grid = Grid.of_dataset(xr.open_zarr(ctx.layout.cube, consolidated=False))
         tmp = zones_out.with_name(zones_out.name + ".tmp")
         build_zones(grid).to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
         tmp.rename(zones_out)
-    return {"cube": str(ctx.cube), "zones": str(ctx.zones), "tiles": res.n_tiles,
-            "resumed_tiles": res.resumed_tiles}
+    info: dict[str, Any] = {"cube": str(ctx.layout.cube), "zones": str(ctx.layout.zones),
+                            "tiles": res.n_tiles, "resumed_tiles": res.resumed_tiles}
+    if res.fire is not None:
+        info.update(fire=str(res.fire.store), fire_years=[res.fire.years[0], res.fire.years[-1]],
+                    warnings=res.fire.warnings)
+    return info
 
 
 def _extract(ctx: RunContext) -> dict[str, Any]:
@@ -514,19 +540,20 @@ def _extract(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.io.abcflux import read_abcflux
     from abz_dask.training.extract import extract_training_table, write_training_table
 
-    cube = xr.open_zarr(ctx.cube, consolidated=False)
-    zones = xr.open_zarr(ctx.zones, consolidated=False)
-    grid = _grid_of(cube)
-    f = ctx._files()
+    lay = ctx.layout
+    cube = xr.open_zarr(lay.cube, consolidated=False)
+    zones = xr.open_zarr(lay.zones, consolidated=False)
+    grid = Grid.of_dataset(cube)
+    f = ctx.reader
     years = (int(cube.time.dt.year.min()), int(cube.time.dt.year.max()))
-    obs = read_abcflux(ctx.sites, grid=grid, zones=zones, years=years,
+    obs = read_abcflux(lay.abcflux, grid=grid, zones=zones, years=years,
                        methods=f.methods if f else None,
                        max_gap_fill=f.max_gap_fill if f else None,
                        exclude_disturbed=f.exclude_disturbed if f else False,
                        gpp_sign=f.gpp_sign if f else "auto")
     table, report = extract_training_table(obs, cube, grid)
-    write_training_table(table, ctx.table.parent)
-    report.to_csv(ctx.table.parent / "extract_report.csv", index=False)
+    write_training_table(table, lay.training_table.parent)
+    report.to_csv(lay.extract_report, index=False)
     sign = obs.attrs.get("abcflux", {}).get("gpp_sign") or {}
     return {"site_months": len(table), "sites": int(table["site_id"].nunique()),
             "gpp_sign": sign,
@@ -538,10 +565,11 @@ def _train(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.training import resolve_profile, run_training
 
     tr = ctx.config.training
-    fits = ctx.out / "training" / "cv_fits"  # the fit ledger of run_training
+    fits = ctx.layout.cv_fits  # the fit ledger of run_training
     done = [p for p in fits.glob("*/*") if p.suffix in (".npz", ".json") and ".tmp" not in
             p.name and p.name != "key.json"] if fits.is_dir() else []
-    bundle = run_training(ctx.table, ctx.out, profile=resolve_profile(tr.profile),
+    bundle = run_training(ctx.layout.training_table, ctx.layout.root,
+                          profile=resolve_profile(tr.profile),
                           fluxes=tr.fluxes, seed=tr.seed, progress=ctx.config.progress)
     return {"fluxes": list(bundle.card["fluxes"]), "resumed_fits": len(done)}
 
@@ -562,20 +590,37 @@ def _upscale(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.training import load_bundle
     from abz_dask.upscale import UpscaleConfig, compile_bundle, run_upscale
 
-    u = ctx.config.upscale
-    cube = xr.open_zarr(ctx.cube, consolidated=False)
-    bundle = load_bundle(ctx.models, cube=cube)
+    u, lay = ctx.config.upscale, ctx.layout
+    cube = xr.open_zarr(lay.cube, consolidated=False)
+    bundle = load_bundle(lay.models, cube=cube)
     check_n_bootstrap(bundle, u.n_bootstrap, "upscale.n_bootstrap")
     models = compile_bundle(bundle, n_bootstrap=u.n_bootstrap)
     cfg = UpscaleConfig(start=u.start, end=u.end, tile=u.tile,
                         bootstrap_sample=u.bootstrap_sample,
                         store_replicates=u.store_replicates, seed=u.seed)
-    resumed = TileLedger(ctx.fluxes).count()
-    tiles = run_upscale(ctx.cube, ctx.zones, ctx.fluxes, models, cfg,
+    resumed = TileLedger(lay.fluxes).count()
+    tiles = run_upscale(lay.cube, lay.zones, lay.fluxes, models, cfg,
                         progress=ctx.config.progress)
-    tiles.to_csv(ctx.out / "upscale_tiles.csv", index=False)
+    tiles.to_csv(lay.upscale_tiles, index=False)
     return {"tiles": len(tiles), "resumed_tiles": resumed, "cpu_s": float(tiles["cpu_s"].sum()),
             "forest_row_evals": int(tiles["forest_row_evals"].sum())}
+
+
+def _fire_budgets(lay: RunLayout) -> Any:
+    """Annual fire-emission budgets of the run's fire store (twin or ``fire:`` section of
+    build-cube), or None without one or without emissions."""
+    import xarray as xr
+
+    from abz_dask.aggregation.zonal import fire_budgets
+
+    path = lay.existing(lay.fire)
+    if path is None:
+        return None
+    fire = xr.open_zarr(path, consolidated=False)
+    if "fire_emissions" not in fire:
+        return None
+    zones = xr.open_zarr(lay.zones, consolidated=False)
+    return fire_budgets(fire, zones, Grid.of_dataset(zones).cell_area)
 
 
 def _budgets(ctx: RunContext) -> dict[str, Any]:
@@ -583,9 +628,11 @@ def _budgets(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.upscale import budget_table, excluded_area_message
 
     b = ctx.config.budgets
-    est = budget_table(ctx.fluxes, b.start_year, b.end_year)
+    lay = ctx.layout
+    fire = _fire_budgets(lay)
+    est = budget_table(lay.fluxes, b.start_year, b.end_year, fire=fire)
     if est.empty or int(est["n_years"].iloc[0]) == 0:
-        raise ValueError(f"budgets: no whole year of {ctx.fluxes} lies in "
+        raise ValueError(f"budgets: no whole year of {lay.fluxes} lies in "
                          f"{b.start_year}..{b.end_year}")
     lost = excluded_area_message(est)
     if lost and "excluded_area_mkm2" in est:
@@ -594,10 +641,10 @@ def _budgets(ctx: RunContext) -> dict[str, Any]:
             raise ValueError(f"{lost}; budgets.max_excluded_area is {b.max_excluded_area:g} "
                              f"(a fraction), the largest loss is {frac:.4f}. Give predictors "
                              "for these cells or raise the threshold")
-    truth = ctx.truth_budgets
-    tab = compare_budgets(est, truth, b.start_year, b.end_year) if truth and truth.exists() \
-        else est
-    out = ctx.out / "budgets.csv"
+    truth = lay.existing(lay.truth_budgets)
+    tab = (compare_budgets(est, truth, b.start_year, b.end_year, fire=fire)
+           if truth is not None else est)
+    out = lay.budgets
     tmp = out.with_name(out.name + ".tmp")
     tab.to_csv(tmp, index=False)
     tmp.replace(out)
@@ -606,85 +653,129 @@ def _budgets(ctx: RunContext) -> dict[str, Any]:
 
 
 def _trends(ctx: RunContext) -> dict[str, Any]:
-    from abz_dask.analyses import TrendConfig, TrendInputs, run_trends
+    from abz_dask.analyses import TrendConfig, run_trends
 
     b, t = ctx.config.budgets, ctx.config.trends
-    twin = ctx._files() is None
-    opt = {n: ctx.twin_dir / f"{n}.zarr" for n in ("fire", "truth")} if twin else {}
-    inputs = TrendInputs(fluxes=ctx.fluxes, zones=ctx.zones, cube=ctx.cube,
-                         **{k: (v if v.exists() else None) for k, v in opt.items()})
     cfg = TrendConfig(start=b.start_year, end=b.end_year, method=t.method,
                       preserve_range=t.preserve_range, alpha=t.alpha, predictors=t.predictors)
-    res = run_trends(inputs, ctx.out / "trends", cfg, overwrite=True,
-                     progress=ctx.config.progress)
+    res = run_trends(ctx.layout.trend_inputs(), ctx.layout.trends, cfg, overwrite=True,
+                     progress=ctx.config.progress, echo=lambda m: ctx.echo(f"trends: {m}"))
     return {"maps": str(res.maps), "tables": sorted(res.tables)}
+
+
+def _trend_outputs(ctx: RunContext) -> list[Path]:
+    """The maps and every table of the trend stage (a deleted table is missing output: the
+    stage resumes and writes only it)."""
+    import xarray as xr
+
+    inp = ctx.layout.trend_inputs()
+    ndvi = inp.cube is not None and "ndvi" in xr.open_zarr(inp.cube, consolidated=False)
+    return ctx.layout.trend_outputs(greening=ndvi, truth=inp.truth is not None)
+
+
+def _products(ctx: RunContext) -> list[Any]:
+    """The products of the compare stage: the configured ones, or on a twin with none
+    configured the twin's inversion-like and CMIP6-like products (written on demand into the
+    twin folder)."""
+    from abz_dask.compare.run import ProductSpec
+
+    c = ctx.config.compare
+    products = [ProductSpec(e.name, Path(e.path), e.variable, e.sign) for e in c.products]
+    if products or not isinstance(ctx.config.input, TwinInput):
+        return products
+    from abz_dask.twin.comparisons import write_comparison_products
+    from abz_dask.twin.generate import TwinLayout
+
+    paths = write_comparison_products(TwinLayout(ctx.layout.twin_dir))
+    names = {"inversion": "inversion_twin", "cmip6": "cmip6_twin"}
+    return [ProductSpec(n, paths[k]) for k, n in names.items() if k in paths]
+
+
+def _compare(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.compare.run import run_compare
+
+    c = ctx.config.compare
+    products = _products(ctx)
+    written = run_compare(ctx.layout.compare_inputs(), products,
+                          years=(c.start_year, c.end_year), k=c.k, n_sample=c.n_sample,
+                          seed=c.seed, coverage=c.coverage, figures=c.figures)
+    return {"products": [p.name for p in products], "outputs": sorted(written)}
+
+
+def _compare_inputs(ctx: RunContext) -> list[str | Path]:
+    return ["upscale", "extract", *_source(ctx, sites=False),
+            *[Path(e.path) for e in ctx.config.compare.products]]
 
 
 def _report(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.report import build_report
 
-    f = ctx._files()
-    if f is not None:  # the report finds zones and sites in the run folder: link the inputs
-        for link, target in (("zones.zarr", ctx.zones), ("abcflux.csv", f.abcflux)):
-            q = ctx.out / link
-            if q.is_symlink() and q.resolve() != Path(target).resolve():
-                q.unlink()
-            if not q.exists():
-                q.symlink_to(Path(target).resolve())
     b, r = ctx.config.budgets, ctx.config.report
-    rep = build_report(ctx.out, start=b.start_year, end=b.end_year, fire_year=r.fire_year)
+    rep = build_report(ctx.layout, start=b.start_year, end=b.end_year, fire_year=r.fire_year,
+                       out=ctx.layout.report_html)
     return {"html": str(rep.path), "figures": list(rep.figure_names)}
 
 
-_REPORT_FILES = ("report.html", "report", "table1.csv", "table1.md", "table1_checks.csv",
-                 "table1_truth.csv")
+def _report_files(ctx: RunContext) -> list[Path]:
+    lay = ctx.layout
+    return [lay.report_html, lay.report_tables, *lay.table1_files().values()]
+
+
+def _report_inputs(ctx: RunContext) -> list[str | Path]:
+    return ["budgets", "upscale", "train", *_source(ctx),
+            *(["compare"] if ctx.config.compare.enabled else [])]
 
 
 def _budget_inputs(ctx: RunContext) -> list[str | Path]:
-    t = ctx.truth_budgets
-    extra: list[str | Path] = [t] if ctx._files() is not None and t is not None else []
-    return ["upscale", *(["twin"] if ctx._files() is None else []), *extra]
+    t = ctx.layout.truth_budgets
+    extra: list[str | Path] = [t] if ctx.reader is not None and t is not None else []
+    return ["upscale", *_source(ctx, sites=False), *extra]  # fire is in the source
 
 
 STAGES: list[Stage] = [
-    Stage("twin", _twin, _twin_outputs,
+    Stage("twin", _twin, lambda ctx: ctx.layout.twin_outputs(),
           settings=lambda ctx: ctx.config.input.model_dump(mode="json"),
-          inputs=lambda ctx: [], clean=lambda ctx: [ctx.twin_dir],
+          inputs=lambda ctx: [], clean=lambda ctx: [ctx.layout.twin_dir],
           applies=lambda config: isinstance(config.input, TwinInput)),
-    Stage("build-cube", _build_cube, outputs=lambda ctx: [ctx.cube, ctx.zones],
+    Stage("build-cube", _build_cube,
+          outputs=lambda ctx: [ctx.layout.cube, ctx.layout.zones,
+                               *([ctx.layout.fire] if ctx.layout.fire else [])],
           settings=lambda ctx: {"zones_given": getattr(ctx.config.input, "zones", None)
                                 is not None},
           inputs=lambda ctx: [getattr(ctx.config.input, "cube_config", Path())],
-          clean=lambda ctx: [ctx.inputs_dir],
+          clean=lambda ctx: [ctx.layout.inputs_dir],
           applies=lambda config: isinstance(config.input, BuildInput)),
     Stage("extract", _extract,
-          outputs=lambda ctx: [ctx.table, ctx.table.parent / "extract_report.csv"],
+          outputs=lambda ctx: [ctx.layout.training_table, ctx.layout.extract_report],
           settings=lambda ctx: (ctx.config.input.model_dump(
               mode="json", include={"methods", "max_gap_fill", "exclude_disturbed"})
-              if ctx._files() else {}),
-          inputs=lambda ctx: ctx.source),
-    Stage("train", _train, outputs=lambda ctx: [ctx.models / "card.json"],
+              if ctx.reader else {}),
+          inputs=lambda ctx: _source(ctx)),
+    Stage("train", _train, outputs=lambda ctx: [ctx.layout.card],
           settings=_train_settings, inputs=lambda ctx: ["extract"],
-          clean=lambda ctx: [ctx.models]),
-    Stage("upscale", _upscale, outputs=lambda ctx: [ctx.fluxes],
+          clean=lambda ctx: [ctx.layout.models]),
+    Stage("upscale", _upscale, outputs=lambda ctx: [ctx.layout.fluxes],
           settings=lambda ctx: ctx.config.upscale.model_dump(mode="json"),
-          inputs=lambda ctx: ["train", *ctx.source],
-          clean=lambda ctx: [ctx.fluxes, ctx.out / "upscale_tiles.csv"]),
-    Stage("budgets", _budgets, outputs=lambda ctx: [ctx.out / "budgets.csv"],
+          inputs=lambda ctx: ["train", *_source(ctx, sites=False)],
+          clean=lambda ctx: [ctx.layout.fluxes, ctx.layout.upscale_tiles]),
+    Stage("budgets", _budgets, outputs=lambda ctx: [ctx.layout.budgets],
           settings=lambda ctx: ctx.config.budgets.model_dump(mode="json"),
           inputs=_budget_inputs),
-    Stage("trends", _trends, outputs=lambda ctx: [ctx.out / "trends" / "trend_maps.zarr",
-                                                  ctx.out / "trends" / "budget_trends.csv"],
+    Stage("trends", _trends, outputs=_trend_outputs,
           settings=lambda ctx: {**ctx.config.budgets.model_dump(mode="json"),
                                 **ctx.config.trends.model_dump(mode="json")},
-          inputs=lambda ctx: ["upscale", *ctx.source], clean=lambda ctx: [ctx.out / "trends"],
+          inputs=lambda ctx: ["upscale", *_source(ctx)], clean=lambda ctx: [ctx.layout.trends],
           applies=lambda config: config.trends.enabled),
-    Stage("report", _report, outputs=lambda ctx: [ctx.out / "report.html",
-                                                  ctx.out / "table1.csv"],
+    Stage("compare", _compare, outputs=lambda ctx: [ctx.layout.comparison_metrics,
+                                                    ctx.layout.compare_maps],
+          settings=lambda ctx: ctx.config.compare.model_dump(mode="json"),
+          inputs=_compare_inputs, clean=lambda ctx: [ctx.layout.compare],
+          applies=lambda config: config.compare.enabled),
+    Stage("report", _report, outputs=lambda ctx: [ctx.layout.report_html,
+                                                  ctx.layout.table1_files()["estimate"]],
           settings=lambda ctx: {**ctx.config.budgets.model_dump(mode="json"),
                                 **ctx.config.report.model_dump(mode="json")},
-          inputs=lambda ctx: ["budgets", "upscale", "train", *ctx.source],
-          clean=lambda ctx: [ctx.out / n for n in _REPORT_FILES],
+          inputs=_report_inputs, clean=_report_files,
           applies=lambda config: config.report.enabled),
 ]
 

@@ -3,7 +3,10 @@
 :func:`build_report` computes Table 1 (written as CSV + Markdown), the budget series and
 trends, regional, seasonal and fire analyses (tables written to ``RUN/report/``), draws the
 figures and writes ``RUN/report.html`` with every figure embedded as base64 PNG, next to the
-figures the other stages already wrote (``RUN/training/*.png``, ``RUN/compare/*.png``, ...).
+figures the other stages already wrote (``RUN/training/*.png``, ``RUN/compare/*.png``, ...)
+and the comparison stage's tables (``RUN/compare/comparison_metrics.csv``,
+``regional_table.csv``) when that stage ran. Every path comes from the run's
+:class:`~abz_dask.pipeline.layout.RunLayout`.
 """
 
 from __future__ import annotations
@@ -15,20 +18,27 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
 from abz_dask import __version__
-from abz_dask.analyses.table1 import RunPaths, Table1, fire_domain_budgets, wide_table, write_table1
+from abz_dask.aggregation.zonal import domain_budgets, fire_budgets
+from abz_dask.analyses.budget_trends import budget_trends
+from abz_dask.analyses.table1 import Table1, wide_table, write_table1
 from abz_dask.report import figures as F
+
+if TYPE_CHECKING:  # the run layout is the orchestration's; the report is given one
+    from abz_dask.pipeline.layout import RunLayout
 
 __all__ = ["EXTERNAL_FIGURE_DIRS", "Report", "build_report", "compute_analyses", "render_html"]
 
 #: Period cuts of the flux store smaller than this are loaded once for all analyses.
 LOAD_BELOW_BYTES = 1.5e9
-#: Sub-folders of a run whose PNGs (written by other stages) are embedded, with a heading.
+#: Figure folders of a run (:meth:`RunLayout.figure_dirs`) whose PNGs (written by other
+#: stages) are embedded, with a heading.
 EXTERNAL_FIGURE_DIRS: dict[str, str] = {
     "training": "Model performance, importance and partial dependence (training stage)",
     "compare": "Comparisons with other products (compare stage)",
@@ -65,7 +75,7 @@ def _decades(start: int, end: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((start, mid), (mid + 1, end))
 
 
-def open_period(paths: RunPaths, start: int, end: int, *,
+def open_period(paths: RunLayout, start: int, end: int, *,
                 load_below_bytes: float = LOAD_BELOW_BYTES
                 ) -> tuple[xr.Dataset, xr.Dataset | None]:
     """The flux store and the truth (if any) cut to ``start..end``, loaded into memory when
@@ -78,12 +88,12 @@ def open_period(paths: RunPaths, start: int, end: int, *,
         return ds.load() if ds.nbytes < load_below_bytes else ds
 
     ds = cut(open_flux_store(paths.fluxes))
-    truth = (cut(xr.open_zarr(paths.truth, consolidated=False)) if paths.truth is not None
-             else None)
+    tpath = paths.existing(paths.truth)
+    truth = cut(xr.open_zarr(tpath, consolidated=False)) if tpath is not None else None
     return ds, truth
 
 
-def compute_analyses(paths: RunPaths, t1: Table1, *, fire_year: int | None = None,
+def compute_analyses(paths: RunLayout, t1: Table1, *, fire_year: int | None = None,
                      figures: bool = True, store: xr.Dataset | None = None,
                      truth: xr.Dataset | None = None
                      ) -> tuple[dict[str, pd.DataFrame], dict[str, Figure], dict[str, float]]:
@@ -93,9 +103,9 @@ def compute_analyses(paths: RunPaths, t1: Table1, *, fire_year: int | None = Non
     ``store`` / ``truth`` are the period cuts of :func:`open_period` (opened here if omitted).
     Returns the tables, the figures and the time (s) of each step.
     """
-    from abz_dask.aggregation.zonal import store_grid
     from abz_dask.analyses import fire as fire_mod
     from abz_dask.analyses import seasonal as S
+    from abz_dask.geo.grid import Grid
     from abz_dask.io.abcflux import read_abcflux
 
     start, end = t1.period
@@ -104,8 +114,9 @@ def compute_analyses(paths: RunPaths, t1: Table1, *, fire_year: int | None = Non
         store, truth = open_period(paths, start, end)
     ds = store
     zones = xr.open_zarr(paths.zones, consolidated=False).load()
-    grid = store_grid(ds)
-    fire = xr.open_zarr(paths.fire, consolidated=False) if paths.fire else None
+    grid = Grid.of_dataset(ds)
+    fpath = paths.existing(paths.fire)
+    fire = xr.open_zarr(fpath, consolidated=False) if fpath is not None else None
     if fire is not None and fire.nbytes < LOAD_BELOW_BYTES:
         fire = fire.load()
     tables: dict[str, pd.DataFrame] = {}
@@ -119,38 +130,54 @@ def compute_analyses(paths: RunPaths, t1: Table1, *, fire_year: int | None = Non
         times[name] = time.perf_counter() - times[name]
 
     step("series")
-    fb = fire_domain_budgets(fire, zones, grid.cell_area) if fire is not None else None
+    # a fire store may hold emissions, burned fraction or both (build-cube's fire: section)
+    emissions = fire if fire is not None and "fire_emissions" in fire else None
+    fb = fire_budgets(emissions, zones, grid.cell_area) if emissions is not None else None
     series = S.annual_series(ds, start=start, end=end, fire_budgets=fb)
     tables["budget_series"] = series.to_dataframe().reset_index()
-    tables["budget_trends"] = S.series_trends(series)
-    tables["region_biome"] = S.region_biome_budgets(ds, zones, start=start, end=end, fire=fire)
+    tables["budget_trends"] = budget_trends(domain_budgets(ds, monthly=True), fire=fb,
+                                            start=start, end=end)
+    tables["region_biome"] = S.region_biome_budgets(ds, zones, start=start, end=end,
+                                                    fire=emissions)
     tables["monthly_means"] = S.monthly_means(ds, zones, periods=_decades(start, end))
     amp, change = S.seasonal_amplitude(ds, start=start, end=end)
     tables["seasonal_amplitude"] = amp
     tables["seasonal_amplitude_change"] = change
     tables["source_area_share"] = S.source_area_share(ds, zones, start=start, end=end)
     tables["nee_vs_reco_minus_gpp"] = S.nee_vs_components(ds, zones, start=start, end=end)
-    obs = (read_abcflux(paths.sites, grid=grid, zones=zones) if paths.sites is not None
-           else None)
+    sites = paths.existing(paths.abcflux)
+    obs = read_abcflux(sites, grid=grid, zones=zones) if sites is not None else None
     tables["latitude_correlation"] = S.latitude_correlation(ds, zones, start=start, end=end,
                                                             obs=obs)
     done("series")
 
     history = None
-    if fire is not None:
+    if fire is not None and "burned_fraction" in fire:
         step("fire")
         fy = int(fire["year"].max()) if fire_year is None else fire_year
         fy = min(fy, end)
         history = fire_mod.burn_history(fire, fy).compute()
         history.attrs["year"] = fy
-        cv_path = paths.training / "cv_predictions.csv" if paths.training else None
-        if cv_path is not None and cv_path.exists():
+        cv_path = paths.existing(paths.cv_predictions)
+        if cv_path is not None:
             cv = fire_mod.read_cv_predictions(cv_path, "NEE")
             bm = fire_mod.fit_postfire_bias(cv, months=fire_mod.CORRECTION_MONTHS)
             tables["postfire_bias_models"] = bm.table
             corr, _ = fire_mod.postfire_correction(ds, fire, zones, bm, fy)
             tables["postfire_correction"] = corr
         done("fire")
+
+    aoa = None
+    if paths.existing(paths.cube) is not None:
+        from abz_dask.analyses.aoa import aoa_for_run
+
+        step("aoa")
+        aoa = aoa_for_run(paths.training, xr.open_zarr(paths.cube, consolidated=False), zones,
+                          ds, grid.cell_area, years=(start, end))
+        if aoa is not None:
+            tables["aoa_shares"] = aoa.shares
+            tables["aoa_budgets"] = aoa.budgets
+        done("aoa")
 
     if figures:
         step("maps")
@@ -164,9 +191,8 @@ def compute_analyses(paths: RunPaths, t1: Table1, *, fire_year: int | None = Non
                 ["trend", "sig"]].compute()
         figs["fig1a_mean_nee_map"] = F.fig_mean_nee(means, zones, label)
         figs["fig1b_nee_trend_map"] = F.fig_trend_map(trends, zones, label)
-        tb = (pd.read_csv(paths.truth.parent / "truth_budgets.csv")
-              if paths.truth is not None and (paths.truth.parent / "truth_budgets.csv").exists()
-              else None)
+        tb_path = paths.existing(paths.truth_budgets)
+        tb = pd.read_csv(tb_path) if tb_path is not None else None
         figs["fig2ab_budget_series"] = F.fig_budget_series(series, tables["budget_trends"], tb)
         if history is not None:
             figs["fig2d_burned_pixels"] = F.fig_burned(
@@ -176,6 +202,8 @@ def compute_analyses(paths: RunPaths, t1: Table1, *, fire_year: int | None = Non
         figs["fig4_region_biome"] = F.fig_regional(
             tables["region_biome"][tables["region_biome"]["series"].isin(["NEE", "NEE+fire"])])
         figs["seasonal_amplitude"] = F.fig_seasonal_amplitude(amp, change)
+        if aoa is not None:
+            figs["aoa_map"] = F.fig_aoa(aoa.maps, zones, label)
         done("maps")
     return tables, figs, times
 
@@ -206,8 +234,10 @@ figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}
 
 
 def render_html(run: Path, t1: Table1, tables: dict[str, pd.DataFrame],
-                figures: dict[str, Figure], external: dict[str, Path]) -> str:
-    """The report as one HTML string (figures base64-embedded)."""
+                figures: dict[str, Figure], external: dict[str, Path],
+                comparisons: dict[str, pd.DataFrame] | None = None) -> str:
+    """The report as one HTML string (figures base64-embedded; ``comparisons``: the tables of
+    the comparison stage, by caption)."""
     s, e = t1.period
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>abz_dask report "
              f"{html.escape(run.name)}</title><style>{_CSS}</style></head><body>",
@@ -231,7 +261,9 @@ def render_html(run: Path, t1: Table1, tables: dict[str, pd.DataFrame],
            ("fig2d_burned_pixels", "Fig. 2d — burned pixels"),
            ("fig3_seasonal_cycles", "Fig. 3 — mean monthly fluxes per biome, two decades"),
            ("fig4_region_biome", "Fig. 4 — budgets per key region × biome"),
-           ("seasonal_amplitude", "Seasonal amplitude of monthly NEE budgets (DECISIONS 11)")]
+           ("seasonal_amplitude", "Seasonal amplitude of monthly NEE budgets (DECISIONS 11)"),
+           ("aoa_map", "Dissimilarity index and area of applicability of the NEE model "
+                       "(Meyer & Pebesma 2021; mean of the 12 calendar-month DIs)")]
     parts.append("<h2>Maps, time series and seasonality</h2>")
     for key, cap in own:
         if key in figures:
@@ -245,11 +277,19 @@ def render_html(run: Path, t1: Table1, tables: dict[str, pd.DataFrame],
                 ("latitude_correlation", "Correlation of mean annual NEE with latitude"),
                 ("postfire_bias_models", "Post-fire bias models (bias ~ years since fire, "
                                          "random intercept and slope by site)"),
-                ("postfire_correction", "Post-fire bias correction of May–July NEE")]
+                ("postfire_correction", "Post-fire bias correction of May–July NEE"),
+                ("aoa_shares", "Share of each domain's area outside the area of "
+                               "applicability of the NEE model (cells; cell-months)"),
+                ("aoa_budgets", "Budgets over the whole domain and over its applicable "
+                                "area only (Tg C yr⁻¹)")]
     parts.append("<h2>Tables</h2>")
     for key, cap in sections:
         if key in tables:
             parts += [f"<h3>{html.escape(cap)}</h3>", _table(tables[key], 3)]
+    if comparisons:
+        parts.append("<h2>Comparisons with other products (compare stage)</h2>")
+        for cap, df in comparisons.items():
+            parts += [f"<h3>{html.escape(cap)}</h3>", _table(df, 3)]
     by_dir: dict[str, list[tuple[str, Path]]] = {}
     for name, p in external.items():
         by_dir.setdefault(p.parent.name, []).append((name, p))
@@ -260,67 +300,65 @@ def render_html(run: Path, t1: Table1, tables: dict[str, pd.DataFrame],
     return "\n".join(parts)
 
 
-def _external_figures(root: Path) -> dict[str, Path]:
+def _external_figures(layout: RunLayout) -> dict[str, Path]:
     out: dict[str, Path] = {}
+    dirs = layout.figure_dirs()
     for d in EXTERNAL_FIGURE_DIRS:
-        folder = root / d
+        folder = dirs[d]
         if folder.is_dir():
             for p in sorted(folder.glob("*.png")):
                 out[f"{d}/{p.stem}"] = p
     return out
 
 
-def build_report(run: str | Path, *, start: int = 2001, end: int = 2020,
-                 fire_year: int | None = None, out: str | Path | None = None,
-                 compare: bool = False) -> Report:
+def build_report(layout: RunLayout, *, start: int = 2001, end: int = 2020,
+                 fire_year: int | None = None, out: str | Path | None = None) -> Report:
     """Compute every analysis of a run folder and write ``report.html`` (+ tables).
 
     Parameters
     ----------
-    run : path
-        Run folder (``fluxes.zarr``; zones, truth, fire, ABCflux CSV and ``training/`` found in
-        it or in ``twin/``).
+    layout : RunLayout
+        The run's layout (``RunLayout.from_run(folder)`` for a finished run folder): the flux
+        store, zones, truth, fire, ABCflux CSV and training diagnostics it names are read.
     start, end : int
         Period of Table 1 and the analyses (clipped to the store).
     fire_year : int, optional
         Year of the post-fire bias correction (default: the last fire year ≤ ``end``).
     out : path, optional
         The HTML file (default ``RUN/report.html``).
-    compare : bool
-        Run the comparison stage first (:func:`abz_dask.compare.run_compare`, the twin's
-        comparison products by default) when ``RUN/compare/`` holds no figures yet; its PNGs
-        are embedded whenever they exist.
 
     Returns
     -------
     Report
         Path, Table 1, tables (also written to ``RUN/report/<name>.csv``), figures, timings.
+        The comparison stage's figures and tables (``RUN/compare``) are embedded when that
+        stage ran (the runner runs it before the report; the report never runs it).
     """
-    root = Path(run)
-    paths = RunPaths.discover(root)
+    if not layout.root.is_dir():
+        raise FileNotFoundError(f"run folder {layout.root} does not exist")
     t0 = time.perf_counter()
-    store, truth = open_period(paths, start, end)
+    layout.table1_inputs().check()
+    store, truth = open_period(layout, start, end)
     timings = {"load": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    t1 = write_table1(root, start=start, end=end, store=store, truth_store=truth)
+    t1 = write_table1(layout.table1_inputs(), layout.root, start=start, end=end, store=store,
+                      truth_store=truth)
     timings["table1"] = time.perf_counter() - t0
-    tables, figs, times = compute_analyses(paths, t1, fire_year=fire_year, store=store,
+    tables, figs, times = compute_analyses(layout, t1, fire_year=fire_year, store=store,
                                            truth=truth)
     timings.update(times)
-    tdir = root / "report"
+    tdir = layout.report_tables
     tdir.mkdir(exist_ok=True)
     for name, df in tables.items():
         df.to_csv(tdir / f"{name}.csv", index=False)
-    if compare and not any((root / "compare").glob("*.png")):
-        from abz_dask.compare import run_compare
-
-        t0 = time.perf_counter()
-        run_compare(root)
-        timings["compare"] = time.perf_counter() - t0
-    external = _external_figures(root)
+    comparisons = {cap: pd.read_csv(p) for cap, p in (
+        ("Comparison metrics (map correlations, budget ratios)", layout.comparison_metrics),
+        ("Paper-2 regional table (mean ± spatial SD per region × approach)",
+         layout.regional_table)) if p.exists()}
+    external = _external_figures(layout)
     t0 = time.perf_counter()
-    text = render_html(root, t1, tables, figs, external)
-    path = Path(out) if out else root / "report.html"
+    text = render_html(layout.root, t1, tables, figs, external, comparisons)
+    path = Path(out) if out else layout.report_html
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

@@ -22,7 +22,7 @@ from abz_dask.report.maps import (
     polar_axes,
 )
 
-__all__ = ["fig_budget_series", "fig_burned", "fig_mean_nee", "fig_regional",
+__all__ = ["fig_aoa", "fig_budget_series", "fig_burned", "fig_mean_nee", "fig_regional",
            "fig_seasonal_amplitude", "fig_seasonal_cycles", "fig_trend_map"]
 
 _COLOURS = {"NEE": "#2166ac", "NEE+fire": "#b2182b", "GPP": "#1b7837", "Reco": "#8c510a"}
@@ -61,7 +61,8 @@ def fig_budget_series(series: xr.Dataset, trends: pd.DataFrame,
     """Fig. 2a,b: annual NEE (and NEE + fire) budgets, bootstrap SD band, Theil–Sen slope."""
     fig = Figure(figsize=(6.0 * len(domains), 3.8))
     axes = fig.subplots(1, len(domains), squeeze=False)[0]
-    t = trends.set_index(["series", "domain"])
+    t = trends[(trends["season"] == "annual") & (trends["source"] == "estimate")].replace(
+        {"flux": {"NEE_fire": "NEE+fire"}}).set_index(["flux", "domain"])
     for ax, d in zip(axes, domains, strict=True):
         for s in [v for v in ("NEE", "NEE+fire") if v in series["series"].values]:
             b = series["budget"].sel(series=s, domain=d)
@@ -71,7 +72,7 @@ def fig_budget_series(series: xr.Dataset, trends: pd.DataFrame,
             lab = s
             if (s, d) in t.index:
                 r = cast(pd.Series, t.loc[(s, d)])
-                lab += f" ({r['slope_per_yr']:+.1f} Tg C yr⁻², P = {r['p_value']:.3f})"
+                lab += f" ({r['trend_tg_c_per_yr']:+.1f} Tg C yr⁻², P = {r['sig']:.3f})"
             ax.plot(yr, b, color=c, lw=1.5, label=lab)
             ax.fill_between(yr, b - sd, b + sd, color=c, alpha=0.2, lw=0)
         if truth is not None:
@@ -168,5 +169,38 @@ def fig_burned(history: xr.Dataset, zones: xr.Dataset, period: str) -> Figure:
     fig.colorbar(mesh, ax=ax, shrink=0.75, label="year of last burn")
     polar_axes(ax, zones)
     ax.set_title(f"burned pixels {period}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fig_aoa(aoa: xr.Dataset, zones: xr.Dataset, period: str) -> Figure:
+    """Dissimilarity index (mean of the monthly DIs) and area of applicability of a flux model
+    (:func:`abz_dask.analyses.aoa.di_map`); the colour bar marks the AOA threshold."""
+    thr = float(aoa.attrs["threshold"])
+    fig = Figure(figsize=(9.6, 4.8))
+    ax_di, ax_aoa = fig.subplots(1, 2)
+    di = aoa["di"].transpose("y", "x")
+    x, y = di["x"].values / 1e3, di["y"].values / 1e3
+    kw = {"extent": extent_km(x, y), "origin": "upper" if y[0] > y[-1] else "lower",
+          "interpolation": "nearest"}
+    mesh = ax_di.imshow(np.ma.masked_invalid(np.asarray(di.values, float)), cmap="magma_r",
+                        vmin=0.0, vmax=2.0 * thr, **kw)
+    cb = fig.colorbar(mesh, ax=ax_di, shrink=0.75, label="DI", extend="max")
+    cb.ax.axhline(thr, color="c", lw=2)
+    polar_axes(ax_di, zones)
+    ax_di.set_title(f"{aoa.attrs.get('flux', '')} dissimilarity index {period} "
+                    f"(threshold {thr:.3f})", fontsize=9)
+    from matplotlib.colors import ListedColormap
+
+    ax_aoa.imshow(np.ma.masked_invalid(np.asarray(aoa["aoa"].transpose("y", "x").values,
+                                                  float)),
+                  cmap=ListedColormap(["#d6604d", "#92c5de"]), vmin=0, vmax=1, **kw)
+    polar_axes(ax_aoa, zones)
+    from matplotlib.patches import Patch
+
+    ax_aoa.legend(handles=[Patch(facecolor="#92c5de", label="inside AOA"),
+                           Patch(facecolor="#d6604d", label="outside AOA")],
+                  loc="lower left", fontsize=7)
+    ax_aoa.set_title("AOA: mean monthly DI ≤ threshold", fontsize=9)
     fig.tight_layout()
     return fig

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from abz_dask.pipeline.config import DEFAULT_SEED
+from abz_dask import DEFAULT_SEED
 from abz_dask.training.bundle import (
     BundleMismatchError,
     FluxModel,
@@ -54,7 +54,7 @@ def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, 
     fluxes : sequence of str
         Responses to model.
     seed : int
-        Base seed (default :data:`abz_dask.pipeline.config.DEFAULT_SEED`).
+        Base seed (default :data:`abz_dask.DEFAULT_SEED`).
     progress : bool
         Show progress bars.
 

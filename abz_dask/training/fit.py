@@ -48,6 +48,7 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.tree import DecisionTreeRegressor
 
+from abz_dask import DEFAULT_SEED
 from abz_dask.io.encoding import CategoricalEncoding, fit_encoding
 from abz_dask.io.predictors import (
     CATEGORICAL,
@@ -58,7 +59,6 @@ from abz_dask.io.predictors import (
     predictor_record,
     predictors_from_record,
 )
-from abz_dask.pipeline.config import DEFAULT_SEED
 from abz_dask.progress import active_client, compute_with_progress
 from abz_dask.training.bundle import CARD_FORMAT, CARD_VERSION, FluxModel, ModelBundle
 from abz_dask.training.folds import fold_ids, iter_folds
@@ -503,7 +503,7 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     fluxes : sequence of str
         Response columns (any numeric column such as ``CH4`` works).
     seed : int
-        Base seed (default :data:`abz_dask.pipeline.config.DEFAULT_SEED`): folds, CV fits, central
+        Base seed (default :data:`abz_dask.DEFAULT_SEED`): folds, CV fits, central
         model (``random_state = seed``), bootstrap b (``seed + b``), diagnostics.
     progress : bool
         Show progress bars of fits done.

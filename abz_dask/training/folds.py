@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from abz_dask.pipeline.config import DEFAULT_SEED
+from abz_dask import DEFAULT_SEED
 
 __all__ = ["fold_ids", "iter_folds"]
 
@@ -32,7 +32,7 @@ def fold_ids(sites: np.ndarray | pd.Series, scheme: str = "loso", n_folds: int =
         Folds for ``group_kfold`` (capped at the number of sites).
     seed : int
         Shuffles the order of the sites (fold numbering for ``loso``); default
-        :data:`abz_dask.pipeline.config.DEFAULT_SEED`.
+        :data:`abz_dask.DEFAULT_SEED`.
 
     Returns
     -------

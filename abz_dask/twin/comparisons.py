@@ -156,7 +156,7 @@ def write_comparison_products(layout: TwinLayout) -> dict[str, Path]:
         Keys of products outside the twin's period are omitted.
     """
     truth = xr.open_zarr(layout.truth, consolidated=False)
-    grid = Grid.from_preset(float(truth.attrs["grid_resolution_m"]))
+    grid = Grid.of_dataset(truth)
     factor = max(1, round(COARSE_M / grid.resolution))
     config = _config(layout)
     out: dict[str, Path] = {}

@@ -19,6 +19,9 @@ cti, perm._prob    GeoTIFF, EPSG:4326                          float32, nodata -
 soil_ph            GeoTIFF, EPSG:4326                          int16 × 0.01, nodata -1
 soc                NetCDF, lon/lat + CF grid_mapping crs_wkt   float32, CF _FillValue
 co2                CSV (time, value)                           ppm
+fire: burned       GeoTIFF per month, EPSG:4326                float32 fraction, nodata -9999
+fraction
+fire: emissions    one NetCDF, monthly, EPSG:3413 grid_mapping float32 kg C m-2 month-1
 =================  ==========================================  ===========================
 
 Every exported pixel takes the value of the twin cell that contains the pixel centre (the grid's
@@ -26,6 +29,10 @@ cell-centre rule). 8-day composites start on days 1, 9, …, 361 of each year an
 of the month they start in; annual layers are the mean of the year's 12 months. Optionally a
 block of NDVI composites is blanked (a planted gap) to exercise gap filling; the cells that lose
 a whole month are returned.
+
+The twin's fire (annual ``fire.zarr``) is exported as monthly rasters, each year's value spread
+over the fire season by :data:`FIRE_SEASON` (the months sum to the year), with the ``fire``
+section of the configuration (``start_year`` = the first fire year).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from affine import Affine
 from pyproj import CRS, Transformer
 
 from abz_dask.geo.grid import Grid
+from abz_dask.geo.regrid import GridSampler, grid_sampler
 from abz_dask.twin.generate import TwinLayout
 
 __all__ = ["ExportResult", "export_twin"]
@@ -60,6 +68,8 @@ _STATIC_TIF = {
     "soil_ph": ("int16", 0.01, -1),
 }
 NDVI = ("int16", 1e-4, -3000)
+#: Share of a year's fire in each month of the exported monthly fire rasters (sums to 1).
+FIRE_SEASON: dict[int, float] = {5: 0.1, 6: 0.3, 7: 0.4, 8: 0.2}
 
 
 @dataclass
@@ -73,41 +83,20 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
 
 
-@dataclass
-class _Target:
-    """A source-like raster grid and, per pixel, the twin cell it samples."""
+def _target(grid: Grid, crs: CRS, transform: Affine, shape: tuple[int, int]) -> GridSampler:
+    from odc.geo.geobox import GeoBox
 
-    crs: CRS
-    transform: Affine
-    shape: tuple[int, int]
-    row: np.ndarray
-    col: np.ndarray
-    inside: np.ndarray
-
-    def sample(self, field2d: np.ndarray) -> np.ndarray:
-        out = np.full(self.shape, np.nan)
-        out[self.inside] = field2d[self.row[self.inside], self.col[self.inside]]
-        return out
+    return grid_sampler(grid, GeoBox(shape, transform, crs.to_wkt()))
 
 
-def _target(grid: Grid, crs: CRS, transform: Affine, shape: tuple[int, int]) -> _Target:
-    ny, nx = shape
-    jj, ii = np.meshgrid(np.arange(nx) + 0.5, np.arange(ny) + 0.5)
-    x, y = transform @ (jj, ii)
-    fwd = Transformer.from_crs(crs, grid.crs, always_xy=True)
-    gx, gy = fwd.transform(np.asarray(x), np.asarray(y))
-    row, col = grid.index_of(np.asarray(gx), np.asarray(gy))
-    return _Target(crs, transform, shape, row, col, row >= 0)
-
-
-def _lonlat_target(grid: Grid, res: float, south: float | None = None) -> _Target:
+def _lonlat_target(grid: Grid, res: float, south: float | None = None) -> GridSampler:
     south = np.floor(grid.south - 1.0) if south is None else south
     ny = round((90.0 - south) / res)
     nx = round(360.0 / res)
     return _target(grid, CRS.from_epsg(4326), Affine(res, 0, -180.0, 0, -res, 90.0), (ny, nx))
 
 
-def _polar_target(grid: Grid, res: float) -> _Target:
+def _polar_target(grid: Grid, res: float) -> GridSampler:
     crs = CRS.from_epsg(3413)
     fwd = Transformer.from_crs(grid.crs, crs, always_xy=True)
     hw = grid.half_width
@@ -128,7 +117,7 @@ def _encode(values: np.ndarray, dtype: str, scale: float, nodata: float) -> np.n
     return np.where(np.isfinite(raw), raw, nodata).astype(dtype)
 
 
-def _write_tif(path: Path, data: np.ndarray, t: _Target, nodata: float) -> Path:
+def _write_tif(path: Path, data: np.ndarray, t: GridSampler, nodata: float) -> Path:
     import rasterio
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +166,7 @@ def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cube = xr.open_zarr(layout.cube, consolidated=False)
-    grid = Grid(float(cube.attrs["grid_resolution_m"]), str(cube.attrs["grid_name"]))
+    grid = Grid.of_dataset(cube)
     time = pd.DatetimeIndex(cube.time.values)
     years = sorted(set(time.year))
     ll = _lonlat_target(grid, lonlat_res, lonlat_south)
@@ -305,5 +294,54 @@ def export_twin(layout: TwinLayout | str | Path, out: str | Path, *, lonlat_res:
               "start": f"{time[0]:%Y-%m}", "end": f"{time[-1]:%Y-%m}",
               "tile": int(cube[_ANNUAL[0]].chunks[1][0]) if cube[_ANNUAL[0]].chunks else None,
               "predictors": preds}
+    if layout.fire.exists():
+        config["fire"] = _export_fire(layout, out, ll, pol, res)
     res.config.write_text(yaml.safe_dump(config, sort_keys=False))
     return res
+
+
+def _export_fire(layout: TwinLayout, out: Path, ll: GridSampler, pol: GridSampler,
+                 res: ExportResult) -> dict[str, Any]:
+    """The twin's annual fire as monthly rasters (:data:`FIRE_SEASON`): burned fraction as
+    lon/lat GeoTIFFs, emissions in kg C m⁻² month⁻¹ as one EPSG:3413 NetCDF; returns the
+    ``fire`` section of the build-cube configuration."""
+    import rasterio
+
+    fire = xr.open_zarr(layout.fire, consolidated=False)
+    years = [int(y) for y in fire["year"].values]
+    months = pd.date_range(f"{years[0]}-01", f"{years[-1]}-12", freq="MS")
+    nodata = -9999.0
+    em = []
+    for y in years:
+        bf = fire["burned_fraction"].sel(year=y).values.astype(np.float64)
+        ann = fire["fire_emissions"].sel(year=y).values.astype(np.float64)
+        bf_ll, em_pol = ll.sample(bf), pol.sample(ann)
+        for m in range(1, 13):
+            w = FIRE_SEASON.get(m, 0.0)
+            path = out / "fire" / f"burned_fraction_{y}{m:02d}.tif"
+            _write_tif(path, _encode(bf_ll * w, "float32", 1.0, nodata), ll, nodata)
+            with rasterio.open(path, "r+") as dst:
+                dst.units = ("1",)
+            res.files.append(path)
+            em.append((em_pol * w / 1000.0).astype("f4"))
+    px = pol.transform.c + (np.arange(pol.shape[1]) + 0.5) * pol.transform.a
+    py = pol.transform.f + (np.arange(pol.shape[0]) + 0.5) * pol.transform.e
+    gm = {**pol.crs.to_cf(), "crs_wkt": pol.crs.to_wkt()}
+    ds = xr.Dataset({"C": (("time", "y", "x"), np.stack(em),
+                           {"units": "kg C m-2 month-1", "long_name": "fire carbon emissions",
+                            "grid_mapping": "polar_stereographic"}),
+                     "polar_stereographic": ((), np.int32(0), gm)},
+                    coords={"time": months,
+                            "y": ("y", py, {"standard_name": "projection_y_coordinate",
+                                            "units": "m"}),
+                            "x": ("x", px, {"standard_name": "projection_x_coordinate",
+                                            "units": "m"})})
+    path = out / "fire" / "fire_emissions_monthly_epsg3413.nc"
+    ds.to_netcdf(path, encoding={"C": {"zlib": True, "_FillValue": np.float32(nodata),
+                                       "chunksizes": (1, *pol.shape)}})
+    res.files.append(path)
+    return {"start_year": years[0],
+            "burned_fraction": _spec("fire/burned_fraction_{year}{month:02d}.tif", "monthly",
+                                     nodata=[nodata], units="1"),
+            "fire_emissions": _spec("fire/fire_emissions_monthly_epsg3413.nc", "monthly",
+                                    variable="C", units="kg C m-2 month-1")}

@@ -21,7 +21,6 @@ from abz_dask.progress import active_client
 from abz_dask.upscale.blocks import block_rows, scatter_rows
 from abz_dask.upscale.models import CompiledModel, ModelSet, compile_bundle, ship
 from abz_dask.upscale.results import (
-    annual_budgets,
     budget_table,
     covered_area,
     excluded_area_message,
@@ -29,7 +28,7 @@ from abz_dask.upscale.results import (
 )
 from abz_dask.upscale.tiles import UpscaleConfig, plan_upscale, run_upscale, upscale_tile
 
-__all__ = ["CompiledModel", "ModelSet", "UpscaleConfig", "annual_budgets", "budget_table",
+__all__ = ["CompiledModel", "ModelSet", "UpscaleConfig", "budget_table",
            "compile_bundle", "covered_area", "excluded_area_message", "plan_upscale", "predict",
            "project_core_hours", "run_upscale", "ship", "upscale_tile"]
 

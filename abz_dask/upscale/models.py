@@ -17,6 +17,7 @@ carries only the future's key; on the local schedulers it is referenced in memor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,16 @@ import numpy as np
 
 from abz_dask.io.encoding import CategoricalEncoding
 from abz_dask.io.predictors import PREDICTOR_NAMES, PREDICTORS, Predictor
-from abz_dask.kernels.forest import PackedForest, pack_forest, predict
+from abz_dask.kernels.forest import (
+    PackedForest,
+    PreparedRows,
+    pack_forest,
+    predict_many,
+    prepare,
+)
 from abz_dask.progress import active_client
 
-__all__ = ["CompiledModel", "ModelSet", "compile_bundle", "ship"]
+__all__ = ["CompiledModel", "ModelSet", "compile_bundle", "predict_models", "ship"]
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,66 @@ class CompiledModel:
                 x[:, j] = self.encoding.transform_column(name, x[:, j])
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def predict(self, raw: np.ndarray) -> np.ndarray:
-        """Predictions (float64) for rows of a raw block matrix; NaN where a predictor is NaN."""
-        return predict(self.forest, self.design(raw))
+    def design_key(self, raw: np.ndarray) -> tuple[Any, ...]:
+        """What :meth:`design` depends on besides ``raw``: models with equal keys read the same
+        design matrix (e.g. the bootstrap replicates of every flux)."""
+        codes = tuple(sorted((k, tuple(sorted(v.items()))) for k, v in self.encoding.codes.items()
+                             if k in self.predictors))
+        return self._columns_of(raw), codes
+
+    def predict(self, raw: np.ndarray, *, segments: Sequence[int] | None = None) -> np.ndarray:
+        """Predictions (float64) for rows of a raw block matrix; NaN where a predictor is NaN.
+
+        ``segments`` (first row of each month) let the kernel prune the trees per tile-month
+        (:func:`abz_dask.kernels.forest.prepare`); the values are the same without them.
+        """
+        return predict_models([self], raw, segments=segments)[0]
+
+
+def predict_models(models: Sequence[CompiledModel], raw: np.ndarray, *,
+                   segments: Sequence[int] | None = None,
+                   prepared: dict[Any, PreparedRows] | None = None) -> np.ndarray:
+    """Predictions of several models for the rows of one raw block matrix.
+
+    Models that read the same design (:meth:`CompiledModel.design_key`: same columns and
+    categorical encoding, e.g. the 20 bootstrap replicates of a flux, which read the continuous
+    predictors only) share ONE design matrix encoded ONCE
+    (:func:`~abz_dask.kernels.forest.prepare`) and are evaluated in one
+    :func:`~abz_dask.kernels.forest.predict_many` call; the walks are box-pruned per tile-month
+    chunk (month and CO2 are constant in it). Bit-identical to ``model.predict`` one by one.
+
+    Parameters
+    ----------
+    models : sequence of CompiledModel
+        The models.
+    raw : numpy.ndarray
+        Raw block rows (:class:`~abz_dask.upscale.blocks.NamedRows` or the models' input layout).
+    segments : sequence of int, optional
+        First row of each run of rows with constant month and CO2 (a tile-month).
+    prepared : dict, optional
+        Cache of encoded blocks of ``raw`` by design key, shared between calls on the same rows
+        (e.g. the central models of the three fluxes and their bootstraps).
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (len(models), n_rows)
+        NaN where a predictor is NaN.
+    """
+    cache: dict[Any, PreparedRows] = {} if prepared is None else prepared
+    out = np.empty((len(models), raw.shape[0]), dtype=np.float64)
+    groups: dict[Any, list[int]] = {}
+    for i, m in enumerate(models):
+        groups.setdefault(m.design_key(raw), []).append(i)
+    for key, idx in groups.items():
+        if key not in cache:
+            cache[key] = prepare(models[idx[0]].design(raw), segments=segments)
+        sel = idx if idx == list(range(idx[0], idx[0] + len(idx))) else None
+        if sel is not None:  # contiguous: write in place
+            predict_many([models[i].forest for i in idx], cache[key],
+                         out=out[idx[0]:idx[0] + len(idx)])
+        else:
+            out[idx] = predict_many([models[i].forest for i in idx], cache[key])
+    return out
 
 
 @dataclass(frozen=True)

@@ -9,22 +9,15 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.aggregation.periods import complete_years
-from abz_dask.aggregation.zonal import open_flux_store
+from abz_dask.aggregation.units import M2_PER_MKM2
+from abz_dask.aggregation.zonal import domain_budgets, open_flux_store
 
-__all__ = ["LAND_CELLS_1KM", "annual_budgets", "budget_table", "covered_area",
+__all__ = ["LAND_CELLS_1KM", "budget_table", "covered_area",
            "excluded_area_message", "project_core_hours"]
 
 #: Land cells of the published 1-km ABZ product (20.7 M km² at 0.99994 km² per cell).
 LAND_CELLS_1KM = 20.7e6
 MONTHS_1KM = 240
-
-
-def annual_budgets(store: str | Path | xr.Dataset) -> xr.DataArray:
-    """Annual budgets (Tg C yr⁻¹), ``(flux, model, year, domain)``; model 0 is central."""
-    ds = open_flux_store(store)
-    zs = ds["zone_sums"].sum("tile_id")
-    full = complete_years(zs["time"])
-    return (zs.groupby("time.year").sum() * 1e-12).sel(year=full).compute()
 
 
 def covered_area(store: str | Path | xr.Dataset, start: int | None = None,
@@ -48,34 +41,49 @@ def covered_area(store: str | Path | xr.Dataset, start: int | None = None,
     lost = lost.isel(time=np.flatnonzero(keep.values)).mean("time").compute()
     area = ds["zone_area"].sum("tile_id").compute()
     return pd.DataFrame({"domain": [str(d) for d in area["domain"].values],
-                         "area_mkm2": area.values / 1e12,
-                         "area_predicted_mkm2": (area.values - lost.values) / 1e12,
-                         "excluded_area_mkm2": lost.values / 1e12})
+                         "area_mkm2": area.values / M2_PER_MKM2,
+                         "area_predicted_mkm2": (area.values - lost.values) / M2_PER_MKM2,
+                         "excluded_area_mkm2": lost.values / M2_PER_MKM2})
 
 
 def budget_table(store: str | Path | xr.Dataset, start: int | None = None,
-                 end: int | None = None) -> pd.DataFrame:
+                 end: int | None = None, *, fire: xr.DataArray | None = None) -> pd.DataFrame:
     """Period-mean budget per domain and flux with the SD over bootstrap budgets, and the area
     it covers.
 
     Columns: ``domain, flux, estimate_tg_c_yr, boot_sd_tg_c_yr, n_bootstrap, n_years`` and,
     from :func:`covered_area`, ``area_mkm2, area_predicted_mkm2, excluded_area_mkm2``: cells of
     a domain whose predictors have no data get no prediction and are not in the budget.
+
+    With ``fire`` (annual fire-emission budgets ``(year, domain)`` in Tg C yr⁻¹,
+    :func:`~abz_dask.aggregation.zonal.fire_budgets`), rows of flux ``NEE+fire`` follow: the mean
+    over the years of the period that the fire record covers of the annual NEE budget plus the
+    fire budget (``n_years`` counts those years; the bootstrap SD is that of NEE over them, fire
+    being an input, not an estimate).
     """
-    ann = annual_budgets(store).sel(year=slice(start, end))
-    mean = ann.mean("year")
+    ds = open_flux_store(store)
+    ann = domain_budgets(ds).compute().sel(year=slice(start, end))
+    if fire is not None and "NEE" in ann["flux"].values:
+        fb = fire.compute()
+        years = [int(y) for y in ann["year"].values if y in fb["year"].values]
+        if years:
+            both = (ann.sel(flux="NEE", year=years)
+                    + fb.sel(year=years, domain=ann["domain"]).astype(ann.dtype))
+            ann = xr.concat([ann, both.expand_dims(flux=["NEE+fire"])], "flux")
     rows = []
     nb = ann.sizes["model"] - 1
     for f in ann["flux"].values:
+        a = ann.sel(flux=f).dropna("year", how="all")
+        mean = a.mean("year")
         for d in ann["domain"].values:
-            m = mean.sel(flux=f, domain=d)
+            m = mean.sel(domain=d)
             sd = float(m.isel(model=slice(1, None)).std(ddof=1)) if nb > 1 else np.nan
             rows.append({"domain": str(d), "flux": str(f),
                          "estimate_tg_c_yr": float(m.sel(model=0)),
                          "boot_sd_tg_c_yr": sd, "n_bootstrap": nb,
-                         "n_years": int(ann.sizes["year"])})
+                         "n_years": int(a.sizes["year"])})
     tab = pd.DataFrame(rows)
-    area = covered_area(store, start, end)
+    area = covered_area(ds, start, end)
     return tab.merge(area, on="domain", how="left") if len(area) else tab
 
 

@@ -45,7 +45,7 @@ from abz_dask.io.predictors import PREDICTORS
 from abz_dask.io.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.progress import compute_with_progress
 from abz_dask.upscale.blocks import block_arrays, block_rows, scatter_rows
-from abz_dask.upscale.models import ModelSet, ship
+from abz_dask.upscale.models import ModelSet, predict_models, ship
 
 __all__ = ["UpscaleConfig", "plan_upscale", "run_upscale", "upscale_tile"]
 
@@ -206,8 +206,22 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
         excluded[k] = np.einsum("tyx,dyx->td", (~rows.valid).astype(np.float64), weights)
         boot_rows = rows.valid & sampled[None]
         sub = boot_rows[rows.valid]
+        # one encoded block per design for every model that reads it, month-aligned chunks
+        starts = [sl.start for sl in rows.month_slices]
+        prepared: dict[Any, Any] = {}
+        cens = predict_models([models.central[f] for f in models.fluxes], rows.matrix,
+                              segments=starts, prepared=prepared)
+        boots = None
+        if nb:
+            every = bool(sub.all())
+            raw_sub = rows.matrix if every else rows.matrix[sub]
+            sub_starts = starts if every else list(np.concatenate(
+                [[0], np.cumsum([int(sub[sl].sum()) for sl in rows.month_slices])[:-1]]))
+            boots = predict_models([rep for f in models.fluxes
+                                    for rep in models.bootstraps[f][:nb]], raw_sub,
+                                   segments=sub_starts, prepared=prepared if every else None)
         for fi, flux in enumerate(models.fluxes):
-            cen = models.central[flux].predict(rows.matrix)
+            cen = cens[fi]
             evals += len(cen)
             tree_evals += len(cen) * models.central[flux].forest.n_trees
             cmap = scatter_rows(cen, rows, np.float64)
@@ -219,8 +233,9 @@ def upscale_tile(paths: _Paths, grid: Grid, index: int, tile: Tile, time: pd.Dat
             ann = np.full((nb, *tile.shape), np.nan)
             cen_s = np.einsum("tyx,dyx->td", filled * expand, weights)
             reps = []
-            for b, rep in enumerate(models.bootstraps[flux]):
-                pred = rep.predict(rows.matrix[sub])
+            assert boots is not None
+            for b, rep in enumerate(models.bootstraps[flux][:nb]):
+                pred = boots[fi * nb + b]
                 evals += len(pred)
                 tree_evals += len(pred) * rep.forest.n_trees
                 full = np.full(len(cen), np.nan)

@@ -10,8 +10,8 @@ the grid and replaces the layer of the same name (:func:`abz_dask.geo.zones.repl
 - **fractional coverage** (``method: fraction``, for ``land_fraction``, ``lake_fraction``,
   ``ice_fraction``): each cell is split into ``supersample²`` sub-cells and the covered share is
   the layer value;
-- rasters are resampled like the predictors (:mod:`abz_dask.cube_build.reproject`): mode for
-  categorical layers, area-weighted average for fractions and elevation.
+- rasters are resampled like the predictors (centre binning, :func:`abz_dask.geo.regrid.tile_map`):
+  mode for categorical layers, area-weighted average for fractions and elevation.
 
 Attribute values map to codes through ``values`` in the configuration, else through the layer's
 CF ``flag_meanings`` (case-insensitive, spaces and dashes read as ``_``, e.g. ``"Tundra"`` → 1
@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from affine import Affine
 from pyproj import CRS, Transformer
 
 from abz_dask.cube_build.config import BuildConfig, SourceSpec, ZoneSpec
 from abz_dask.cube_build.validate import CRSError, ExtentError, LegendError, ZoneError
 from abz_dask.geo.grid import Grid
+from abz_dask.geo.regrid import Supersample
 from abz_dask.geo.zones import REGION_ALIASES, replace_zone
 
 __all__ = ["FRACTION_LAYERS", "ZONE_STORE_LAYERS", "check_user_zones", "check_zone_store",
@@ -228,7 +228,6 @@ def rasterize_polygons(geoms: list[Any], codes: list[int], grid: Grid, *,
     from rasterio.features import rasterize
 
     ny, nx = grid.shape
-    res, hw = grid.resolution, grid.half_width
     k = supersample if method == "fraction" else 1
     rows = max(1, _BLOCK_PIXELS // (nx * k * k))
     out = np.zeros(grid.shape, np.float32 if method == "fraction" else np.int32)
@@ -237,23 +236,20 @@ def rasterize_polygons(geoms: list[Any], codes: list[int], grid: Grid, *,
         shapes = [(g, 1) for g, _ in shapes]
     for r0 in range(0, ny, rows):
         r1 = min(ny, r0 + rows)
-        tr = Affine(res / k, 0.0, -hw, 0.0, -res / k, hw - r0 * res)
         if not shapes:
             continue
-        burn = rasterize(shapes, out_shape=((r1 - r0) * k, nx * k), transform=tr, fill=0,
+        sub = Supersample(grid, r0, r1, 0, nx, k)
+        burn = rasterize(shapes, out_shape=sub.shape, transform=sub.transform, fill=0,
                          dtype="int32")
-        if method == "fraction":
-            out[r0:r1] = burn.reshape(r1 - r0, k, nx, k).mean(axis=(1, 3))
-        else:
-            out[r0:r1] = burn
+        out[r0:r1] = sub.mean(burn) if method == "fraction" else burn
     return out
 
 
 def _raster_layer(path: Path, spec: ZoneSpec, name: str, grid: Grid, attrs: dict[str, Any]
                   ) -> np.ndarray:
-    from abz_dask.cube_build.reproject import check_overlap, tile_map
+    from abz_dask.cube_build.reproject import check_overlap
     from abz_dask.cube_build.sources import open_source
-    from abz_dask.io.store import iter_tiles
+    from abz_dask.geo.regrid import tile_map, tile_windows
 
     flags = [int(v) for v in np.atleast_1d(attrs.get("flag_values", []))]
     categorical = bool(flags) or name in _BOOL_LAYERS
@@ -263,7 +259,7 @@ def _raster_layer(path: Path, spec: ZoneSpec, name: str, grid: Grid, attrs: dict
     out = np.full(grid.shape, np.nan)
     with open_source(path, src, name) as r:
         check_overlap(r.geometry, grid, name=name, path=path)
-        for t in iter_tiles(grid.shape, 256):
+        for t in (w for row in tile_windows(grid, 256) for w in row):
             tm = tile_map(r.geometry, grid, t)
 
             def check(block: np.ndarray) -> None:
