@@ -45,6 +45,11 @@ def twin(
                                          callback=bounded(MIN_SITES))] = 200,
     workers: Annotated[int | None, typer.Option(help="Local worker processes (>= 1)",
                                                 callback=POSITIVE)] = None,
+    family: Annotated[str, typer.Option(
+        help="Twin family: a (default) or b (other GPP/Reco forms and site rule)")] = "a",
+    hidden_driver: Annotated[bool | None, typer.Option(
+        "--hidden-driver/--no-hidden-driver",
+        help="Plant the family's unobserved respiration driver (default: on)")] = None,
 ) -> None:
     """Generate a digital twin: predictor cube, planted truth, fire, sites (ABCflux CSV)."""
     from abz_dask.twin import generate_twin
@@ -59,7 +64,7 @@ def twin(
     try:
         with local_cluster(workers):
             layout = generate_twin(out, resolution=resolution, start=start, end=end, seed=seed,
-                                   n_sites=n_sites)
+                                   n_sites=n_sites, family=family, hidden_driver=hidden_driver)
     except (ValueError, FileExistsError) as e:
         _fail(str(e))
     typer.echo(f"twin written to {layout.root} in {time.perf_counter() - t0:.1f} s")

@@ -10,7 +10,8 @@ compares the per-pixel error of the estimate against the twin's planted truth
   2001–2020) of every ABZ pixel, area-weighted mean over the pixels inside and outside the AOA
   (the pixel is inside when its mean monthly DI ≤ threshold);
 * cell-month level: |monthly estimate − truth| averaged over the period per calendar month and
-  pixel, split by that calendar month's own DI (``di_month ≤ threshold``);
+  pixel, split by that calendar month's own DI (``di_month ≤ threshold``; with
+  ``--mode monthly`` every month's error against that month's own DI);
 * the signed mean error (bias) of the mean annual flux inside and outside (what a budget
   accumulates);
 * the error by DI quartile and the Spearman correlation of DI and pixel error;
@@ -26,7 +27,7 @@ per-flux pixel and relative ratios.
 Usage::
 
     python benchmarks/aoa_validation.py RUN [--flux NEE GPP Reco] [--start 2001] [--end 2020]
-        [--mode climatology|monthly] [--out benchmarks/RESULTS_aoa.md]
+        [--mode climatology|monthly] [--unweighted] [--out benchmarks/RESULTS_aoa.md]
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ def _wmean(v: np.ndarray, w: np.ndarray) -> float:
 
 
 def validate_flux(run: Path, flux: str, years: tuple[int, int], mode: str,
-                  cube: xr.Dataset, zones: xr.Dataset, est: xr.Dataset, truth: xr.Dataset
+                  cube: xr.Dataset, zones: xr.Dataset, est: xr.Dataset, truth: xr.Dataset,
+                  weighted: bool = True
                   ) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Error inside vs outside the AOA of one flux; shares and budgets over the AOA."""
     grid = Grid.of_dataset(zones)
-    model = train_di_from_run(run / "training", flux)
+    model = train_di_from_run(run / "training", flux, weighted=weighted)
     dom = zones["abz"].astype(bool)
     aoa = di_map(cube, model, years=years, mode=mode, domain=dom).compute()
     sl = slice(str(years[0]), str(years[1]))
@@ -94,16 +96,20 @@ def validate_flux(run: Path, flux: str, years: tuple[int, int], mode: str,
     stats["rel_outside"] = stats["mae_outside"] / _wmean(np.where(outside, ann_true, np.nan),
                                                          area)
     stats["rel_ratio"] = stats["rel_outside"] / stats["rel_inside"]
-    if mode == "climatology":
+    if mode == "climatology":  # each calendar month's DI vs that month's mean error
         dm = np.asarray(aoa["di_month"].values)
-        w12 = np.broadcast_to(area, dm.shape)
-        stats["mae_month_inside"] = _wmean(np.where(dm <= thr, mon_err, np.nan), w12)
-        stats["mae_month_outside"] = _wmean(np.where(dm > thr, mon_err, np.nan), w12)
-        stats["ratio_month"] = stats["mae_month_outside"] / stats["mae_month_inside"]
-        for side, sel in (("inside", dm <= thr), ("outside", dm > thr)):
-            stats[f"rel_month_{side}"] = (stats[f"mae_month_{side}"]
-                                          / _wmean(np.where(sel, mon_true, np.nan), w12))
-        stats["rel_ratio_month"] = stats["rel_month_outside"] / stats["rel_month_inside"]
+    else:  # each month's DI vs that month's error
+        dm = np.asarray(aoa["di_time"].values)
+        mon_err = abs(diff).compute().values
+        mon_true = abs(t).compute().values
+    w12 = np.broadcast_to(area, dm.shape)
+    stats["mae_month_inside"] = _wmean(np.where(dm <= thr, mon_err, np.nan), w12)
+    stats["mae_month_outside"] = _wmean(np.where(dm > thr, mon_err, np.nan), w12)
+    stats["ratio_month"] = stats["mae_month_outside"] / stats["mae_month_inside"]
+    for side, sel in (("inside", dm <= thr), ("outside", dm > thr)):
+        stats[f"rel_month_{side}"] = (stats[f"mae_month_{side}"]
+                                      / _wmean(np.where(sel, mon_true, np.nan), w12))
+    stats["rel_ratio_month"] = stats["rel_month_outside"] / stats["rel_month_inside"]
     ok = np.isfinite(di) & np.isfinite(ann_err) & (area > 0)
     stats["spearman_di_error"] = float(spearmanr(di[ok], ann_err[ok]).statistic)
     q = np.quantile(di[ok], [0.25, 0.5, 0.75])
@@ -142,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=2001)
     ap.add_argument("--end", type=int, default=2020)
     ap.add_argument("--mode", default="climatology", choices=["climatology", "monthly"])
+    ap.add_argument("--unweighted", action="store_true",
+                    help="weight every predictor 1 (CAST useWeight = FALSE; a sensitivity)")
     ap.add_argument("--out", type=Path, help="write the Markdown results here")
     a = ap.parse_args(argv)
     run: Path = a.run
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, parts = [], []
     for f in a.flux:
         stats, shares, budgets, quart = validate_flux(run, f, years, a.mode, cube, zones, est,
-                                                      truth)
+                                                      truth, not a.unweighted)
         rows.append({"flux": f, **stats})
         parts.append((f, shares, budgets, quart))
         print(f"{f}: MAE inside {stats['mae_inside']:.2f}, outside {stats['mae_outside']:.2f} "
@@ -165,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         text = [f"# Area of applicability on the twin (`benchmarks/aoa_validation.py {run}`)",
                 "",
-                f"Run `{run}`; DI mode `{a.mode}`, period {a.start}–{a.end}, ABZ pixels. "
+                f"Run `{run}`; DI mode `{a.mode}`"
+                f"{', unweighted predictors' if a.unweighted else ''}, "
+                f"period {a.start}–{a.end}, ABZ pixels. "
                 "Errors are area-weighted means of |estimate − planted truth|: pixel level = "
-                "mean annual flux (g C m⁻² yr⁻¹), cell-month level = mean monthly flux per "
-                "calendar month (g C m⁻² month⁻¹) split by that month's own DI. "
+                "mean annual flux (g C m⁻² yr⁻¹), cell-month level = monthly flux "
+                "(g C m⁻² month⁻¹; climatology mode: mean per calendar month) split by that "
+                "month's own DI; bias = signed mean error; rel = error / mean |true flux|. "
                 f"Wall time {elapsed:.0f} s.", "",
                 "## Error inside vs outside the AOA", "",
                 _md(summary.set_index("flux").T.rename_axis("metric").reset_index(), 3), ""]
@@ -183,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join([f"err_ratio_outside_inside={float(r[key]['ratio']):.4f}"]
                    + [f"{f}_ratio={float(r[f]['ratio']):.4f}" for f in a.flux]
                    + [f"{f}_rel_ratio={float(r[f]['rel_ratio']):.4f}" for f in a.flux]
-                   + [f"{f}_ratio_month={float(r[f]['ratio_month']):.4f}" for f in a.flux
-                      if "ratio_month" in r[f]]))
+                   + [f"{f}_ratio_month={float(r[f]['ratio_month']):.4f}" for f in a.flux]))
     return 0
 
 

@@ -94,6 +94,7 @@ class Twin:
     grid: Grid
     n_sites: int
     seed: int  # the twin's own seed: network draw ``seed`` is the twin's network
+    family: str = "a"  # the twin family's site rule (twin.json)
 
     @classmethod
     def open(cls, root: Path, without_d: bool = False) -> Twin:
@@ -103,18 +104,21 @@ class Twin:
         config = json.loads((layout.root / "twin.json").read_text())
         seed = int(config["seed"])
         truth = xr.open_zarr(layout.truth, consolidated=False)
+        if without_d and config.get("family", "a") != "a":
+            raise SystemExit("--without-diseq removes family a's field D; for family "
+                             f"{config['family']} generate the twin with --no-hidden-driver")
         if without_d:
             truth = without_diseq(truth, seed)
         cube = xr.open_zarr(layout.cube, consolidated=False)
         return cls(layout, xr.open_zarr(layout.zones, consolidated=False).load(), cube,
                    xr.open_zarr(layout.fire, consolidated=False), truth, Grid.of_dataset(cube),
-                   int(config["n_sites"]), seed)
+                   int(config["n_sites"]), seed, str(config.get("family", "a")))
 
 
 def draw_network(twin: Twin, k: int, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Network draw ``k`` made as the twin makes it, written to ``work`` as an ABCflux CSV, read
     and extracted like a real file: ``(sites, training table)``."""
-    site = make_sites(twin.zones, twin.grid, twin.fire, k, twin.n_sites)
+    site = make_sites(twin.zones, twin.grid, twin.fire, k, twin.n_sites, family=twin.family)
     csv = work / f"abcflux_draw{k}.csv"
     site_observations(site, twin.truth, twin.cube, k, twin.grid).to_csv(csv, index=False)
     table, _ = extract_stage(twin.layout.cube, twin.layout.zones, csv)

@@ -76,7 +76,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with open_cluster(cfg.cluster):
         res = run_pipeline(cfg)
     assert res.status() == dict.fromkeys(
-        ("twin", "extract", "train", "upscale", "budgets", "trends", "report"), "ran")
+        ("twin", "extract", "train", "upscale", "budgets", "trends", "table1", "report"), "ran")
     assert (out / "report.html").stat().st_size > 0
     assert (out / "trends" / "budget_trends.csv").stat().st_size > 0
     return out
@@ -137,7 +137,8 @@ def test_local_cluster_bit_identical_to_threads(reference: Path, tmp_path: Path)
         assert info["address"].startswith("tcp://127.0.0.1:")
         assert all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
         res = run_pipeline(cfg)
-    assert res.status() == dict.fromkeys(("extract", "train", "upscale", "budgets", "report"),
+    assert res.status() == dict.fromkeys(("extract", "train", "upscale", "budgets", "table1",
+                                          "report"),
                                          "ran")
     _assert_identical(tmp_path / "local", reference)
     # the report of a files-input run: same estimates as the twin run's Table 1

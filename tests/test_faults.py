@@ -253,7 +253,8 @@ def _record(run: Path, stage: str) -> Path:
 # ------------------------------------------------------------------------------ copies
 
 _EXTRACT_OUTPUTS = ("training_table.parquet", "training_table.csv", "extract_report.csv")
-_LATER = ("build-cube", "extract", "train", "upscale", "budgets", "trends", "report")
+_LATER = ("build-cube", "extract", "train", "upscale", "budgets", "trends", "table1",
+          "report")
 
 
 def _rm(path: Path) -> None:

@@ -264,7 +264,7 @@ def test_register_stage_appends_or_inserts(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(runner, "STAGES", list(runner.STAGES))
     names = [s.name for s in runner.STAGES]
     assert names == ["twin", "build-cube", "extract", "train", "upscale", "budgets", "trends",
-                     "compare", "report"]
+                     "compare", "table1", "report"]
     extra = Stage("extra", lambda ctx: {}, outputs=lambda ctx: [], settings=lambda ctx: {},
                   inputs=lambda ctx: ["budgets"])
     register_stage(extra)

@@ -27,7 +27,10 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def table(run100: Path, out_dir: Path) -> t1mod.Table1:
-    return t1mod.write_table1(RunLayout.from_run(run100).table1_inputs(), out_dir, start=2001,
+    files = {role: out_dir / name for role, name in (
+        ("estimate", "table1.csv"), ("truth", "table1_truth.csv"),
+        ("checks", "table1_checks.csv"), ("markdown", "table1.md"), ("meta", "table1.json"))}
+    return t1mod.write_table1(RunLayout.from_run(run100).table1_inputs(), files, start=2001,
                               end=2004)
 
 
@@ -39,6 +42,18 @@ def test_files_written(table: t1mod.Table1, out_dir: Path) -> None:
     assert "| ABZ |" in md and "Planted truth" in md and "Permafrost region" in md
     csv = pd.read_csv(out / "table1.csv")
     assert set(csv["domain"]) == {"abz", "tundra", "boreal", "permafrost"}
+
+
+def test_read_table1_round_trip(table: t1mod.Table1, out_dir: Path) -> None:
+    names = {"estimate": "table1.csv", "truth": "table1_truth.csv",
+             "checks": "table1_checks.csv", "markdown": "table1.md", "meta": "table1.json"}
+    back = t1mod.read_table1({r: out_dir / n for r, n in names.items()})
+    pd.testing.assert_frame_equal(back.estimate, table.estimate, check_exact=False, rtol=1e-15)
+    assert back.truth is not None and table.truth is not None
+    pd.testing.assert_frame_equal(back.truth, table.truth, check_exact=False, rtol=1e-15)
+    assert (back.period, back.fire_period, back.notes) == (table.period, table.fire_period,
+                                                           table.notes)
+    assert t1mod.table1_markdown(back) == (out_dir / "table1.md").read_text()
 
 
 def test_identities_hold(table: t1mod.Table1) -> None:

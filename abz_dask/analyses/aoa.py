@@ -32,7 +32,10 @@ tasks as one graph key (:func:`di_map`).
 * ``"climatology"`` (the default, used by the report): for each calendar month the cell's mean
   predictors over the period's complete years (static predictors as they are, the CO2 series
   averaged the same way), with that month's dummy — 12 DI layers per cell whatever the period's
-  length (at 1 km: 12 × 81 M queries instead of 240 × 81 M).
+  length (at 1 km: 12 × 81 M queries instead of 240 × 81 M). A 20-year climatology keeps the
+  seasonal environment the model is asked about and drops interannual noise; on the 50-km demo
+  twin it puts 2.2 % of the ABZ outside the NEE model's AOA against 2.6 % for every month
+  (``benchmarks/RESULTS_aoa.md``).
 * ``"monthly"``: every month of the period with its own predictors (``di_time``).
 
 The summary map is the **mean of the monthly DIs** of a cell, ``di``; the cell is inside the AOA
@@ -42,7 +45,8 @@ cell's months whose own DI exceeds the threshold.
 
 :func:`aoa_shares` gives the share of each Table-1 domain's area outside the AOA and
 :func:`aoa_budgets` the domain budgets over the applicable area only, both through
-:func:`abz_dask.aggregation.zonal.domain_totals`.
+:func:`abz_dask.aggregation.zonal.domain_totals`; :func:`aoa_for_run` does all three for a
+run's flux model (the report's AOA section).
 """
 
 from __future__ import annotations
@@ -291,11 +295,14 @@ def dissimilarity(model: DIModel, values: np.ndarray, tree: cKDTree | None = Non
     return nearest_distance(tree or model.tree(), model.encode(values)) / model.mean_distance
 
 
-def train_di_from_run(training_dir: str | Path, flux: str = "NEE") -> DIModel:
+def train_di_from_run(training_dir: str | Path, flux: str = "NEE", *,
+                      weighted: bool = True) -> DIModel:
     """:func:`train_di` of one flux model of a run, from its ``training/`` folder.
 
     Reads ``training_table.parquet`` (predictors), ``cv_predictions.csv`` (the flux's training
-    rows and their CV folds) and ``importance_summary.csv`` (mean permutation importance).
+    rows and their CV folds) and ``importance_summary.csv`` (mean permutation importance; the
+    predictors of the model). ``weighted=False`` weights every predictor 1 (CAST
+    ``useWeight = FALSE``).
     """
     from abz_dask.training.extract import read_training_table
 
@@ -317,7 +324,8 @@ def train_di_from_run(training_dir: str | Path, flux: str = "NEE") -> DIModel:
     if rows.min() < 0 or rows.max() >= len(table):
         raise ValueError(f"{paths['cv_predictions.csv']}: row {int(rows.max())} outside the "
                          f"{len(table)} rows of {paths['training_table.parquet']}")
-    weights = dict(zip(imp["predictor"].astype(str), imp["mean"].astype(float), strict=True))
+    weights = dict(zip(imp["predictor"].astype(str),
+                       imp["mean"].astype(float) if weighted else np.ones(len(imp)), strict=True))
     return train_di(table.iloc[rows].reset_index(drop=True), weights, cv["fold"].to_numpy(),
                     flux=flux)
 
@@ -523,7 +531,7 @@ class RunAOA:
     """The AOA of one flux model of a run (:func:`aoa_for_run`)."""
 
     model: DIModel
-    maps: xr.Dataset  # di_map output, computed
+    maps: xr.Dataset  # di_map's (y, x) summaries (di, outside_fraction, aoa), computed
     shares: pd.DataFrame  # aoa_shares
     budgets: pd.DataFrame  # aoa_budgets
 
@@ -543,8 +551,10 @@ def aoa_for_run(training_dir: str | Path, cube: xr.Dataset, zones: xr.Dataset,
     if flux not in set(imp["flux"].astype(str)):
         return None
     model = train_di_from_run(d, flux)
-    maps = di_map(cube, model, years=years, mode=mode,
-                  domain=zones["abz"].fillna(False).astype(bool)).compute()
+    lazy = di_map(cube, model, years=years, mode=mode,
+                  domain=zones["abz"].fillna(False).astype(bool))
+    # only the (y, x) summaries are brought into memory, in one pass over the cube
+    maps = lazy[["di", "outside_fraction", "aoa"]].compute()
     shares = aoa_shares(maps, zones, cell_area)
     shares.insert(0, "flux", flux)
     shares["threshold"] = model.threshold

@@ -31,7 +31,8 @@ tile zone sums).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -367,7 +368,7 @@ def _biomes_partition(zones: xr.Dataset) -> bool:
 
 
 def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
-                 fire_start: int = 2002, strict: bool = True,
+                 fire_start: int | None = None, strict: bool = True,
                  store: xr.Dataset | None = None, truth_store: xr.Dataset | None = None
                  ) -> Table1:
     """Compute Table 1 (estimate and planted truth) of a run folder.
@@ -379,8 +380,8 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
         CSV.
     start, end : int
         Period; clipped to the complete years of the store.
-    fire_start : int
-        First year of the NEE + fire column (fire data permitting).
+    fire_start : int, optional
+        First year of the NEE + fire column (default: the fire record's first year).
     strict : bool
         Raise :class:`IdentityError` when an identity check fails.
     store, truth_store : xarray.Dataset, optional
@@ -410,6 +411,8 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
             fire = fire.load()
         if "fire_emissions" in fire:  # a store of burned fraction only has no NEE + fire
             fire_b = fire_budgets(fire, zones, grid.cell_area)
+    fire_start = (fire_start if fire_start is not None else
+                  int(fire_b["year"].min()) if fire_b is not None else end + 1)
     reps = central = None
     if "zone_sums" in ds:
         central = domain_budgets(ds, monthly=True).sel(model=0, drop=True)
@@ -528,19 +531,44 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_table1(run: Table1Inputs, out_dir: str | Path, **kw: object) -> Table1:
-    """Build Table 1 and write ``table1.csv``, ``table1_truth.csv`` (if a truth exists),
-    ``table1_checks.csv`` and ``table1.md`` into ``out_dir`` (the run folder)."""
+#: Roles of Table 1's files (:func:`write_table1`, :func:`read_table1`).
+TABLE1_ROLES = ("estimate", "truth", "checks", "markdown", "meta")
+
+
+def write_table1(run: Table1Inputs, files: Mapping[str, Path], **kw: object) -> Table1:
+    """Build Table 1 and write its files by role (:data:`TABLE1_ROLES`; the run layout's
+    ``table1_files()``): the estimate, the truth (if a truth exists), the identity checks,
+    the Markdown table and ``meta`` (period, fire period, notes: JSON)."""
+    missing = sorted(set(TABLE1_ROLES) - set(files))
+    if missing:
+        raise ValueError(f"write_table1: no path for {missing}")
     t1 = build_table1(run, **kw)  # type: ignore[arg-type]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "table1.csv", lambda p: t1.estimate.to_csv(p, index=False))
+    Path(files["estimate"]).parent.mkdir(parents=True, exist_ok=True)
+    _atomic(files["estimate"], lambda p: t1.estimate.to_csv(p, index=False))
     if t1.truth is not None:
         truth = t1.truth
-        _atomic(out / "table1_truth.csv", lambda p: truth.to_csv(p, index=False))
-    _atomic(out / "table1_checks.csv", lambda p: t1.checks.to_csv(p, index=False))
-    _atomic(out / "table1.md", lambda p: p.write_text(table1_markdown(t1)))
+        _atomic(files["truth"], lambda p: truth.to_csv(p, index=False))
+    _atomic(files["checks"], lambda p: t1.checks.to_csv(p, index=False))
+    _atomic(files["markdown"], lambda p: p.write_text(table1_markdown(t1)))
+    meta = {"period": list(t1.period), "fire_period": list(t1.fire_period) if t1.fire_period
+            else None, "notes": t1.notes}
+    _atomic(files["meta"], lambda p: p.write_text(json.dumps(meta, indent=1)))
     return t1
+
+
+def read_table1(files: Mapping[str, Path]) -> Table1:
+    """Table 1 as :func:`write_table1` wrote it (the report reads it)."""
+    for role in ("estimate", "checks", "meta"):
+        if not Path(files[role]).exists():
+            raise FileNotFoundError(f"Table 1 {role} {files[role]} not found: run the table1 "
+                                    "stage first")
+    meta = json.loads(Path(files["meta"]).read_text())
+    truth = Path(files["truth"])
+    fp = meta["fire_period"]
+    return Table1(pd.read_csv(files["estimate"]),
+                  pd.read_csv(truth) if truth.exists() else None,
+                  pd.read_csv(files["checks"]), (int(meta["period"][0]), int(meta["period"][1])),
+                  (int(fp[0]), int(fp[1])) if fp else None, dict(meta["notes"]))
 
 
 def _atomic(path: Path, write: object) -> None:

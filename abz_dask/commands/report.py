@@ -45,25 +45,30 @@ def _check_period(start: int, end: int) -> None:
 
 
 def table1(run_dir: RunDir, start: Start = 2001, end: End = 2020,
-           fire_start: Annotated[int, typer.Option(help="First year of NEE + fire")] = 2002,
+           fire_start: Annotated[int | None, typer.Option(
+               help="First year of NEE + fire [default: the fire record's first year]")]
+           = None,
            workers: Workers = None) -> None:
-    """Write Table 1 (table1.csv, table1_truth.csv, table1_checks.csv, table1.md)."""
-    from abz_dask.analyses.table1 import IdentityError, table1_markdown, write_table1
-    from abz_dask.pipeline.layout import RunLayout
+    """Write Table 1 (table1.csv, table1_truth.csv, table1_checks.csv, table1.md, table1.json):
+    the table1 stage of the run."""
+    from abz_dask.analyses.table1 import IdentityError, read_table1, table1_markdown
 
     _check_period(start, end)
     check_year("--fire-start", fire_start)
     check_order("--fire-start", fire_start, "--end", end)
+    if not run_dir.is_dir():
+        fail(f"run folder {run_dir} does not exist")
     t0 = time.perf_counter()
+    sections = {"budgets": {"start_year": start, "end_year": end},
+                "report": {"enabled": True, "fire_start": fire_start},
+                "trends": {"enabled": False}}
+    run_cfg, layout = stage_config(run_dir, sections, files_input=False)
     try:
-        layout = RunLayout.from_run(run_dir)
-        with _scheduler(workers):
-            t1 = write_table1(layout.table1_inputs(), layout.root, start=start, end=end,
-                              fire_start=fire_start)
-    except (FileNotFoundError, ValueError, IdentityError) as e:
+        run_stages(run_cfg, ("table1",), layout, _scheduler(workers))
+    except (FileNotFoundError, ValueError, IdentityError, RuntimeError) as e:
         fail(str(e))
-    typer.echo(table1_markdown(t1))
     files = layout.table1_files()
+    typer.echo(table1_markdown(read_table1(files)))
     typer.echo(f"Table 1 written to {files['estimate']} and {files['markdown'].name} in "
                f"{time.perf_counter() - t0:.1f} s")
 
@@ -94,7 +99,8 @@ def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
     run_cfg, layout = stage_config(run_dir, sections, files_input=False,
                                    report_html=out.absolute() if out else None)
     try:
-        res = run_stages(run_cfg, ("compare", "report") if compare else ("report",), layout,
+        res = run_stages(run_cfg, ("compare", "table1", "report") if compare
+                         else ("table1", "report"), layout,
                          _scheduler(workers))
     except (FileNotFoundError, ValueError, IdentityError, RuntimeError) as e:
         fail(str(e))

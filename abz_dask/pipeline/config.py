@@ -31,7 +31,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from abz_dask import DEFAULT_SEED
 from abz_dask.io.yamlfile import flat_errors
@@ -81,6 +90,10 @@ class TwinInput(_Section):
     end: str = Field(default="2020-12", description="Last month YYYY-MM.")
     seed: int = Field(default=DEFAULT_SEED, ge=0, description="Seed of the twin.")
     n_sites: int = Field(default=200, ge=MIN_SITES, description="Size of the site network.")
+    family: Literal["a", "b"] = Field(
+        default="a", description="Twin family: planted truth and site rule (abz_dask.twin.family).")
+    hidden_driver: bool = Field(
+        default=True, description="Plant the family's unobserved respiration driver.")
 
     @field_validator("resolution")
     @classmethod
@@ -104,6 +117,17 @@ class TwinInput(_Section):
         if self.end < self.start:
             raise ValueError(f"end {self.end!r} is before start {self.start!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_family(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # family a with its hidden driver dumps as before families existed, so the twin stage
+        # records of existing run folders stay current
+        out: dict[str, Any] = handler(self)
+        if out.get("family") == "a":
+            out.pop("family")
+        if out.get("hidden_driver") is True:
+            out.pop("hidden_driver")
+        return out
 
 
 class _ReaderOptions(_Section):
@@ -244,10 +268,15 @@ class TrendsSection(_Section):
 
 
 class ReportSection(_Section):
-    """The report stage: Table 1, analyses and ``report.html``
-    (:func:`abz_dask.report.build_report`) over the budgets period."""
+    """The table1 and report stages: Table 1 (:func:`abz_dask.analyses.table1.write_table1`),
+    analyses and ``report.html`` (:func:`abz_dask.report.build_report`) over the budgets
+    period."""
 
-    enabled: bool = Field(default=True, description="Write the report.")
+    enabled: bool = Field(default=True, description="Write Table 1 and the report.")
+    fire_start: int | None = Field(
+        default=None, ge=YEAR_RANGE[0], le=YEAR_RANGE[1],
+        description="First year of Table 1's NEE + fire (default: the fire record's first "
+        "year).")
     fire_year: int | None = Field(
         default=None, ge=YEAR_RANGE[0], le=YEAR_RANGE[1],
         description="Year of the post-fire bias correction (default: the last fire year; "

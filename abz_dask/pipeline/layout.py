@@ -312,10 +312,11 @@ class RunLayout:
     # ---------------------------------------------------------------- Table 1 and report
 
     def table1_files(self) -> dict[str, Path]:
-        """Table 1's files by role: ``estimate``, ``truth``, ``checks``, ``markdown``."""
+        """Table 1's files by role: ``estimate``, ``truth``, ``checks``, ``markdown``, ``meta``
+        (period, fire period and notes)."""
         return {"estimate": self.root / "table1.csv", "truth": self.root / "table1_truth.csv",
                 "checks": self.root / "table1_checks.csv",
-                "markdown": self.root / "table1.md"}
+                "markdown": self.root / "table1.md", "meta": self.root / "table1.json"}
 
     @property
     def report_tables(self) -> Path:
@@ -437,7 +438,8 @@ def saved_input(root: str | Path) -> TwinInput | FilesInput | BuildInput | None:
             t = json.loads(manifest.read_text())
             return TwinInput(resolution=str(t["resolution"]), start=str(t["start"]),
                              end=str(t["end"]), seed=int(t["seed"]),
-                             n_sites=int(t["n_sites"]))
+                             n_sites=int(t["n_sites"]), family=str(t.get("family", "a")),
+                             hidden_driver=bool(t.get("hidden_driver", True)))
         except (ValueError, KeyError, TypeError):
             return None
     return None

@@ -503,8 +503,9 @@ def _twin(ctx: RunContext) -> dict[str, Any]:
     t = ctx.config.input
     assert isinstance(t, TwinInput)
     generate_twin(ctx.layout.twin_dir, resolution=t.resolution, start=t.start, end=t.end,
-                  seed=t.seed, n_sites=t.n_sites, progress=ctx.config.progress)
-    return {"resolution": t.resolution, "period": f"{t.start}..{t.end}"}
+                  seed=t.seed, n_sites=t.n_sites, family=t.family,
+                  hidden_driver=t.hidden_driver, progress=ctx.config.progress)
+    return {"resolution": t.resolution, "period": f"{t.start}..{t.end}", "family": t.family}
 
 
 def _build_cube(ctx: RunContext) -> dict[str, Any]:
@@ -707,6 +708,26 @@ def _compare_inputs(ctx: RunContext) -> list[str | Path]:
             *[Path(e.path) for e in ctx.config.compare.products]]
 
 
+def _table1(ctx: RunContext) -> dict[str, Any]:
+    from abz_dask.analyses.table1 import write_table1
+    from abz_dask.report.build import open_period
+
+    b, lay = ctx.config.budgets, ctx.layout
+    lay.table1_inputs().check()
+    store, truth = open_period(lay, b.start_year, b.end_year)  # small stores: loaded once
+    t1 = write_table1(lay.table1_inputs(), lay.table1_files(), start=b.start_year,
+                      end=b.end_year, fire_start=ctx.config.report.fire_start, store=store,
+                      truth_store=truth)
+    return {"period": list(t1.period), "fire_period": list(t1.fire_period or []),
+            "rows": len(t1.estimate)}
+
+
+def _table1_outputs(ctx: RunContext) -> list[Path]:
+    files = ctx.layout.table1_files()
+    truth = ctx.layout.existing(ctx.layout.truth) is not None
+    return [p for role, p in files.items() if role != "truth" or truth]
+
+
 def _report(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.report import build_report
 
@@ -716,13 +737,8 @@ def _report(ctx: RunContext) -> dict[str, Any]:
     return {"html": str(rep.path), "figures": list(rep.figure_names)}
 
 
-def _report_files(ctx: RunContext) -> list[Path]:
-    lay = ctx.layout
-    return [lay.report_html, lay.report_tables, *lay.table1_files().values()]
-
-
 def _report_inputs(ctx: RunContext) -> list[str | Path]:
-    return ["budgets", "upscale", "train", *_source(ctx),
+    return ["table1", "budgets", "upscale", "train", *_source(ctx),
             *(["compare"] if ctx.config.compare.enabled else [])]
 
 
@@ -771,11 +787,18 @@ STAGES: list[Stage] = [
           settings=lambda ctx: ctx.config.compare.model_dump(mode="json"),
           inputs=_compare_inputs, clean=lambda ctx: [ctx.layout.compare],
           applies=lambda config: config.compare.enabled),
-    Stage("report", _report, outputs=lambda ctx: [ctx.layout.report_html,
-                                                  ctx.layout.table1_files()["estimate"]],
+    Stage("table1", _table1, outputs=_table1_outputs,
           settings=lambda ctx: {**ctx.config.budgets.model_dump(mode="json"),
-                                **ctx.config.report.model_dump(mode="json")},
-          inputs=_report_inputs, clean=_report_files,
+                                "fire_start": ctx.config.report.fire_start},
+          inputs=lambda ctx: ["upscale", *_source(ctx)],
+          clean=lambda ctx: list(ctx.layout.table1_files().values()),
+          applies=lambda config: config.report.enabled),
+    Stage("report", _report, outputs=lambda ctx: [ctx.layout.report_html],
+          settings=lambda ctx: {**ctx.config.budgets.model_dump(mode="json"),
+                                **ctx.config.report.model_dump(mode="json",
+                                                               exclude={"fire_start"})},
+          inputs=_report_inputs,
+          clean=lambda ctx: [ctx.layout.report_html, ctx.layout.report_tables],
           applies=lambda config: config.report.enabled),
 ]
 

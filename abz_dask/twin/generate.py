@@ -15,6 +15,7 @@ from abz_dask.geo.grid import Grid, default_tile
 from abz_dask.io.predictors import FLUXES, PREDICTORS
 from abz_dask.io.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.twin.drivers import Block, co2_series, dynamic_predictors, static_predictors
+from abz_dask.twin.family import FluxFunction, TwinFamily
 from abz_dask.twin.fire import burned_fraction, fire_emissions
 
 __all__ = ["TwinLayout", "default_tile", "write_cube_truth_fire"]
@@ -81,8 +82,8 @@ def _lonlat(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _lonlat_block(y[:, None], x[None, :])
 
 
-def _template(grid: Grid, time: pd.DatetimeIndex, tile: int, seed: int) -> tuple[
-        xr.Dataset, xr.Dataset, xr.Dataset]:
+def _template(grid: Grid, time: pd.DatetimeIndex, tile: int, seed: int, family: TwinFamily
+              ) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset]:
     ny, nx = grid.shape
     nt = len(time)
     dyn = da.empty((nt, ny, nx), dtype=np.float32, chunks=(12, tile, tile))
@@ -117,13 +118,15 @@ def _template(grid: Grid, time: pd.DatetimeIndex, tile: int, seed: int) -> tuple
         ds = grid.attach(ds)
         ds.attrs.update(prov)
         out.append(ds)
+    if family != TwinFamily():  # family a with its hidden field keeps its original attributes
+        out[1].attrs.update(provenance(twin_family=family.name,
+                                       hidden_driver=int(family.hidden_driver),
+                                       twin_family_params=family.params()))
     return out[0], out[1], out[2]
 
 
 def _twin_tile(layout: TwinLayout, grid: Grid, tile: Tile, time: pd.DatetimeIndex,
-               seed: int) -> str:
-    from abz_dask.twin.truth import fluxes
-
+               seed: int, fluxes: FluxFunction) -> str:
     ledger = TileLedger(layout.cube)
     if ledger.done(tile):
         return tile.key
@@ -159,13 +162,17 @@ def _twin_tile(layout: TwinLayout, grid: Grid, tile: Tile, time: pd.DatetimeInde
 
 
 def write_cube_truth_fire(layout: TwinLayout, grid: Grid, time: pd.DatetimeIndex, seed: int,
-                          tile: int | None = None, progress: bool = True) -> None:
+                          tile: int | None = None, progress: bool = True,
+                          family: TwinFamily | None = None) -> None:
     """Create (or resume) the cube, truth and fire stores and fill them tile by tile.
 
-    Runs on the active Dask scheduler (a distributed client if one is active, else threads).
+    ``family`` chooses the planted truth (default: family a with its hidden field,
+    :mod:`abz_dask.twin.family`). Runs on the active Dask scheduler (a distributed client if one
+    is active, else threads).
     """
     tile = tile or default_tile(grid)
-    cube, truth, fire = _template(grid, time, tile, seed)
+    family = family or TwinFamily()
+    cube, truth, fire = _template(grid, time, tile, seed, family)
     fresh = create_store(cube, layout.cube)
     if fresh:
         TileLedger(layout.cube).dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +180,9 @@ def write_cube_truth_fire(layout: TwinLayout, grid: Grid, time: pd.DatetimeIndex
     create_store(fire, layout.fire, overwrite=fresh)
     ledger = TileLedger(layout.cube)
     todo = [t for t in iter_tiles(grid.shape, tile) if not ledger.done(t)]
-    tasks = [dask.delayed(_twin_tile, pure=True)(layout, grid, t, time, seed) for t in todo]
+    fluxes = family.flux_function()
+    tasks = [dask.delayed(_twin_tile, pure=True)(layout, grid, t, time, seed, fluxes)
+             for t in todo]
     from abz_dask.progress import compute_with_progress
 
     compute_with_progress(tasks, "twin tiles", enabled=progress)

@@ -23,8 +23,8 @@ from abz_dask.geo.grid import Grid, _lonlat_block
 from abz_dask.io.predictors import VEG_CLASSES
 from abz_dask.twin.fields import rng_for
 
-__all__ = ["ABCFLUX_COLUMNS", "MONTHLY_COUNTS", "SITE_LOG_SD", "make_sites", "site_factors",
-           "site_observations"]
+__all__ = ["ABCFLUX_COLUMNS", "MONTHLY_COUNTS", "SITE_LOG_SD", "burn_history", "make_sites",
+           "site_domain", "site_factors", "site_observations"]
 
 #: Monthly sample sizes of the paper's 1-km NEE model (seed-spec §6.2, Jan..Dec).
 MONTHLY_COUNTS = np.array([288, 289, 329, 377, 449, 497, 527, 522, 475, 386, 320, 306])
@@ -49,11 +49,25 @@ def _reference_sites() -> pd.DataFrame:
     return pd.read_csv(str(p))
 
 
-def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sites: int = 200
-               ) -> pd.DataFrame:
-    """Place the site network on domain cells; one row per site with its cell and design."""
+def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sites: int = 200,
+               family: str = "a") -> pd.DataFrame:
+    """Place the site network on domain cells; one row per site with its cell and design.
+
+    ``family`` chooses the placement rule: ``"a"`` (this module's docstring) or ``"b"``
+    (clustered around towns and research stations, :mod:`abz_dask.twin.sites_b`); the design
+    (disturbances, coordinates, method, record length) follows the same rules in both.
+    """
+    dom = site_domain(zones)
+    bf, burn_year, burned = burn_history(fire, dom)
+    if family == "b":
+        from abz_dask.twin.sites_b import place_sites_b
+
+        rng = rng_for(seed, "sites_b")
+        placed = place_sites_b(zones, grid, dom, burned, rng, n_sites)
+        return _site_design(*placed, zones, grid, bf, burn_year, rng, n_sites)
+    if family != "a":
+        raise ValueError(f"unknown twin family {family!r}; choose 'a' or 'b'")
     rng = rng_for(seed, "sites")
-    dom = (zones["abz"].values.astype(bool) & (zones["land_fraction"].values > 0.2))
     region = zones["key_region"].values
     ys, xs = grid.y, grid.x
     rows_all, cols_all = np.nonzero(dom)
@@ -73,9 +87,6 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
     # the rest by region share, denser towards the south (accessibility)
     lat_cells = _lonlat_block(ys[rows_all][None, :], xs[cols_all][None, :])[1][0]
     # burned cells first for the fire sites
-    bf = fire["burned_fraction"].sel(year=slice(None, 2017))
-    burn_year = (bf > 0).argmax("year").values
-    burned = (bf > 0).any("year").values & dom
     n_fire = round(0.105 * n_sites)
     brows, bcols = np.nonzero(burned)
     pick = rng.choice(len(brows), size=min(n_fire, len(brows)), replace=False)
@@ -103,13 +114,39 @@ def make_sites(zones: xr.Dataset, grid: Grid, fire: xr.Dataset, seed: int, n_sit
         rows.append(r)
         cols.append(c)
         names.append("")
+    return _site_design(rows, cols, names, len(fire_cells), zones, grid, bf, burn_year, rng,
+                        n_sites)
+
+
+def site_domain(zones: xr.Dataset) -> np.ndarray:
+    """Cells a site may sit in: ABZ cells with more than 20 % land."""
+    return zones["abz"].values.astype(bool) & (zones["land_fraction"].values > 0.2)
+
+
+def burn_history(fire: xr.Dataset, dom: np.ndarray) -> tuple[xr.DataArray, np.ndarray, np.ndarray]:
+    """Burned fractions up to 2017, the index of each cell's first fire year, and the burned
+    site cells (fire sites need a few years of record after the fire)."""
+    bf = fire["burned_fraction"].sel(year=slice(None, 2017))
+    burn_year = (bf > 0).argmax("year").values
+    burned = (bf > 0).any("year").values & dom
+    return bf, burn_year, burned
+
+
+def _site_design(rows: list[int], cols: list[int], names: list[str], nf: int,
+                 zones: xr.Dataset, grid: Grid, bf: xr.DataArray, burn_year: np.ndarray,
+                 rng: np.random.Generator, n_sites: int) -> pd.DataFrame:
+    """The site table of placed cells (the last ``nf`` are fire sites): disturbances,
+    coordinates, names, measurement method and record length."""
+    xs, ys, region = grid.x, grid.y, zones["key_region"].values
+    ref = _reference_sites()
     site = pd.DataFrame({"row": rows, "col": cols, "name": names})
     site["disturbance"] = "No"
     site["disturb_year"] = -9999
-    nf = len(fire_cells)
-    site.loc[site.index[-nf:], "disturbance"] = "Fire"
-    fy = bf["year"].values[burn_year[site["row"].to_numpy()[-nf:], site["col"].to_numpy()[-nf:]]]
-    site.loc[site.index[-nf:], "disturb_year"] = fy
+    if nf:
+        site.loc[site.index[-nf:], "disturbance"] = "Fire"
+        fy = bf["year"].values[burn_year[site["row"].to_numpy()[-nf:],
+                                         site["col"].to_numpy()[-nf:]]]
+        site.loc[site.index[-nf:], "disturb_year"] = fy
     n_other = round(0.04 * n_sites)  # 3 thermokarst + 5 harvested of 200 in the paper
     others = rng.choice(np.flatnonzero(site["disturbance"] == "No"), size=n_other, replace=False)
     site.loc[others[: (3 * n_other) // 8], "disturbance"] = "Thermokarst"

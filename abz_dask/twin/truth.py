@@ -56,8 +56,12 @@ def diseq_factor(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def fluxes(b: Block, static: dict[str, np.ndarray], dyn: dict[str, np.ndarray],
-           co2: np.ndarray, months: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Planted GPP, Reco and NEE (g C m⁻² month⁻¹) for a block; arrays ``(nt, ny, nx)``."""
+           co2: np.ndarray, months: np.ndarray, seed: int, *, hidden: bool = True
+           ) -> dict[str, np.ndarray]:
+    """Planted GPP, Reco and NEE (g C m⁻² month⁻¹) for a block; arrays ``(nt, ny, nx)``.
+
+    ``hidden=False`` plants D = 0 (no hidden respiration field; :mod:`abz_dask.twin.family`).
+    """
     veg = static["vegtype"].astype(np.int16)
     lue = np.full(veg.shape, 0.5)
     for code, p in VEG_PARAMS.items():
@@ -74,7 +78,7 @@ def fluxes(b: Block, static: dict[str, np.ndarray], dyn: dict[str, np.ndarray],
     q = np.where(ts > 0, Q10 ** ((ts - 10.0) / 10.0), Q10 ** (-1.0) * 1.4 ** (ts / 10.0))
     theta = dyn["soil_moisture"]
     g = np.clip(1.0 - ((theta - 0.32) / 0.3) ** 2, 0.25, 1.0)
-    diseq = diseq_factor(seed, b.x, b.y)
+    diseq = diseq_factor(seed, b.x, b.y) if hidden else 1.0
     rh = R0 * (static["soc"] / 150.0) ** SOC_EXPONENT * q * g * diseq * days / 30.0
     reco = RA_FRACTION * gpp + rh
     return {"GPP": gpp, "Reco": reco, "NEE": reco - gpp}
