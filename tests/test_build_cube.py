@@ -155,7 +155,7 @@ def test_built_cube_runs_through_training_and_upscale(built: dict[str, Any]) -> 
 
 
 def test_resume_from_ledger(built: dict[str, Any], tmp_path: Path) -> None:
-    from abz_dask.cube_build.build import _build_tile, _template, run_plan
+    from abz_dask.cube_build.build import _build_tile, cube_template, run_plan
     from abz_dask.io.store import TileLedger, create_store, iter_tiles
 
     cfg, root = load_config(built["export"].config)
@@ -163,7 +163,7 @@ def test_resume_from_ledger(built: dict[str, Any], tmp_path: Path) -> None:
     plan = make_plan(cfg, root)
     out = tmp_path / "cube.zarr"
     tmp = out.with_name("cube.zarr.tmp")
-    create_store(_template(plan), tmp, check_attrs=("build_config_token",))
+    create_store(cube_template(plan), tmp, check_attrs=("build_config_token",))
     first = next(iter_tiles(plan.grid.shape, plan.tile))
     _build_tile(plan, first, tmp)  # a run killed after its first tile
     assert TileLedger(tmp).done(first)

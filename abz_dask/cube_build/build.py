@@ -68,7 +68,9 @@ class BuildResult:
     fire: FireResult | None = None
 
 
-def _template(plan: BuildPlan) -> xr.Dataset:
+def cube_template(plan: BuildPlan) -> xr.Dataset:
+    """Lazy template (no data) of the built cube: variables, chunks and attributes, as
+    :func:`run_plan` writes it and ``abz-dask plan`` sizes it."""
     grid, time, tile = plan.grid, plan.time, plan.tile
     ny, nx = grid.shape
     dyn = da.empty((len(time), ny, nx), dtype=np.float32, chunks=(12, tile, tile))
@@ -321,7 +323,7 @@ def _run_locked(plan: BuildPlan, out: Path, overwrite: bool, progress: bool) -> 
         raise FileExistsError(f"{out} exists (built from another configuration); remove "
                               "it or pass overwrite")
     tmp = out.with_name(out.name + ".tmp")
-    template = _template(plan)
+    template = cube_template(plan)
     # an unfinished cube of another configuration (its run is gone: we hold the lock) is
     # replaced; one of this configuration is resumed tile by tile
     create_store(template, tmp, check_attrs=("build_config_token",), replace_mismatch=True)

@@ -334,20 +334,23 @@ def _cube_templates(config: RunConfig, root: Path) -> tuple[Grid, int, dict[str,
     inp = config.input
     if isinstance(inp, TwinInput):
         from abz_dask.geo.grid import default_tile
-        from abz_dask.twin.generate import _template
+        from abz_dask.twin.family import twin_family
+        from abz_dask.twin.generate import store_templates
 
         grid = Grid.from_preset(inp.resolution)
         tile = default_tile(grid)
         stores = {}
         for name, ds in zip(("cube.zarr", "truth.zarr", "fire.zarr"),
-                            _template(grid, pd.date_range(inp.start, inp.end, freq="MS"), tile,
-                                      inp.seed), strict=True):
+                            store_templates(grid, pd.date_range(inp.start, inp.end, freq="MS"),
+                                            tile, inp.seed,
+                                            twin_family(inp.family, inp.hidden_driver)),
+                            strict=True):
             create_store(ds, root / name)
             stores[name] = root / name
         return grid, tile, stores, "twin stores from abz_dask.twin.generate's template"
     if isinstance(inp, BuildInput):
         from abz_dask.cube_build import load_config as load_build
-        from abz_dask.cube_build.build import _template as cube_template
+        from abz_dask.cube_build.build import cube_template
 
         plan, note = _build_plan(*load_build(inp.cube_config))
         create_store(cube_template(plan), root / "cube.zarr")

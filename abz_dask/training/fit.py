@@ -14,7 +14,9 @@ The method (seed-spec §4.2–4.6, DECISIONS 5–8), per flux:
    profile's set), mtry = min(tuned mtry, 15), forest
    ``random_state = seed + b``. With the profile's ``bootstrap_unit = "site"`` the draw is of
    sites instead (as many as the flux has, with replacement), each bringing all its rows
-   (:func:`site_block_sample`).
+   (:func:`site_block_sample`); with ``"cluster"`` it is of spatial clusters of sites
+   (:func:`site_clusters`: complete linkage on the sites' polar LAEA x/y, at most
+   ``bootstrap_cluster_km`` across), each bringing all rows of all its sites.
 
 Forests mirror R randomForest: bootstrap rows, ``max_features = mtry``, ``min_samples_split = 6``
 (nodesize 5), ``min_samples_leaf = 1``, ``n_jobs = 1`` (parallelism comes from Dask). What the
@@ -67,7 +69,7 @@ from abz_dask.training.metrics import metrics, rmse
 from abz_dask.training.profiles import TrainingProfile, resolve_profile
 
 __all__ = ["FluxData", "TrainingData", "caret_mtry_grid", "fit_forest", "prepare",
-           "ship_training_data", "site_block_sample", "train_bundle", "tune"]
+           "ship_training_data", "site_block_sample", "site_clusters", "train_bundle", "tune"]
 
 #: Columns carried into the CV predictions for stratified diagnostics.
 _CV_META = ("site_id", "year", "month", "vegtype", "flux_method", "disturbance",
@@ -120,6 +122,9 @@ class FluxData:
         CV fold of every row.
     rows : ndarray
         Position of every row in the training table.
+    clusters : ndarray or None
+        Spatial cluster of every row's site (:func:`site_clusters`) when the profile's
+        bootstrap unit is ``"cluster"``, else None.
     """
 
     flux: str
@@ -128,6 +133,7 @@ class FluxData:
     sites: np.ndarray
     folds: np.ndarray
     rows: np.ndarray
+    clusters: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -196,8 +202,16 @@ def prepare(table: pd.DataFrame, fluxes: Sequence[str], profile: TrainingProfile
             raise ValueError(f"{flux}: cross-validation needs rows from at least 2 sites")
         folds = fold_ids(sites, profile.cv, profile.n_folds, seed)
         frame = X.iloc[keep].astype(np.float32).reset_index(drop=True)
+        clusters = None
+        if profile.bootstrap_unit == "cluster":
+            if not {"latitude", "longitude"} <= set(table.columns):
+                raise ValueError("bootstrap_unit: cluster needs the training table's latitude "
+                                 "and longitude columns")
+            clusters = site_clusters(sites, table["latitude"].to_numpy(np.float64)[keep],
+                                     table["longitude"].to_numpy(np.float64)[keep],
+                                     profile.bootstrap_cluster_km)
         out[flux] = FluxData(flux, frame, table[flux].to_numpy(np.float64)[keep], sites, folds,
-                             keep)
+                             keep, clusters)
     return TrainingData(out, profile, preds)
 
 
@@ -301,13 +315,60 @@ def _final_fit(data: TrainingData, flux: str, mtry: int, seed: int) -> FluxModel
     return FluxModel(flux, rf, data.names, _with_legend(enc), mtry, seed)
 
 
-def site_block_sample(sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Row indices of a site-block bootstrap sample.
+def site_clusters(sites: np.ndarray, lat: np.ndarray, lon: np.ndarray, km: float
+                  ) -> np.ndarray:
+    """Spatial cluster of every row's site, for the cluster bootstrap.
+
+    Sites (their mean latitude / longitude over their rows) are projected to the grid's polar
+    LAEA (EPSG:6931) and grouped by complete-linkage agglomerative clustering cut at ``km``: no
+    two sites of one cluster are more than ``km`` apart, and no two clusters could be merged
+    without breaking that. No randomness.
 
     Parameters
     ----------
     sites : ndarray
         Site id of every row.
+    lat, lon : ndarray
+        Latitude and longitude (degrees) of every row.
+    km : float
+        Largest distance within a cluster (km).
+
+    Returns
+    -------
+    ndarray
+        Cluster number (0, 1, ...; numbered by each cluster's first site in sorted site order)
+        of every row.
+    """
+    from pyproj import Transformer
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+
+    from abz_dask.geo.grid import CRS_LAEA
+
+    bad = ~(np.isfinite(lat) & np.isfinite(lon))
+    if bad.any():
+        raise ValueError(f"cluster bootstrap: site {str(sites[bad][0])!r} has no finite "
+                         "latitude/longitude")
+    uniq, inv = np.unique(sites, return_inverse=True)
+    n = np.bincount(inv)
+    x, y = Transformer.from_crs("EPSG:4326", CRS_LAEA, always_xy=True).transform(
+        np.bincount(inv, lon) / n, np.bincount(inv, lat) / n)
+    if len(uniq) == 1:
+        return np.zeros(len(sites), dtype=np.int64)
+    cut = fcluster(linkage(pdist(np.column_stack([x, y])), "complete"), km * 1e3, "distance")
+    _, first = np.unique(cut, return_index=True)
+    number = np.empty(cut.max() + 1, dtype=np.int64)
+    number[cut[np.sort(first)]] = np.arange(len(first))
+    return number[cut][inv]
+
+
+def site_block_sample(sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of a block bootstrap sample (blocks: sites, or clusters of sites).
+
+    Parameters
+    ----------
+    sites : ndarray
+        Site id (or cluster, :func:`site_clusters`) of every row.
     rng : Generator
         Source of the draw.
 
@@ -328,8 +389,9 @@ def _bootstrap_fit(data: TrainingData, flux: str, b: int, mtry: int, seed: int) 
     d = data.fluxes[flux]
     s = seed + b
     rng = np.random.default_rng(s)
-    idx = (site_block_sample(d.sites, rng) if data.profile.bootstrap_unit == "site"
-           else rng.integers(0, len(d.y), size=len(d.y)))
+    blocks = {"site": d.sites, "cluster": d.clusters}.get(data.profile.bootstrap_unit)
+    idx = (rng.integers(0, len(d.y), size=len(d.y)) if blocks is None
+           else site_block_sample(blocks, rng))
     names = data.bootstrap_names
     m = min(mtry, len(names))
     X = d.frame[list(names)].to_numpy(np.float32)[idx]
@@ -644,8 +706,12 @@ def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],
                           "node_size_counts": prof.node_size_counts,
                           "max_features": "mtry", "criterion": "squared_error"},
         "bootstrap": {"replicates": prof.n_bootstrap,
-                      "resampling": ("rows with replacement" if prof.bootstrap_unit == "row"
-                                     else "sites with replacement, all rows of each"),
+                      "resampling": {
+                          "row": "rows with replacement",
+                          "site": "sites with replacement, all rows of each",
+                          "cluster": "spatial clusters of sites (complete linkage, at most "
+                                     f"{prof.bootstrap_cluster_km:g} km across) with "
+                                     "replacement, all rows of each"}[prof.bootstrap_unit],
                       "predictors": list(data.bootstrap_names),
                       "mtry": f"min(tuned mtry, {len(data.bootstrap_names)})",
                       "seed": "seed + b, b = 1..B"},

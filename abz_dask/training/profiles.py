@@ -28,6 +28,10 @@ see :func:`resolve_profile`.
 Both named profiles bootstrap by row as the paper does (DECISIONS 8). ``bootstrap_unit: site``
 draws whole sites instead; on the twin its budget SD comes much closer to the spread over redrawn
 site networks, which the row bootstrap misses (``benchmarks/RESULTS_bootstrap_unit.md``).
+``bootstrap_unit: cluster`` draws whole spatial clusters of sites (complete-linkage clusters of
+at most ``bootstrap_cluster_km`` across, default 1,000 km), so that a region whose error comes
+from a smooth field no predictor carries is in or out of a replicate as a whole
+(``benchmarks/RESULTS_coverage.md``).
 
 Both named profiles also keep scikit-learn's node-size counting (``node_size_counts: rows``):
 ``min_samples_split`` counts the distinct rows in a node, where randomForest's ``nodesize``
@@ -110,11 +114,16 @@ class TrainingProfile(BaseModel):
     final_trees: int = Field(default=500, ge=1, description="Trees of the central models.")
     bootstrap_trees: int = Field(default=500, ge=1, description="Trees per bootstrap model.")
     n_bootstrap: int = Field(default=20, ge=0, description="Bootstrap models per flux.")
-    bootstrap_unit: Literal["row", "site"] = Field(
+    bootstrap_unit: Literal["row", "site", "cluster"] = Field(
         default="row",
-        description="What a bootstrap training set resamples: rows (DECISIONS 8, the paper) or "
+        description="What a bootstrap training set resamples: rows (DECISIONS 8, the paper), "
                     "whole sites with all their rows (a block bootstrap that also sees which "
-                    "sites the network holds).")
+                    "sites the network holds) or whole spatial clusters of sites "
+                    "(bootstrap_cluster_km).")
+    bootstrap_cluster_km: float = Field(
+        default=1000.0, gt=0,
+        description="Largest distance (km, polar LAEA) between two sites of one cluster of the "
+                    "cluster bootstrap (complete linkage); unused by the other units.")
     min_samples_split: int = Field(default=6, ge=2, description="randomForest nodesize 5.")
     node_size_counts: Literal["rows", "draws"] = Field(
         default="rows",

@@ -82,8 +82,11 @@ def _lonlat(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _lonlat_block(y[:, None], x[None, :])
 
 
-def _template(grid: Grid, time: pd.DatetimeIndex, tile: int, seed: int, family: TwinFamily
-              ) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset]:
+def store_templates(grid: Grid, time: pd.DatetimeIndex, tile: int, seed: int,
+                    family: TwinFamily) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset]:
+    """Lazy templates (no data) of the twin's ``cube``, ``truth`` and ``fire`` stores: their
+    variables, chunks and attributes, as the generator writes them and ``abz-dask plan``
+    sizes them."""
     ny, nx = grid.shape
     nt = len(time)
     dyn = da.empty((nt, ny, nx), dtype=np.float32, chunks=(12, tile, tile))
@@ -172,7 +175,7 @@ def write_cube_truth_fire(layout: TwinLayout, grid: Grid, time: pd.DatetimeIndex
     """
     tile = tile or default_tile(grid)
     family = family or TwinFamily()
-    cube, truth, fire = _template(grid, time, tile, seed, family)
+    cube, truth, fire = store_templates(grid, time, tile, seed, family)
     fresh = create_store(cube, layout.cube)
     if fresh:
         TileLedger(layout.cube).dir.mkdir(parents=True, exist_ok=True)
