@@ -56,6 +56,33 @@ def test_read_table1_round_trip(table: t1mod.Table1, out_dir: Path) -> None:
     assert t1mod.table1_markdown(back) == (out_dir / "table1.md").read_text()
 
 
+def test_interval_note_names_the_bootstrap_method() -> None:
+    card = {"bootstrap": {"replicates": 20, "resampling": "rows with replacement"},
+            "profile": {"name": "light", "bootstrap_unit": "row"}}
+    note = t1mod.interval_note(card)
+    assert "20 bootstrap budgets" in note and "rows with replacement" in note
+    assert "profile light" in note and "lower bound" in note
+    site = {"bootstrap": {"replicates": 20, "resampling": "sites with replacement"},
+            "profile": {"name": "mine", "bootstrap_unit": "site"}}
+    assert "lower bound" not in t1mod.interval_note(site)
+    assert "does not name" in t1mod.interval_note({})
+
+
+def test_table1_of_a_run_names_its_interval(run100: Path, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    card = {"bootstrap": {"replicates": 3, "resampling": "sites with replacement, all rows "
+                          "of each"}, "profile": {"name": "p", "bootstrap_unit": "site"}}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    inputs = RunLayout.from_run(run100).table1_inputs()
+    assert inputs.card is None  # this synthetic run has no models: no note
+    t1 = t1mod.build_table1(dataclasses.replace(inputs, card=tmp_path / "card.json"),
+                            start=2001, end=2004)
+    assert t1.notes["interval"] == t1mod.interval_note(card)
+    assert "sites with replacement" in t1mod.table1_markdown(t1)
+
+
 def test_identities_hold(table: t1mod.Table1) -> None:
     c = table.checks
     assert c["passed"].all()

@@ -366,7 +366,7 @@ class RunLayout:
 
         return Table1Inputs(fluxes=self.fluxes, zones=self.zones,
                             truth=self.existing(self.truth), fire=self.existing(self.fire),
-                            sites=self.existing(self.abcflux))
+                            sites=self.existing(self.abcflux), card=self.existing(self.card))
 
     def compare_inputs(self) -> CompareInputs:
         """The stores of the comparison stage (optional ones ``None`` when absent)."""
