@@ -482,7 +482,8 @@ def plan_run(config: RunConfig, *, workers: int | None = None,
                  f"(20.7 M km² / cell area), f = {f:g}; {rate / 1e6:.1f} M tree-rows per "
                  f"core-second from {source}"))
     stages.append(StagePlan("budgets", note="reads zone_sums (one chunk per tile)"))
-    for name, on in (("trends", config.trends.enabled), ("report", config.report.enabled)):
+    for name, on in (("trends", config.trends.enabled), ("compare", config.compare.enabled),
+                     ("table1", config.report.enabled), ("report", config.report.enabled)):
         if on:
             stages.append(StagePlan(name, note="not planned: its graph is built from the flux "
                                     "store inside the stage; no measured rate in the plan"))
