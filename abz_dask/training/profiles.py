@@ -152,6 +152,8 @@ class TrainingProfile(BaseModel):
         out: dict[str, Any] = handler(self)
         if self.predictors is None:  # profiles without a set dump exactly as before
             out.pop("predictors", None)
+        if self.bootstrap_unit != "cluster":  # unused: keeps older records and ledgers current
+            out.pop("bootstrap_cluster_km", None)
         return out
 
     @model_validator(mode="after")
