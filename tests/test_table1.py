@@ -83,6 +83,23 @@ def test_table1_of_a_run_names_its_interval(run100: Path, tmp_path: Path) -> Non
     assert "sites with replacement" in t1mod.table1_markdown(t1)
 
 
+def test_fire_store_without_emissions_gives_no_nee_plus_fire(run100: Path,
+                                                               tmp_path: Path) -> None:
+    """A build-cube fire section may give burned fraction only: Table 1 then has no NEE +
+    fire (and no fire period) instead of failing."""
+    import dataclasses
+
+    inputs = RunLayout.from_run(run100).table1_inputs()
+    assert inputs.fire is not None
+    fire = xr.open_zarr(inputs.fire, consolidated=False).drop_vars("fire_emissions")
+    fire.load().to_zarr(tmp_path / "fire.zarr", zarr_format=3, consolidated=False)
+    t1 = t1mod.build_table1(dataclasses.replace(inputs, fire=tmp_path / "fire.zarr"),
+                            start=2001, end=2004)
+    assert t1.estimate["nee_plus_fire"].isna().all() and t1.fire_period is None
+    full = t1mod.build_table1(inputs, start=2001, end=2004)
+    assert full.estimate.loc[full.estimate["flux"] == "NEE", "nee_plus_fire"].notna().all()
+
+
 def test_identities_hold(table: t1mod.Table1) -> None:
     c = table.checks
     assert c["passed"].all()
