@@ -48,17 +48,18 @@ from abz_dask.upscale import compile_bundle, predict
 UNITS = ("row", "site")
 
 
-def one_draw(twin: Twin, k: int, flux: str, profile: str, n_boot: int, work: Path
-             ) -> list[dict[str, Any]]:
+def unit_budgets(twin: Twin, table: pd.DataFrame, k: int, flux: str, profile: str,
+                 n_boot: int, units: tuple[str, ...] = UNITS, **overrides: Any
+                 ) -> list[dict[str, Any]]:
     """Per unit × domain: the central budget and the bootstrap budgets' mean and SD
-    (Tg C yr⁻¹, mean 2001–2020) from network draw ``k``."""
-    _, table = draw_network(twin, k, work)
+    (Tg C yr⁻¹, mean 2001–2020) of forests trained on ``table`` with seed ``k``;
+    ``overrides`` are further profile settings (e.g. ``bootstrap_cluster_km``)."""
     base = resolve_profile(profile).model_copy(update={
-        "n_bootstrap": n_boot, "importance_repeats": 0, "pdp_points": 0})
+        "n_bootstrap": n_boot, "importance_repeats": 0, "pdp_points": 0, **overrides})
     period = twin.cube.sel(time=slice(str(START), str(END)))
     w = domain_weights(twin.zones, twin.grid.cell_area)
     rows = []
-    for unit in UNITS:
+    for unit in units:
         bundle = train_bundle(table, profile=base.model_copy(update={"bootstrap_unit": unit}),
                               fluxes=[flux], seed=k, progress=False)
         models = compile_bundle(bundle)
@@ -67,10 +68,17 @@ def one_draw(twin: Twin, k: int, flux: str, profile: str, n_boot: int, work: Pat
         annual = annual_domain_budgets(est, w).mean("year").compute()
         for d in DOMAINS:
             reps = np.array([float(annual[f"b{b}"].sel(domain=d)) for b in range(n_boot)])
-            rows.append({"draw": k, "unit": unit, "domain": d,
+            rows.append({"unit": unit, "domain": d,
                          "central": float(annual["central"].sel(domain=d)),
                          "boot_mean": reps.mean(), "boot_sd": reps.std(ddof=1)})
     return rows
+
+
+def one_draw(twin: Twin, k: int, flux: str, profile: str, n_boot: int, work: Path
+             ) -> list[dict[str, Any]]:
+    """:func:`unit_budgets` of network draw ``k`` (row and site units)."""
+    _, table = draw_network(twin, k, work)
+    return [{"draw": k, **r} for r in unit_budgets(twin, table, k, flux, profile, n_boot)]
 
 
 def summarise(draws: pd.DataFrame, truth: pd.Series, flux: str) -> pd.DataFrame:

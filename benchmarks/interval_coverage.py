@@ -27,7 +27,7 @@ Usage::
 
     abz-dask twin --out /tmp/cov/a --resolution 100km --start 2001-01 --end 2020-12
     abz-dask twin --out /tmp/cov/b --resolution 100km --start 2001-01 --end 2020-12 --family b
-    python benchmarks/coverage.py /tmp/cov/a /tmp/cov/b [--draws 20] [--flux NEE]
+    python benchmarks/interval_coverage.py /tmp/cov/a /tmp/cov/b [--draws 20] [--flux NEE]
         [--bootstraps 20] [--profile light] [--csv draws.csv] [--out RESULTS_coverage.md]
 
 The last line printed is machine-readable: per family, ABZ coverage and width ratio per unit and
@@ -47,16 +47,12 @@ from typing import Any
 import dask
 import numpy as np
 import pandas as pd
-import xarray as xr
-from network_sampling import DOMAINS, END, START, Twin, truth_budgets
+from bootstrap_unit import unit_budgets
+from network_sampling import END, START, Twin, truth_budgets
 from r_parity import markdown_table  # benchmarks/ is on sys.path when run as a script
 
-from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
 from abz_dask.pipeline.demo import extract_stage
-from abz_dask.training import train_bundle
-from abz_dask.training.profiles import resolve_profile
 from abz_dask.twin.sites import make_sites, site_observations
-from abz_dask.upscale import compile_bundle, predict
 
 UNITS = ("row", "site", "cluster")
 #: The reader's checks without its plausibility ranges (see the module docstring).
@@ -76,29 +72,13 @@ def network_table(twin: Twin, k: int, work: Path) -> pd.DataFrame:
 def one_draw(twin: Twin, k: int, flux: str, profile: str, n_boot: int, cluster_km: float | None,
              work: Path) -> list[dict[str, Any]]:
     """Per unit × domain: the central budget and the bootstrap budgets' mean and SD
-    (Tg C yr⁻¹, mean 2001–2020) from network draw ``k``."""
+    (Tg C yr⁻¹, mean 2001–2020) from network draw ``k`` (:func:`bootstrap_unit.unit_budgets`)."""
     table = network_table(twin, k, work)
-    base = resolve_profile(profile).model_copy(update={
-        "n_bootstrap": n_boot, "importance_repeats": 0, "pdp_points": 0})
-    if cluster_km is not None:
-        base = base.model_copy(update={"bootstrap_cluster_km": cluster_km})
-    period = twin.cube.sel(time=slice(str(START), str(END)))
-    w = domain_weights(twin.zones, twin.grid.cell_area)
-    rows = []
-    for unit in UNITS:
-        bundle = train_bundle(table, profile=base.model_copy(update={"bootstrap_unit": unit}),
-                              fluxes=[flux], seed=k, progress=False)
-        models = compile_bundle(bundle)
-        est = xr.Dataset({"central": predict(period, models.central[flux]), **{
-            f"b{b}": predict(period, m) for b, m in enumerate(models.bootstraps[flux])}})
-        annual = annual_domain_budgets(est, w).mean("year").compute()
-        for d in DOMAINS:
-            reps = np.array([float(annual[f"b{b}"].sel(domain=d)) for b in range(n_boot)])
-            rows.append({"family": twin.family, "draw": k, "unit": unit, "domain": d,
-                         "n_sites": int(table["site_id"].nunique()),
-                         "central": float(annual["central"].sel(domain=d)),
-                         "boot_mean": reps.mean(), "boot_sd": reps.std(ddof=1)})
-    return rows
+    extra = {} if cluster_km is None else {"bootstrap_cluster_km": cluster_km}
+    n_sites = int(table["site_id"].nunique())
+    return [{"family": twin.family, "draw": k, "unit": r["unit"], "domain": r["domain"],
+             "n_sites": n_sites, **{c: r[c] for c in ("central", "boot_mean", "boot_sd")}}
+            for r in unit_budgets(twin, table, k, flux, profile, n_boot, UNITS, **extra)]
 
 
 def summarise(draws: pd.DataFrame, truth: dict[str, pd.Series], flux: str) -> pd.DataFrame:
@@ -141,7 +121,7 @@ def markdown(draws: pd.DataFrame, summary: pd.DataFrame, args: argparse.Namespac
     wide = wide.join(central).reset_index()
     run = ", ".join(f"family {f}: {t / 60:.1f} min" for f, t in times.items())
     return "\n".join([
-        f"Command: `python benchmarks/coverage.py {' '.join(map(str, args.twins))} --draws "
+        f"Command: `python benchmarks/interval_coverage.py {' '.join(map(str, args.twins))} --draws "
         f"{args.draws} --flux {args.flux} --bootstraps {args.bootstraps} --profile "
         f"{args.profile}` ({run}; draws already in the CSV are not timed).",
         "",
