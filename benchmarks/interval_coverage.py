@@ -121,8 +121,8 @@ def markdown(draws: pd.DataFrame, summary: pd.DataFrame, args: argparse.Namespac
     wide = wide.join(central).reset_index()
     run = ", ".join(f"family {f}: {t / 60:.1f} min" for f, t in times.items())
     return "\n".join([
-        f"Command: `python benchmarks/interval_coverage.py {' '.join(map(str, args.twins))} --draws "
-        f"{args.draws} --flux {args.flux} --bootstraps {args.bootstraps} --profile "
+        f"Command: `python benchmarks/interval_coverage.py {' '.join(map(str, args.twins))} "
+        f"--draws {args.draws} --flux {args.flux} --bootstraps {args.bootstraps} --profile "
         f"{args.profile}` ({run}; draws already in the CSV are not timed).",
         "",
         f"## Over the draws ({args.flux}, Tg C yr⁻¹, mean {START}–{END})",
