@@ -135,9 +135,38 @@ for _name in MODULES:
     importlib.import_module(_name).register(app)
 
 
+_STORAGE_LIBS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "icechunk", "obstore")
+
+
+def _storage_error(exc: BaseException) -> BaseException | None:
+    """The object-store client error behind ``exc`` (it or a cause), if any."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__module__.split(".")[0] in _STORAGE_LIBS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main() -> None:
-    """Entry point."""
-    app()
+    """Entry point: the application, with object-store client errors (no credentials, access
+    denied, endpoint unreachable) as one line naming what to set instead of a traceback."""
+    from abz_dask.io.location import redact
+
+    try:
+        app()
+    except Exception as exc:
+        err = _storage_error(exc)
+        if err is None:
+            raise
+        typer.secho(f"error: object storage: {type(err).__name__}: {redact(str(err))}. "
+                    "Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
+                    "AWS_PROFILE), the region from AWS_DEFAULT_REGION and an S3-compatible "
+                    "endpoint from AWS_ENDPOINT_URL (gs:// and az:// from their own variables)",
+                    fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

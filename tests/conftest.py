@@ -142,3 +142,49 @@ def export_variant(src: Path, dst: Path, own: tuple[str, ...] = (),
         else:
             (dst / p.name).symlink_to(p)
     return dst
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1, one per test process;
+    yields its endpoint. The ``AWS_*`` variables point every client (s3fs, Icechunk, workers
+    started afterwards) at it with throw-away credentials."""
+    pytest.importorskip("s3fs")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        srv.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on :func:`s3_server`; yields its URL ``s3://<bucket>``."""
+    import re
+
+    import s3fs
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"t-{name}-{os.getpid()}"[:63]
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    return f"s3://{bucket}"

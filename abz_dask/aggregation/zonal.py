@@ -42,6 +42,8 @@ from abz_dask.aggregation.units import (
 from abz_dask.geo.grid import Grid
 from abz_dask.geo.zones import ZONE_LABELS
 from abz_dask.io.integrity import verify_store
+from abz_dask.io.location import as_path, url
+from abz_dask.io.versioned import is_icechunk_repo, readonly_session
 
 __all__ = [
     "ZoneLayer",
@@ -87,8 +89,17 @@ class ZoneLayer:
         return np.array(sorted(self.names), dtype=np.int32)
 
 
-def open_flux_store(store: str | Path | xr.Dataset) -> xr.Dataset:
-    """Open a flux store (``fluxes.zarr``) lazily, or pass a Dataset through.
+def open_flux_store(store: str | Path | xr.Dataset, version: str | None = None) -> xr.Dataset:
+    """Open a flux store lazily (a plain ``fluxes.zarr``, or an Icechunk repository
+    ``fluxes.icechunk`` read-only at ``version``), or pass a Dataset through.
+
+    Parameters
+    ----------
+    store : location or Dataset
+        The flux store.
+    version : str, optional
+        Icechunk only: a tag (release name) or snapshot id; default the last commit of
+        ``main``. Readers of a repository never see uncommitted (half-written) work.
 
     Raises
     ------
@@ -96,18 +107,29 @@ def open_flux_store(store: str | Path | xr.Dataset) -> xr.Dataset:
         If the store does not exist.
     ValueError
         If its tile ledger (``fluxes.zarr.done/``) lists fewer tiles than the store has (an
-        upscaling run still going or killed).
+        upscaling run still going or killed); an Icechunk repository without a commit of the
+        upscaling, or an unknown ``version``; a ``version`` for a plain store.
     DamagedOutputError
         If the store differs from the digest its stage recorded (:mod:`abz_dask.io.integrity`).
     """
     if isinstance(store, xr.Dataset):
         return store
-    p = Path(store)
+    if is_icechunk_repo(store):
+        session = readonly_session(store, version)
+        try:
+            return xr.open_zarr(session.store, consolidated=False)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            raise ValueError(f"flux store {store} holds no committed upscaling at "
+                             f"{version or 'main'} ({e}); run the upscaling stage") from None
+    if version is not None:
+        raise ValueError(f"flux store {store}: version {version!r} given, but only an "
+                         "Icechunk store (store: icechunk) has versions")
+    p = as_path(store)
     if not p.exists():
         raise FileNotFoundError(f"flux store {p} does not exist")
     verify_store(p)
-    ds = xr.open_zarr(p, consolidated=False)
-    ledger = p.with_name(p.name + ".done")
+    ds = xr.open_zarr(url(p), consolidated=False)
+    ledger = p.parent / (p.name + ".done")
     if ledger.is_dir() and "tile_id" in ds.sizes:
         done = len([q for q in ledger.iterdir() if not q.name.startswith(".")])
         if done < ds.sizes["tile_id"]:

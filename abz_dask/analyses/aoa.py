@@ -67,6 +67,7 @@ from abz_dask.aggregation.budgets import DOMAINS
 from abz_dask.aggregation.periods import complete_years
 from abz_dask.aggregation.units import TG_PER_G
 from abz_dask.aggregation.zonal import domain_totals, pixel_area
+from abz_dask.io.location import as_path, url
 from abz_dask.io.predictors import CATEGORICAL
 
 __all__ = ["AOA_INPUTS", "DIModel", "RunAOA", "aoa_budgets", "aoa_for_run", "aoa_shares",
@@ -306,16 +307,16 @@ def train_di_from_run(training_dir: str | Path, flux: str = "NEE", *,
     """
     from abz_dask.training.extract import read_training_table
 
-    d = Path(training_dir)
+    d = as_path(training_dir)
     paths = {k: d / k for k in AOA_INPUTS}
     for p in paths.values():
         if not p.exists():
             raise FileNotFoundError(f"{p} is missing: the AOA needs the training stage's table, "
                                     "CV predictions and importances")
     table = read_training_table(paths["training_table.parquet"])
-    cv = pd.read_csv(paths["cv_predictions.csv"], usecols=["flux", "row", "fold"])
+    cv = pd.read_csv(url(paths["cv_predictions.csv"]), usecols=["flux", "row", "fold"])
     cv = cv[cv["flux"] == flux]
-    imp = pd.read_csv(paths["importance_summary.csv"])
+    imp = pd.read_csv(url(paths["importance_summary.csv"]))
     imp = imp[imp["flux"] == flux]
     if cv.empty or imp.empty:
         raise ValueError(f"flux {flux!r} not in {paths['cv_predictions.csv']} or "
@@ -544,10 +545,10 @@ def aoa_for_run(training_dir: str | Path, cube: xr.Dataset, zones: xr.Dataset,
     Returns ``None`` when the training folder lacks one of :data:`AOA_INPUTS` (e.g. a profile
     without permutation importance) or the flux has no importances. The map covers the ABZ.
     """
-    d = Path(training_dir)
+    d = as_path(training_dir)
     if not all((d / k).exists() for k in AOA_INPUTS):
         return None
-    imp = pd.read_csv(d / "importance_summary.csv", usecols=["flux"])
+    imp = pd.read_csv(url(d / "importance_summary.csv"), usecols=["flux"])
     if flux not in set(imp["flux"].astype(str)):
         return None
     model = train_di_from_run(d, flux)

@@ -38,6 +38,7 @@ from abz_dask.aggregation.zonal import (
 from abz_dask.analyses.seasonal import pixel_annual
 from abz_dask.analyses.series import nee_plus_fire as nee_plus_fire_map
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import as_path, url
 
 __all__ = [
     "BiasModel",
@@ -83,7 +84,7 @@ def read_raster(path: str | Path, variable: str | None = None, *,
     """
     import rioxarray
 
-    p = Path(path)
+    p = as_path(path)
     if not p.exists():
         raise FileNotFoundError(f"fire raster {p} does not exist")
     if p.suffix.lower() in (".tif", ".tiff"):
@@ -91,7 +92,7 @@ def read_raster(path: str | Path, variable: str | None = None, *,
         if isinstance(da, list | xr.Dataset):
             raise ValueError(f"{p}: expected a single raster, got subdatasets")
     else:
-        ds = xr.open_zarr(p) if p.suffix == ".zarr" else xr.open_dataset(p, chunks={})
+        ds = xr.open_zarr(url(p)) if p.suffix == ".zarr" else xr.open_dataset(url(p), chunks={})
         names = [v for v in ds.data_vars if ds[v].ndim >= 2]
         if variable is None:
             if len(names) != 1:
@@ -184,10 +185,10 @@ def burn_history(fire: xr.Dataset, year: int, *, variable: str = "burned_fractio
 def read_cv_predictions(path: str | Path, flux: str = "NEE") -> pd.DataFrame:
     """LOSO CV predictions of the training stage (``training/cv_predictions.csv``) for a flux,
     with the columns ``site_id, year, month, disturbance, disturb_year, obs, pred``."""
-    p = Path(path)
+    p = as_path(path)
     if not p.exists():
         raise FileNotFoundError(f"CV predictions {p} not found (written by run_training)")
-    df = pd.read_csv(p)
+    df = pd.read_csv(url(p))
     ren = {c: c.split(" [")[0] for c in df.columns}
     df = df.rename(columns=ren)
     need = {"flux", "site_id", "year", "month", "disturbance", "disturb_year", "obs", "pred"}

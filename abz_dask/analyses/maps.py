@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from abz_dask.analyses.trends import FIELDS, Method, trend
+from abz_dask.io.location import publish, remove, staging, url
 
 __all__ = ["MAP_FIELDS", "finish_atomic", "pixel_trends", "write_zarr_atomic"]
 
@@ -85,9 +85,8 @@ def write_zarr_atomic(ds: xr.Dataset, path: str | Path, *, compute: bool = True
     exists only when complete. With ``compute=False`` the delayed write is returned and the
     caller must call :func:`finish_atomic` after computing it.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(path)
+    remove(tmp)
     ds = ds.copy()
     for name, var in ds.data_vars.items():  # Zarr needs regular chunks (all but the last equal)
         if var.chunks and any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0])
@@ -102,19 +101,14 @@ def write_zarr_atomic(ds: xr.Dataset, path: str | Path, *, compute: bool = True
             enc["_FillValue"] = np.nan
         encoding[str(name)] = enc
     if compute:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+        ds.to_zarr(url(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
         finish_atomic(path)
         return None
-    return ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding,
+    return ds.to_zarr(url(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding,
                       compute=False)
 
 
 def finish_atomic(path: str | Path) -> None:
-    """Move ``<path>.tmp`` to ``path`` (replacing an older ``path``)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if not tmp.exists():
-        raise FileNotFoundError(f"{tmp} does not exist: nothing to finish")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    """Move ``<path>.tmp`` to ``path`` (replacing an older ``path``; nothing to move on object
+    storage, :func:`abz_dask.io.location.staging`)."""
+    publish(path)

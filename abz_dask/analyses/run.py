@@ -21,7 +21,6 @@ Every output is written to a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from abz_dask.analyses.series import nee_plus_fire, season_months, seasonal_seri
 from abz_dask.analyses.shares import greening_overlap, shares_table, trend_area_shares
 from abz_dask.analyses.trends import METHODS
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import as_path, remove, url, write_atomic
 from abz_dask.progress import compute_with_progress
 
 __all__ = ["TrendConfig", "TrendInputs", "TrendResult", "flux_series", "predictor_series",
@@ -153,7 +153,7 @@ def predictor_series(cube: xr.Dataset, cfg: TrendConfig) -> dict[str, xr.DataArr
 
 
 def _open(path: Path) -> xr.Dataset:
-    return xr.open_zarr(path, consolidated=False)
+    return xr.open_zarr(url(path), consolidated=False)
 
 
 def _domains_of(ds: xr.Dataset) -> dict[str, str]:
@@ -192,9 +192,7 @@ def _mapped_series(maps: xr.Dataset) -> list[str]:
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, df.to_csv(index=False))
 
 
 def _maps_with_overlay(series: dict[str, xr.DataArray], cfg: TrendConfig) -> xr.Dataset:
@@ -225,7 +223,7 @@ def prepare_output(inputs: TrendInputs, out: str | Path, cfg: TrendConfig, *,
     FileExistsError
         If ``out`` holds outputs made with other settings and ``overwrite`` is False.
     """
-    out = Path(out)
+    out = as_path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
         "config": {**asdict(cfg), "predictors": list(cfg.predictors)},
@@ -236,10 +234,8 @@ def prepare_output(inputs: TrendInputs, out: str | Path, cfg: TrendConfig, *,
             raise FileExistsError(f"{out} holds trend outputs made with other settings "
                                   f"({mpath}); use another output folder or --overwrite")
         for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    tmp = mpath.with_name(mpath.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(mpath)
+            remove(p)
+    write_atomic(mpath, json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -274,7 +270,7 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
     """
     cfg = cfg or TrendConfig()
     say = echo or (lambda _msg: None)
-    out = Path(out)
+    out = as_path(out)
     manifest = prepare_output(inputs, out, cfg, overwrite=overwrite)
 
     fx = open_flux_store(inputs.fluxes)
@@ -318,8 +314,8 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
 
     result = TrendResult(out=out, maps=maps_path, truth_maps=truth_path)
     # tables: few large blocks (a 2-D map block of 2048² float32 is 16 MB) keep graphs small
-    maps = xr.open_zarr(maps_path, consolidated=False, chunks=_TABLE_CHUNKS)
-    tmaps = (xr.open_zarr(truth_path, consolidated=False, chunks=_TABLE_CHUNKS)
+    maps = xr.open_zarr(url(maps_path), consolidated=False, chunks=_TABLE_CHUNKS)
+    tmaps = (xr.open_zarr(url(truth_path), consolidated=False, chunks=_TABLE_CHUNKS)
              if truth_path is not None else None)
     sources = {"estimate": maps, **({"truth": tmaps} if tmaps is not None else {})}
     weights = weights.chunk(_TABLE_CHUNKS)
@@ -328,7 +324,7 @@ def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = N
         path = out / f"{name}.csv"
         if path.exists():
             say(f"skip {path} (exists)")
-            result.tables[name] = pd.read_csv(path)
+            result.tables[name] = pd.read_csv(url(path))
             return
         df = make()
         _atomic_csv(df, path)

@@ -52,6 +52,7 @@ from abz_dask.aggregation.zonal import (
     pixel_area,
 )
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import as_path, url, write_atomic
 
 __all__ = [
     "FLUXES",
@@ -95,9 +96,9 @@ class Table1Inputs:
 
     def check(self) -> None:
         """Raise FileNotFoundError naming the flux store or zones when missing."""
-        if not Path(self.fluxes).exists():
+        if not as_path(self.fluxes).exists():
             raise FileNotFoundError(f"{self.fluxes} not found: run the upscaling stage first")
-        if not Path(self.zones).exists():
+        if not as_path(self.zones).exists():
             raise FileNotFoundError(f"zones {self.zones} not found")
 
 
@@ -401,7 +402,7 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
     paths = run
     paths.check()
     ds = store if store is not None else open_flux_store(paths.fluxes)
-    zones = xr.open_zarr(paths.zones, consolidated=False).load()
+    zones = xr.open_zarr(url(paths.zones), consolidated=False).load()
     grid = Grid.of_dataset(ds)
     years = np.unique(ds["time"].dt.year.values)
     start, end = max(start, int(years.min())), min(end, int(years.max()))
@@ -410,7 +411,7 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
     fluxes = tuple(f for f in FLUXES if f in ds)
     fire_b = None
     if paths.fire is not None:
-        fire = xr.open_zarr(paths.fire, consolidated=False)
+        fire = xr.open_zarr(url(paths.fire), consolidated=False)
         if fire.nbytes < 1e9:  # annual rasters: small next to the monthly maps
             fire = fire.load()
         if "fire_emissions" in fire:  # a store of burned fraction only has no NEE + fire
@@ -426,7 +427,7 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
                        fluxes=fluxes)
     notes: dict[str, str] = {}
     if paths.card is not None:
-        notes["interval"] = interval_note(json.loads(Path(paths.card).read_text()))
+        notes["interval"] = interval_note(json.loads(as_path(paths.card).read_text()))
     if paths.sites is not None:
         obs = read_abcflux(paths.sites, grid=grid, zones=zones)
         sd = site_domain_table(obs, grid, zones)
@@ -437,7 +438,7 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
     truth = None
     if truth_store is not None or paths.truth is not None:
         tds = (truth_store if truth_store is not None
-               else xr.open_zarr(paths.truth, consolidated=False))
+               else xr.open_zarr(url(paths.truth), consolidated=False))
         truth = domain_table(tds, zones, grid.cell_area, start=start, end=end,
                              fire_budgets=fire_b, fire_start=fire_start, fluxes=fluxes)
         if "in_situ_mean" in est:
@@ -567,35 +568,30 @@ def write_table1(run: Table1Inputs, files: Mapping[str, Path], **kw: object) -> 
     if missing:
         raise ValueError(f"write_table1: no path for {missing}")
     t1 = build_table1(run, **kw)  # type: ignore[arg-type]
-    Path(files["estimate"]).parent.mkdir(parents=True, exist_ok=True)
-    _atomic(files["estimate"], lambda p: t1.estimate.to_csv(p, index=False))
+    as_path(files["estimate"]).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(files["estimate"], t1.estimate.to_csv(index=False))
     if t1.truth is not None:
-        truth = t1.truth
-        _atomic(files["truth"], lambda p: truth.to_csv(p, index=False))
-    _atomic(files["checks"], lambda p: t1.checks.to_csv(p, index=False))
-    _atomic(files["markdown"], lambda p: p.write_text(table1_markdown(t1)))
+        write_atomic(files["truth"], t1.truth.to_csv(index=False))
+    write_atomic(files["checks"], t1.checks.to_csv(index=False))
+    write_atomic(files["markdown"], table1_markdown(t1))
     meta = {"period": list(t1.period), "fire_period": list(t1.fire_period) if t1.fire_period
             else None, "notes": t1.notes}
-    _atomic(files["meta"], lambda p: p.write_text(json.dumps(meta, indent=1)))
+    write_atomic(files["meta"], json.dumps(meta, indent=1))
     return t1
 
 
 def read_table1(files: Mapping[str, Path]) -> Table1:
     """Table 1 as :func:`write_table1` wrote it (the report reads it)."""
     for role in ("estimate", "checks", "meta"):
-        if not Path(files[role]).exists():
+        if not as_path(files[role]).exists():
             raise FileNotFoundError(f"Table 1 {role} {files[role]} not found: run the table1 "
                                     "stage first")
-    meta = json.loads(Path(files["meta"]).read_text())
-    truth = Path(files["truth"])
+    meta = json.loads(as_path(files["meta"]).read_text())
+    truth = as_path(files["truth"])
     fp = meta["fire_period"]
-    return Table1(pd.read_csv(files["estimate"]),
-                  pd.read_csv(truth) if truth.exists() else None,
-                  pd.read_csv(files["checks"]), (int(meta["period"][0]), int(meta["period"][1])),
+    return Table1(pd.read_csv(url(files["estimate"])),
+                  pd.read_csv(url(truth)) if truth.exists() else None,
+                  pd.read_csv(url(files["checks"])),
+                  (int(meta["period"][0]), int(meta["period"][1])),
                   (int(fp[0]), int(fp[1])) if fp else None, dict(meta["notes"]))
 
-
-def _atomic(path: Path, write: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)  # type: ignore[operator]
-    tmp.replace(path)

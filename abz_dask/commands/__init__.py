@@ -19,4 +19,5 @@ MODULES: tuple[str, ...] = (
     "abz_dask.commands.verify",
     "abz_dask.commands.export",
     "abz_dask.commands.budgets",
+    "abz_dask.commands.releases",
 )

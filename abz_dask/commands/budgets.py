@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from abz_dask.commands.common import check_order, check_year, fail
+from abz_dask.io.location import url, write_atomic
 
 __all__ = ["budgets", "register"]
 
 
 def budgets(
-    run: Annotated[Path, typer.Argument(help="Run folder holding fluxes.zarr")],
+    run: Annotated[str, typer.Argument(help="Run folder holding fluxes.zarr")],
     start: Annotated[int | None, typer.Option(help="First year (default: first whole year)")]
     = None,
     end: Annotated[int | None, typer.Option(help="Last year (default: last whole year)")]
@@ -21,7 +22,7 @@ def budgets(
     layer: Annotated[str | None, typer.Option(
         help="Zone layer (biome, continent, key_region, reccap2, igbp, permafrost, "
              "key_region_biome, ...); default: the Table-1 domains with bootstrap SD")] = None,
-    zones: Annotated[Path | None, typer.Option(
+    zones: Annotated[str | None, typer.Option(
         help="Zones store for --layer (default: the run's, e.g. RUN/twin/zones.zarr or "
              "RUN/inputs/zones.zarr)")] = None,
     within: Annotated[str, typer.Option(
@@ -55,8 +56,8 @@ def budgets(
         else:
             if not layout.zones.is_dir():
                 fail(f"zones store {layout.zones} of {run} does not exist; give --zones")
-            tab = zonal_budget_table(store, xr.open_zarr(layout.zones, consolidated=False), layer,
-                                     start=start, end=end, within=within)
+            zones = xr.open_zarr(url(layout.zones), consolidated=False)
+            tab = zonal_budget_table(store, zones, layer, start=start, end=end, within=within)
             lost = None
     except (ValueError, KeyError, FileNotFoundError) as e:
         fail(str(e))
@@ -66,9 +67,7 @@ def budgets(
     if lost:
         typer.secho(f"warning: {lost}", fg=typer.colors.YELLOW, err=True)
     if out is not None:
-        tmp = out.with_name(out.name + ".tmp")
-        tab.to_csv(tmp, index=False)
-        tmp.replace(out)
+        write_atomic(out, tab.to_csv(index=False))
         typer.echo(f"written to {out}")
 
 

@@ -153,7 +153,7 @@ def local_cluster(workers: int | None, threads: int = 1, *,
         yield session.client
 
 
-def stage_config(run: Path, sections: dict[str, Any], *, files_input: bool = True,
+def stage_config(run: str | Path, sections: dict[str, Any], *, files_input: bool = True,
                  **paths: Path | None) -> tuple[RunConfig, RunLayout]:
     """The run configuration and layout of a per-stage command on run folder ``run``.
 
@@ -168,15 +168,17 @@ def stage_config(run: Path, sections: dict[str, Any], *, files_input: bool = Tru
 
     Exits with an error naming the key when the configuration is invalid.
     """
+    from abz_dask.io.location import as_path, is_url
     from abz_dask.pipeline.config import BuildInput, ConfigError, FilesInput, parse_config
-    from abz_dask.pipeline.layout import RunLayout, saved_input
+    from abz_dask.pipeline.layout import RunLayout, saved_input, saved_store
 
-    run = Path(run).absolute()
+    run = as_path(run) if is_url(run) else as_path(run).absolute()
     try:
         inp = saved_input(run)
     except ValueError as e:
         fail(str(e))
-    layout = RunLayout.from_input(run, inp) if inp is not None else RunLayout.from_run(run)
+    layout = (RunLayout.from_input(run, inp, saved_store(run)) if inp is not None
+              else RunLayout.from_run(run))
     given = {k: v for k, v in paths.items() if v is not None}
     layout = layout.with_paths(**given)
     if inp is None or (files_input and given.keys() & {"cube", "zones", "abcflux"}):

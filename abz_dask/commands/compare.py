@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,7 +24,7 @@ __all__ = ["compare", "register"]
 
 
 def compare(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (holds fluxes.zarr and its "
+    run_dir: Annotated[str, typer.Argument(help="Run folder (holds fluxes.zarr and its "
                                             "inputs)")],
     product: Annotated[list[str] | None, typer.Option(
         "--product", help="NAME=PATH[:VARIABLE] of a NetCDF product; repeatable. The name "

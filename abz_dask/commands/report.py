@@ -22,10 +22,11 @@ from abz_dask.commands.common import (
     run_stages,
     stage_config,
 )
+from abz_dask.io.location import as_path
 
 __all__ = ["register", "report", "table1"]
 
-RunDir = Annotated[Path, typer.Argument(
+RunDir = Annotated[str, typer.Argument(
     help="Run folder (fluxes.zarr and the run's inputs: zones, truth, fire, ABCflux CSV)")]
 Start = Annotated[int, typer.Option(help="First year")]
 End = Annotated[int, typer.Option(help="Last year")]
@@ -56,7 +57,7 @@ def table1(run_dir: RunDir, start: Start = 2001, end: End = 2020,
     _check_period(start, end)
     check_year("--fire-start", fire_start)
     check_order("--fire-start", fire_start, "--end", end)
-    if not run_dir.is_dir():
+    if not as_path(run_dir).is_dir():
         fail(f"run folder {run_dir} does not exist")
     t0 = time.perf_counter()
     sections = {"budgets": {"start_year": start, "end_year": end},
@@ -90,7 +91,7 @@ def report(run_dir: RunDir, start: Start = 2001, end: End = 2020,
     _check_period(start, end)
     check_year("--fire-year", fire_year)
     check_order("--fire-year", fire_year, "--end", end)
-    if not run_dir.is_dir():
+    if not as_path(run_dir).is_dir():
         fail(f"run folder {run_dir} does not exist")
     t0 = time.perf_counter()
     sections = {"budgets": {"start_year": start, "end_year": end},

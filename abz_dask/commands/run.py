@@ -26,6 +26,9 @@ def run(
     check: Annotated[bool, typer.Option(
         "--check", help="Only validate the configuration, its inputs and nested build-cube "
                         "configuration, and print it")] = False,
+    release: Annotated[str | None, typer.Option(
+        help="After the run, tag the flux store's snapshot as release NAME and keep a copy "
+             "of the small outputs in RUN/releases/NAME (needs 'store: icechunk')")] = None,
 ) -> None:
     """Run every stage (twin or inputs → extract → train → upscale → budgets), skipping the
     stages whose outputs are complete and current."""
@@ -45,7 +48,12 @@ def run(
                 {**cfg.cluster.model_dump(), **upd})})
         check_force(force or (), cfg)
         preflight(cfg)  # everything that needs no cluster, before one starts
-    except (ConfigError, ValueError) as e:
+        if release is not None:
+            from abz_dask.pipeline.layout import RunLayout
+            from abz_dask.pipeline.releases import check_release
+
+            check_release(RunLayout.from_config(cfg), release)
+    except (ConfigError, ValueError, FileExistsError) as e:
         fail(str(e))
     if check:
         import yaml
@@ -62,6 +70,11 @@ def run(
             for ev in session.events:
                 typer.echo(ev)
             res = run_pipeline(cfg, echo=typer.echo, force=tuple(force or ()))
+        if release is not None:
+            from abz_dask.pipeline.releases import tag_release
+
+            rel = tag_release(RunLayout.from_config(cfg), release)
+            typer.echo(f"release {release}: snapshot {rel['snapshot']}")
     except PermissionError as e:
         fail(f"{e.filename or cfg.output}: permission denied ({e.strerror}); the run folder "
              "and its parent must be writable" if e.filename else str(e))

@@ -27,6 +27,7 @@ from abz_dask.commands.common import (
     run_stages,
     stage_config,
 )
+from abz_dask.io.location import url
 from abz_dask.pipeline.config import DEFAULT_SEED, MIN_TILE
 
 __all__ = ["register", "train", "upscale"]
@@ -54,15 +55,15 @@ def _train_config(path: Path | None) -> dict[str, Any]:
 
 
 def train(
-    run: Annotated[Path, typer.Argument(help="Run folder (writes RUN/training and RUN/models)")],
+    run: Annotated[str, typer.Argument(help="Run folder (writes RUN/training and RUN/models)")],
     config: Annotated[Path | None, typer.Option(
         help="YAML with any of: cube, zones, sites (relative to the YAML's folder), profile "
              "(name, YAML path or mapping), fluxes, seed; command-line flags win")] = None,
-    cube: Annotated[Path | None, typer.Option(
+    cube: Annotated[str | None, typer.Option(
         help="Predictor cube (default: the run's, e.g. RUN/twin/cube.zarr)")] = None,
-    zones: Annotated[Path | None, typer.Option(
+    zones: Annotated[str | None, typer.Option(
         help="Zones (default: the run's, e.g. RUN/twin/zones.zarr)")] = None,
-    sites: Annotated[Path | None, typer.Option(
+    sites: Annotated[str | None, typer.Option(
         help="ABCflux CSV (default: the run's, e.g. RUN/twin/abcflux_twin.csv)")] = None,
     profile: Annotated[str | None, typer.Option(
         help="Training profile: light, paper, or a YAML file of overrides")] = None,
@@ -119,14 +120,14 @@ def train(
 
 
 def upscale(
-    run: Annotated[Path, typer.Argument(help="Run folder (reads RUN/models, writes "
+    run: Annotated[str, typer.Argument(help="Run folder (reads RUN/models, writes "
                                               "RUN/fluxes.zarr)")],
-    cube: Annotated[Path | None, typer.Option(
+    cube: Annotated[str | None, typer.Option(
         help="Predictor cube (default: the run's, e.g. RUN/twin/cube.zarr)")] = None,
-    zones: Annotated[Path | None, typer.Option(
+    zones: Annotated[str | None, typer.Option(
         help="Zones (default: the run's, e.g. RUN/twin/zones.zarr)")] = None,
-    models: Annotated[Path | None, typer.Option(help="Model bundle (default RUN/models)")] = None,
-    out: Annotated[Path | None, typer.Option(help="Flux store (default RUN/fluxes.zarr)")] = None,
+    models: Annotated[str | None, typer.Option(help="Model bundle (default RUN/models)")] = None,
+    out: Annotated[str | None, typer.Option(help="Flux store (default RUN/fluxes.zarr)")] = None,
     bootstrap_sample: Annotated[float, typer.Option(
         help="Fraction f of domain cells on which bootstrap replicates run, in (0, 1] "
              "(1 = exact)", callback=FRACTION)] = 1.0,
@@ -162,7 +163,7 @@ def upscale(
             fail(f"{name} input {p} does not exist")
     t0 = time.perf_counter()
     try:
-        cube_ds = xr.open_zarr(layout.cube, consolidated=False)
+        cube_ds = xr.open_zarr(url(layout.cube), consolidated=False)
         _check_period_in_cube(start, end, cube_ds, layout.cube)
         bundle = load_bundle(layout.models, cube=cube_ds)  # refused before any cluster starts
         check_n_bootstrap(bundle, n_bootstrap, "--n-bootstrap")
@@ -171,7 +172,7 @@ def upscale(
             RuntimeError) as e:
         fail(str(e))
     wall = time.perf_counter() - t0
-    tiles = pd.read_csv(layout.upscale_tiles)
+    tiles = pd.read_csv(url(layout.upscale_tiles))
     tab = budget_table(layout.fluxes)
     typer.echo(tab.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     typer.echo(f"\nflux store {layout.fluxes}: {len(tiles)} tiles in {wall:.1f} s wall")

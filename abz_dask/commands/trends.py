@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,26 +19,27 @@ from abz_dask.commands.common import (
     run_stages,
     stage_config,
 )
+from abz_dask.io.location import url
 
 __all__ = ["register", "trends"]
 
 
 def trends(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (holds fluxes.zarr and its inputs)")],
-    fluxes: Annotated[Path | None, typer.Option(
+    run_dir: Annotated[str, typer.Argument(help="Run folder (holds fluxes.zarr and its inputs)")],
+    fluxes: Annotated[str | None, typer.Option(
         help="Flux store [default: RUN_DIR/fluxes.zarr]")] = None,
-    zones: Annotated[Path | None, typer.Option(
+    zones: Annotated[str | None, typer.Option(
         help="Zone layers [default: the run's, e.g. RUN_DIR/twin/zones.zarr]")] = None,
-    cube: Annotated[Path | None, typer.Option(
+    cube: Annotated[str | None, typer.Option(
         help="Predictor cube for greening / predictor trends "
              "[default: the run's, e.g. RUN_DIR/twin/cube.zarr, if present]")] = None,
-    fire: Annotated[Path | None, typer.Option(
+    fire: Annotated[str | None, typer.Option(
         help="Fire store for NEE + fire [default: the run's, e.g. RUN_DIR/twin/fire.zarr, if "
              "present]")] = None,
-    truth: Annotated[Path | None, typer.Option(
+    truth: Annotated[str | None, typer.Option(
         help="Planted truth to compare with [default: RUN_DIR/twin/truth.zarr if present]")]
     = None,
-    out: Annotated[Path | None, typer.Option(
+    out: Annotated[str | None, typer.Option(
         help="Output folder [default: RUN_DIR/trends]")] = None,
     start: Annotated[int, typer.Option(help="First year")] = 2001,
     end: Annotated[int, typer.Option(help="Last year (at least 3 after START)")] = 2020,
@@ -98,7 +98,7 @@ def trends(
         run_stages(run_cfg, ("trends",), layout, local_cluster(workers))
     except (ValueError, KeyError, FileExistsError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
-    tables = {n: pd.read_csv(layout.trend_table(n)) for n in ("trend_shares", "budget_trends")
+    tables = {n: pd.read_csv(url(layout.trend_table(n))) for n in ("trend_shares", "budget_trends")
               if layout.trend_table(n).exists()}
     _summary(tables)
     typer.echo(f"trend outputs in {layout.trends} ({time.perf_counter() - t0:.1f} s)")

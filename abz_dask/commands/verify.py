@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from abz_dask.commands.common import fail
+from abz_dask.io.location import as_path
 
 __all__ = ["register", "verify"]
 
 
 def verify(
-    run: Annotated[Path, typer.Argument(help="Run folder (holds <stage>.stage.json records)")],
+    run: Annotated[str, typer.Argument(help="Run folder (holds <stage>.stage.json records)")],
 ) -> None:
     """Check that every output of every finished stage is complete and unaltered (all files,
     all variables, every chunk's SHA-256); exit 1 naming each damaged store, variable and chunk.
@@ -22,7 +22,8 @@ def verify(
     from abz_dask.io.integrity import check_digest, summarize
     from abz_dask.pipeline.layout import RunLayout
 
-    records = RunLayout.for_twin(run).records()  # records sit in the run folder, any input
+    root = as_path(run)
+    records = RunLayout.for_twin(root).records()  # records sit in the run folder, any input
     if not records:
         fail(f"{run} holds no stage records (*.stage.json): not a run folder of abz-dask run")
     damaged = 0
@@ -38,7 +39,7 @@ def verify(
             typer.echo(f"{stage}: no digest recorded (finished before digests existed); "
                        "skipped")
             continue
-        problems = check_digest(digest, run, [run / o for o in doc.get("outputs", [])])
+        problems = check_digest(digest, root, [root / o for o in doc.get("outputs", [])])
         if problems:
             damaged += 1
             typer.echo(f"{stage}: DAMAGED ({len(problems)} problem(s)):{summarize(problems)}")

@@ -17,6 +17,7 @@ import pandas as pd
 from pandas.core.groupby import SeriesGroupBy
 
 from abz_dask.compare.regional import region_anova
+from abz_dask.io.location import url
 
 __all__ = ["FLUX_ALIASES", "ch4_summary", "read_ch4_synthesis"]
 
@@ -34,7 +35,7 @@ def read_ch4_synthesis(path: str | Path) -> pd.DataFrame:
         If no class or flux column is found (the message names the file and its columns).
     """
     path = Path(path)
-    t = pd.read_csv(path, comment="#")
+    t = pd.read_csv(url(path), comment="#")
     low = {c.lower().strip(): c for c in t.columns}
     cls = next((low[a] for a in _CLASS_ALIASES if a in low), None)
     flux = next((low[a] for a in FLUX_ALIASES if a in low), None)

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.io.location import url
+
 __all__ = ["NEE_BREAKS", "comparison_figures"]
 
 #: Class breaks of the paper's mean-NEE maps (Fig. 1a), g C m⁻² yr⁻¹.
@@ -59,7 +61,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
     out = Path(out)
     if not (out / "maps.zarr").exists():
         raise FileNotFoundError(f"{out / 'maps.zarr'} not found: run the comparison stage first")
-    ds = xr.open_zarr(out / "maps.zarr", consolidated=False).load()
+    ds = xr.open_zarr(url(out / "maps.zarr"), consolidated=False).load()
     ext = _extent(ds)
     paths: dict[str, Path] = {}
 
@@ -98,7 +100,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
     # regional table
     rt = out / "regional_table.csv"
     if rt.exists():
-        tab = pd.read_csv(rt)
+        tab = pd.read_csv(url(rt))
         from abz_dask.compare.regional import REGIONS
 
         regions = [r for r in REGIONS if r in set(tab["region"])]
@@ -111,7 +113,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
                    label=a, capsize=2, alpha=0.85)
         letters_path = out / "regional_tukey.csv"
         if letters_path.exists():
-            let = pd.read_csv(letters_path, index_col=0)["letters"]
+            let = pd.read_csv(url(letters_path), index_col=0)["letters"]
             top = ax.get_ylim()[1]
             for j, r in enumerate(regions):
                 if r in let.index:
@@ -152,7 +154,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
         fig.colorbar(im, ax=a1, ticks=range(k), shrink=0.8)
         vt = out / "cluster_vegtypes.csv"
         if vt.exists():
-            share = pd.read_csv(vt, index_col=0)
+            share = pd.read_csv(url(vt), index_col=0)
             bottom = np.zeros(len(share))
             for c in share.columns:
                 a2.bar(share.index.astype(str), share[c], bottom=bottom, label=str(c))

@@ -27,6 +27,7 @@ import xarray as xr
 
 from abz_dask.aggregation.zonal import pixel_area, zonal_totals, zone_layer
 from abz_dask.geo.zones import ZONE_LABELS
+from abz_dask.io.location import url
 
 __all__ = ["REGIONS", "markdown", "read_table3", "region_anova", "regional_summary",
            "regional_table", "table_wide", "tukey_letters"]
@@ -44,8 +45,8 @@ def read_table3(path: str | Path | None = None) -> pd.DataFrame:
     """
     if path is None:
         with resources.as_file(resources.files("abz_dask") / "data" / "paper2_table3.csv") as p:
-            return pd.read_csv(p, comment="#")
-    return pd.read_csv(path, comment="#")
+            return pd.read_csv(url(p), comment="#")
+    return pd.read_csv(url(path), comment="#")
 
 
 def regional_table(maps: dict[str, xr.DataArray], zones: xr.Dataset, cell_area: float, *,

@@ -38,7 +38,6 @@ for masks are held in memory.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from abz_dask.aggregation.zonal import open_flux_store
 from abz_dask.compare.agreement import agreement_maps
 from abz_dask.compare.coverage import environmental_clusters, mess_map
 from abz_dask.compare.metrics import compare_maps, subtract_fire
@@ -62,6 +62,7 @@ from abz_dask.compare.regional import (
 from abz_dask.geo.grid import Grid
 from abz_dask.geo.regrid import conservative
 from abz_dask.geo.zones import ZONE_LABELS
+from abz_dask.io.location import publish, remove, staging, url, write_atomic
 
 __all__ = ["APPROACH_PREFIXES", "PAPER2_YEARS", "CompareInputs", "ProductSpec", "approach_of",
            "in_situ_regional", "parse_product", "run_compare"]
@@ -153,9 +154,7 @@ def in_situ_regional(training: pd.DataFrame, zones: xr.Dataset, years: tuple[int
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=index)
-    tmp.replace(path)
+    write_atomic(path, df.to_csv(index=index))
 
 
 #: Annual maps up to this size are persisted (computed once, kept in worker memory); larger
@@ -213,14 +212,14 @@ def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
         raise ValueError("compare: no products given and no planted truth to compare with")
     out = Path(inp.out)
     out.mkdir(parents=True, exist_ok=True)
-    zones = xr.open_zarr(inp.zones, consolidated=False)
+    zones = xr.open_zarr(url(inp.zones), consolidated=False)
     grid = Grid.of_dataset(zones)
     cell_area = grid.cell_area
     zl = zones[["abz", "land_fraction", "biome", "permafrost", "reccap2"]].load()
     domain = (zl["abz"].astype(bool) & (zl["land_fraction"] > 0))
-    fluxes = xr.open_zarr(inp.fluxes, consolidated=False)
+    fluxes = open_flux_store(inp.fluxes)
     ref = _maybe_persist(to_annual(fluxes["NEE"]))
-    fire = (xr.open_zarr(inp.fire, consolidated=False)["fire_emissions"]
+    fire = (xr.open_zarr(url(inp.fire), consolidated=False)["fire_emissions"]
             if inp.fire is not None else None)
     annual: dict[str, xr.DataArray] = {}
     notes: dict[str, dict[str, object]] = {}
@@ -239,7 +238,7 @@ def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
     written: dict[str, Path] = {}
     against = dict(annual)
     if inp.truth is not None:
-        truth = to_annual(xr.open_zarr(inp.truth, consolidated=False)["NEE"])
+        truth = to_annual(xr.open_zarr(url(inp.truth), consolidated=False)["NEE"])
         against["twin_truth"] = _maybe_persist(truth.assign_coords(y=ref["y"], x=ref["x"]))
     metrics = compare_maps(ref, against, zl, cell_area, mask=domain)
     metrics["approach"] = metrics["product"].map(
@@ -300,7 +299,7 @@ def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
         "share": agr["share"], "all_approaches": agr["all_approaches"]}
     mess_vars = ""
     if coverage and inp.cube is not None:
-        cube = xr.open_zarr(inp.cube, consolidated=False)
+        cube = xr.open_zarr(url(inp.cube), consolidated=False)
         if training is not None:
             m = mess_map(cube, training, domain=domain)
             layers["mess"] = m["mess"]
@@ -318,18 +317,15 @@ def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
     ds.attrs.update({"grid_resolution_m": grid.resolution, "years": f"{years[0]}-{years[1]}",
                      "mess_variables": mess_vars})
     zpath = out / "maps.zarr"
-    tmp = out / "maps.zarr.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = staging(zpath)
+    remove(tmp)
     for k_ in ds.data_vars:
         if ds[k_].dtype.kind == "f":
             ds[k_] = ds[k_].astype(np.float32)
-    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-    if zpath.exists():
-        shutil.rmtree(zpath)
-    tmp.rename(zpath)
+    ds.to_zarr(url(tmp), mode="w", zarr_format=3, consolidated=False)
+    publish(zpath)
     written["maps"] = zpath
-    mz = xr.open_zarr(zpath, consolidated=False)
+    mz = xr.open_zarr(url(zpath), consolidated=False)
     w = (zl["land_fraction"].fillna(0) * cell_area).where(domain, 0.0).astype(np.float64)
     shares = xr.concat([mz["share"], mz["all_approaches"].expand_dims(
         approach=["all_approaches"])], dim="approach")

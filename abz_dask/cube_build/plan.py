@@ -33,6 +33,7 @@ from abz_dask.cube_build.validate import (
 )
 from abz_dask.geo.grid import Grid, radius_of_latitude
 from abz_dask.geo.regrid import pixel_coords
+from abz_dask.io.location import url
 from abz_dask.io.predictors import PREDICTORS, Predictor
 
 __all__ = ["BuildPlan", "FirePlan", "VarPlan", "make_plan"]
@@ -196,7 +197,7 @@ def _read_series_csv(name: str, path: Path) -> pd.DataFrame:
         raise SeriesFormatError(f"{name}: {path} is {kind}, not a CSV series (temporal: "
                                 f"series); {SERIES_FORMAT}")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(url(path))
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise SeriesFormatError(f"{name}: {path} cannot be read as CSV ({e}); "
                                 f"{SERIES_FORMAT}") from None

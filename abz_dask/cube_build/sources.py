@@ -38,6 +38,7 @@ from abz_dask.cube_build.validate import (
     UnitsError,
     check_plausible,
 )
+from abz_dask.io.location import as_path, filesystem, is_url, local_copy, url
 from abz_dask.io.predictors import PREDICTORS
 
 __all__ = ["Entry", "Geometry", "Reader", "discover", "is_netcdf", "open_source"]
@@ -136,6 +137,17 @@ def _stamp(groups: dict[str, str], fields: list[str], path: str) -> pd.Timestamp
         raise CubeBuildError(f"{path}: file name gives an impossible date {groups}") from e
 
 
+def _glob(pattern: str) -> list[str]:
+    """File names matching a glob pattern: on a local disk, or on object storage (a URL
+    pattern; the names keep the URL's scheme)."""
+    if not is_url(pattern):
+        return glob.glob(pattern)
+    fs, path = filesystem(pattern)
+    scheme = pattern.split("://", 1)[0]
+    fs.invalidate_cache()
+    return [f"{scheme}://{name}" for name in fs.glob(re.sub(r"\*+", "*", path))]
+
+
 def discover(spec: SourceSpec, root: Path, name: str) -> list[Entry]:
     """All time steps of a predictor's source, sorted by time.
 
@@ -162,16 +174,17 @@ def discover(spec: SourceSpec, root: Path, name: str) -> list[Entry]:
     """
     if spec.files is None:
         raise ValueError(f"{name}: a constant 'value' has no files to discover")
-    pattern = spec.files if Path(spec.files).is_absolute() else str(root / spec.files)
+    pattern = (spec.files if is_url(spec.files) or Path(spec.files).is_absolute()
+               else url(as_path(root) / spec.files))
     globpat, rx, fields = _pattern_regex(pattern)
-    paths = sorted(glob.glob(globpat))
+    paths = sorted(_glob(globpat))
     if not paths:
         raise MissingFileError(f"{name}: no file matches {pattern!r}")
     if fields and "year" not in fields:
         raise ValueError(f"{name}: a pattern with time fields needs {{year}} ({pattern!r})")
     entries: list[Entry] = []
     for p in paths:
-        path = Path(p)
+        path = as_path(p)
         if fields:
             m = rx.match(p)
             if m is None:
@@ -216,7 +229,8 @@ def _nc_times(path: Path, spec: SourceSpec, name: str) -> list[pd.Timestamp]:
     _not_a_file(path, name, "NetCDF")
     try:
         with NC_LOCK:
-            opened = xr.open_dataset(path, engine="netcdf4", mask_and_scale=False, lock=False)
+            opened = xr.open_dataset(local_copy(path), engine="netcdf4", mask_and_scale=False,
+                                     lock=False)
     except Exception as e:
         raise ReadError(f"{name}: {path} cannot be opened as NetCDF (truncated, corrupt or "
                         f"another format?): {_why(e)}") from e
@@ -281,7 +295,7 @@ class Reader:
 
         self.variable = f"band {self.spec.band}"
         try:
-            self._ds = rasterio.open(self.path)
+            self._ds = rasterio.open(local_copy(self.path))
         except Exception as e:
             raise ReadError(f"{self.name}: {self.path} cannot be opened as a GeoTIFF "
                             f"(truncated, corrupt or another format?): {_why(e)}") from e
@@ -318,7 +332,7 @@ class Reader:
         with NC_LOCK:
             netCDF4.set_chunk_cache(NC_CHUNK_CACHE_BYTES)
             try:
-                ds = xr.open_dataset(self.path, engine="netcdf4", mask_and_scale=False,
+                ds = xr.open_dataset(local_copy(self.path), engine="netcdf4", mask_and_scale=False,
                                      decode_times=False, cache=False, lock=False)
             except Exception as e:
                 self.variable = str(self.spec.variable)

@@ -72,6 +72,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import as_path
 
 __all__ = ["DEFAULT_COLUMN_MAP", "DEFAULT_FLUX_RANGES", "MODELDATA_COLUMN_MAP", "FluxChecks",
            "GppSign", "InputError", "read_abcflux"]
@@ -366,7 +367,7 @@ def read_abcflux(path: str | Path, *, grid: Grid | None = None, zones: xr.Datase
     ValueError
         On an unknown ``gpp_sign`` or ``encoding``, or invalid ``checks``.
     """
-    path = Path(path)
+    path = as_path(path)
     if gpp_sign not in ("auto", "negative", "positive"):
         raise ValueError(f"gpp_sign must be 'auto', 'negative' or 'positive', not {gpp_sign!r}")
     chk = checks if isinstance(checks, FluxChecks) else FluxChecks.model_validate(checks or {})

@@ -11,6 +11,8 @@ never used), consumers check a flux store before they read it (:func:`verify_sto
 Cost: one read of every output byte, hashed in threads (SHA-256 runs at ≈ 1–2 GB s⁻¹ per core),
 so a 0.5 TB 1-km flux store takes minutes on a node — small next to the hundreds of core-hours
 that made it. Results are cached per process for unchanged files (same size and mtime).
+On object storage the content fingerprint is the object's ETag (``etag:<value>``, computed by
+the server when the object was written), so checking reads no data.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from abz_dask.io.location import Location, as_path, filesystem, is_url
+from abz_dask.io.versioned import is_icechunk_repo, main_snapshot
 
 __all__ = ["DamagedOutputError", "check_digest", "describe", "digest_outputs", "relative",
            "summarize", "verify_store"]
 
 _SKIP_PREFIX = ".abz-dask"
+_REPO = "icechunk:main@"
 _CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -33,7 +40,15 @@ class DamagedOutputError(ValueError):
     """A finished output no longer matches the digest recorded when it was written."""
 
 
-def _files(path: Path) -> Iterable[Path]:
+def _files(path: Location) -> Iterable[Location]:
+    if is_icechunk_repo(path):  # recorded by its snapshot (_repo_digest), not its files
+        return
+    if is_url(path):
+        fs, key = filesystem(path)
+        for name in sorted(fs.find(key)):
+            if not name.rsplit("/", 1)[-1].startswith(_SKIP_PREFIX):
+                yield path / name[len(key):].lstrip("/") if name != key else path
+        return
     if path.is_file():
         yield path
         return
@@ -42,6 +57,16 @@ def _files(path: Path) -> Iterable[Path]:
         for name in sorted(files):
             if not name.startswith(_SKIP_PREFIX):
                 yield Path(root) / name
+
+
+def _size_and_sum(path: Location) -> tuple[int, str]:
+    """Size and content fingerprint: SHA-256 of a local file, the ETag of an object."""
+    if is_url(path):
+        fs, key = filesystem(path)
+        info = fs.info(key)
+        tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or ""
+        return int(info["size"]), "etag:" + str(tag).strip('"')
+    return path.stat().st_size, _sha256(path)
 
 
 def _sha256(path: Path) -> str:
@@ -56,12 +81,15 @@ def _sha256(path: Path) -> str:
     return _CACHE[key]
 
 
-def relative(path: Path, root: Path) -> str:
+def relative(path: Location, root: Location) -> str:
     """``path`` relative to ``root`` (POSIX form) if inside it, else its absolute path."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
+    p, r = str(path), str(root).rstrip("/")
+    return p[len(r) + 1:] if p.startswith(r + "/") else p
+
+
+def _absolute(path: Any) -> Location:
+    p = as_path(path)
+    return p if is_url(p) else Path(p).absolute()
 
 
 def digest_outputs(paths: Sequence[str | os.PathLike[str]], root: str | os.PathLike[str]
@@ -70,11 +98,19 @@ def digest_outputs(paths: Sequence[str | os.PathLike[str]], root: str | os.PathL
 
     Paths inside ``root`` are keyed relative to it, others by their absolute path.
     """
-    root = Path(root).absolute()
-    files = [f.absolute() for p in paths if Path(p).exists() for f in _files(Path(p))]
+    root = _absolute(root)
+    files = [f for p in paths if as_path(p).exists() for f in _files(_absolute(p))]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        sums = list(pool.map(_sha256, files))
-    return {relative(f, root): [f.stat().st_size, s] for f, s in zip(files, sums, strict=True)}
+        sums = list(pool.map(_size_and_sum, files))
+    repos = {relative(_absolute(p), root): _repo_digest(p) for p in paths if is_icechunk_repo(p)}
+    return {**{relative(f, root): [size, s] for f, (size, s) in zip(files, sums, strict=True)},
+            **repos}
+
+
+def _repo_digest(path: Any) -> list[int | str]:
+    """An Icechunk repository's entry: ``[0, "icechunk:main@<snapshot id>"]`` (its snapshots
+    are immutable; tags added later are releases, not damage)."""
+    return [0, f"{_REPO}{main_snapshot(path)}"]
 
 
 def describe(rel: str) -> str:
@@ -101,31 +137,35 @@ def check_digest(recorded: dict[str, list[int | str]], root: str | os.PathLike[s
     Only sizes are compared for files whose size changed; content hashes are computed for the
     rest (in threads).
     """
-    root = Path(root).absolute()
+    root = _absolute(root)
 
-    def where(rel: str) -> Path:
-        p = Path(rel)
-        return p if p.is_absolute() else root / p
+    def where(rel: str) -> Location:
+        return as_path(rel) if is_url(rel) or Path(rel).is_absolute() else root / rel
 
-    problems: list[str] = []
-    to_hash: list[tuple[str, Path, str]] = []
-    for rel, (size, digest) in sorted(recorded.items()):
+    def check(item: tuple[str, list[int | str]]) -> str | None:
+        rel, (size, digest) = item
         p = where(rel)
-        if not p.is_file():
-            problems.append(f"{describe(rel)}: missing ({rel})")
-        elif p.stat().st_size != size:
-            problems.append(f"{describe(rel)}: size {p.stat().st_size} bytes, was {size} "
-                            f"({rel})")
-        else:
-            to_hash.append((rel, p, str(digest)))
+        if str(digest).startswith(_REPO):
+            if not is_icechunk_repo(p):
+                return f"{rel}: Icechunk repository missing"
+            now_sid = _repo_digest(p)[1]
+            return None if now_sid == digest else (
+                f"{rel}: branch main is at snapshot {now_sid[len(_REPO):]}, the stage "
+                f"committed {str(digest)[len(_REPO):]}")
+        try:
+            now, fingerprint = _size_and_sum(p)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return f"{describe(rel)}: missing ({rel})"
+        if now != size:
+            return f"{describe(rel)}: size {now} bytes, was {size} ({rel})"
+        return None if fingerprint == digest else f"{describe(rel)}: content changed ({rel})"
+
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        sums = list(pool.map(_sha256, [p for _, p, _ in to_hash]))
-    problems += [f"{describe(rel)}: content changed ({rel})"
-                 for (rel, _, digest), s in zip(to_hash, sums, strict=True) if s != digest]
+        problems = [m for m in pool.map(check, sorted(recorded.items())) if m]
     for out in outputs:
-        if Path(out).exists():
+        if as_path(out).exists():
             problems += [f"{describe(r)}: not written by the stage ({r})"
-                         for f in _files(Path(out)) if (r := relative(f.absolute(), root))
+                         for f in _files(_absolute(out)) if (r := relative(f, root))
                          not in recorded]
     return problems
 
@@ -145,7 +185,7 @@ def verify_store(path: str | os.PathLike[str]) -> None:
     DamagedOutputError
         A file of the store is missing, truncated or altered, or was added.
     """
-    path = Path(path).absolute()
+    path = _absolute(path)
     for folder in (path.parent, path.parent.parent):
         for rec in sorted(folder.glob("*.stage.json")):
             try:

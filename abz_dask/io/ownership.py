@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
+
+from abz_dask.io.location import Location, as_path, remove
 
 __all__ = ["RUN_MARK", "ForeignPathError", "check_replaceable", "claim_folder", "is_abz_store",
            "remove_created"]
@@ -29,7 +30,7 @@ class ForeignPathError(FileExistsError):
 def is_abz_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a Zarr store written by abz_dask (its root attributes carry
     ``abz_dask_version``)."""
-    meta = Path(path) / "zarr.json"
+    meta = as_path(path) / "zarr.json"
     try:
         doc = json.loads(meta.read_text())
     except (OSError, ValueError):
@@ -41,24 +42,24 @@ def is_abz_store(path: str | os.PathLike[str]) -> bool:
 def check_replaceable(path: str | os.PathLike[str], what: str = "output") -> None:
     """Raise :class:`ForeignPathError` unless ``path`` is absent, an empty folder or an abz_dask
     Zarr store (the only things a store writer may replace)."""
-    path = Path(path)
+    path = as_path(path)
     if path.exists() and not (path.is_dir() and (is_abz_store(path) or not any(path.iterdir()))):
         raise ForeignPathError(
             f"{what} {path} exists and is not a Zarr store written by abz_dask; refusing to "
             "write into or delete it. Choose another output path")
 
 
-def _is_run_folder(path: Path) -> bool:
+def _is_run_folder(path: Location) -> bool:
     return (path / RUN_MARK).is_file() or any(path.glob("*.stage.json"))
 
 
-def _describe(path: Path) -> str:
+def _describe(path: Location) -> str:
     names = sorted(p.name for p in path.iterdir())
     shown = ", ".join(names[:5]) + (f", … ({len(names)} entries)" if len(names) > 5 else "")
     return shown
 
 
-def claim_folder(path: str | os.PathLike[str], what: str = "run folder") -> Path:
+def claim_folder(path: str | os.PathLike[str], what: str = "run folder") -> Location:
     """Create ``path`` as a run folder, or adopt it if it is empty or already a run folder.
 
     Raises
@@ -66,7 +67,7 @@ def claim_folder(path: str | os.PathLike[str], what: str = "run folder") -> Path
     ForeignPathError
         ``path`` is a file, or a non-empty folder that abz_dask did not create.
     """
-    path = Path(path)
+    path = as_path(path)
     if path.exists() and not path.is_dir():
         raise ForeignPathError(f"{what} {path} is a file, not a folder; choose another path")
     if path.is_dir() and any(path.iterdir()) and not _is_run_folder(path):
@@ -82,7 +83,7 @@ def claim_folder(path: str | os.PathLike[str], what: str = "run folder") -> Path
     except PermissionError as e:
         raise PermissionError(f"{what} {path} is not writable: {e.strerror}") from None
     except (FileExistsError, NotADirectoryError):
-        above = next((p for p in path.parents if p.exists()), None)
+        above = next((p for p in Path(path).parents if p.exists()), None)
         raise ForeignPathError(f"{what} {path} cannot be made: {above} is a file, not a "
                                "folder") from None
     return path
@@ -99,15 +100,15 @@ def remove_created(path: str | os.PathLike[str]) -> None:
     ForeignPathError
         ``path`` is a non-empty folder abz_dask did not create.
     """
-    path = Path(path)
-    if path.is_symlink() or path.is_file():
+    path = as_path(path)
+    if (isinstance(path, Path) and path.is_symlink()) or path.is_file():
         path.unlink()
     elif path.is_dir():
         if any(path.iterdir()) and not (is_abz_store(path) or _is_run_folder(path)):
             raise ForeignPathError(
                 f"{path} was not created by abz_dask (holds {_describe(path)}); refusing to "
                 "delete it. Choose another output path or remove it yourself")
-        shutil.rmtree(path)
+        remove(path)
     ledger = path.with_name(path.name + ".done")
     if ledger.is_dir():
-        shutil.rmtree(ledger)
+        remove(ledger)

@@ -13,7 +13,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +20,11 @@ import xarray as xr
 import zarr
 
 from abz_dask import __version__
+from abz_dask.io.location import as_path, remove, url, write_atomic
 from abz_dask.io.ownership import check_replaceable, is_abz_store, remove_created
 
-__all__ = ["Tile", "TileLedger", "create_store", "iter_tiles", "provenance", "write_region"]
+__all__ = ["Tile", "TileLedger", "create_store", "extend_store", "iter_tiles", "prefix_length",
+           "provenance", "write_region"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class TileLedger:
     """Marker files recording which tiles of a store are completely written."""
 
     def __init__(self, store: str | os.PathLike[str]):
-        store = Path(store)
+        store = as_path(store)
         self.dir = store.with_name(store.name + ".done")
 
     def done(self, tile: Tile) -> bool:
@@ -73,9 +74,7 @@ class TileLedger:
     def mark(self, tile: Tile, info: dict[str, Any] | None = None) -> None:
         """Record ``tile`` as finished (atomic rename of a small JSON file)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{tile.key}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(info or {}))
-        tmp.replace(self.dir / tile.key)
+        write_atomic(self.dir / tile.key, json.dumps(info or {}))
 
     def read(self, tile: Tile) -> dict[str, Any]:
         """The info saved with a finished tile."""
@@ -85,6 +84,10 @@ class TileLedger:
         """Number of finished tiles."""
         return len([p for p in self.dir.glob("*") if not p.name.startswith(".")]) \
             if self.dir.exists() else 0
+
+    def clear(self) -> None:
+        """Forget every finished tile (the store's tiles are to be written again)."""
+        remove(self.dir)
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
@@ -119,11 +122,11 @@ def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrit
         An abz_dask store with other variables, sizes or settings exists (and neither
         ``overwrite`` nor ``replace_mismatch`` is set).
     """
-    path = Path(path)
+    path = as_path(path)
     check_replaceable(path)
     if path.exists() and is_abz_store(path) and not overwrite:
         try:
-            existing = xr.open_zarr(path, consolidated=False)
+            existing = xr.open_zarr(url(path), consolidated=False)
         except Exception:  # our store, killed before its metadata was complete: start again
             existing = None
         if existing is not None:
@@ -149,7 +152,7 @@ def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrit
     # claim the path first (root attributes name the package), then add the arrays: a run
     # killed at any point leaves a store the next run recognises as its own
     zarr.open_group(str(path), mode="w", zarr_format=3, attributes=provenance())
-    template.to_zarr(path, mode="a", compute=False, encoding=encoding, zarr_format=3,
+    template.to_zarr(url(path), mode="a", compute=False, encoding=encoding, zarr_format=3,
                      consolidated=False)
     return True
 
@@ -157,5 +160,93 @@ def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrit
 def write_region(path: str | os.PathLike[str], name: str, data: np.ndarray,
                  index: tuple[slice, ...]) -> None:
     """Write ``data`` into variable ``name`` of the store at ``index`` (chunk-aligned)."""
-    arr = zarr.open_array(str(Path(path) / name), mode="r+")
+    arr = zarr.open_array(url(as_path(path) / name), mode="r+")
     arr[index] = data
+
+
+def _dims(arr: Any) -> tuple[str, ...]:
+    return tuple(arr.metadata.dimension_names or ())
+
+
+def _decoded_time(group: zarr.Group, dim: str) -> np.ndarray:
+    """The values of coordinate ``dim`` of a store group, decoded like xarray does (CF
+    datetimes by their ``units`` and ``calendar``)."""
+    arr = group[dim]
+    raw = np.asarray(arr[:])
+    units = arr.attrs.get("units")
+    if isinstance(units, str) and " since " in units:
+        return np.asarray(xr.coding.times.decode_cf_datetime(
+            raw, units, arr.attrs.get("calendar", "proleptic_gregorian")))
+    return raw
+
+
+def prefix_length(store: Any, template: xr.Dataset, grow: tuple[str, ...] = ("time", "year"),
+                  *, check_attrs: tuple[str, ...] = ()) -> int | None:
+    """Length of dimension ``grow[0]`` of an existing store that ``template`` extends: the
+    store has the template's variables with the same dimensions, the same sizes
+    along every dimension but those of ``grow``, the same ``check_attrs``, and its coordinate
+    values along each ``grow`` dimension equal the template's first ones. ``None`` when it
+    does not (or is absent or unreadable), or has as many as the template already.
+
+    ``store`` is a location (plain Zarr) or a Zarr store object (an Icechunk session's)."""
+    try:
+        group = zarr.open_group(store if isinstance(store, zarr.abc.store.Store)
+                                else url(store), mode="r")
+        if any(group.attrs.get(k) != _jsonable(template.attrs.get(k)) for k in check_attrs):
+            return None
+        names = {str(n) for n in template.data_vars}
+        if not names <= set(group.array_keys()):
+            return None
+        for name in names:
+            arr, var = group[name], template[name]
+            if _dims(arr) != var.dims:
+                return None
+            for d, have in zip(var.dims, arr.shape, strict=True):
+                if d not in grow and have != template.sizes[d]:
+                    return None
+        n = None
+        for d in grow:
+            if d not in template.dims:
+                continue
+            old = _decoded_time(group, d)
+            new = np.asarray(template[d].values)
+            if len(old) >= len(new) or not np.array_equal(old, new[:len(old)]):
+                return None
+            n = len(old) if n is None else n
+        return n
+    except (KeyError, OSError, ValueError, FileNotFoundError, zarr.errors.BaseZarrError):
+        return None
+
+
+def extend_store(store: Any, template: xr.Dataset, grow: tuple[str, ...] = ("time", "year")
+                 ) -> None:
+    """Grow an existing store to the template's sizes along the dimensions ``grow``: every
+    array with such a dimension is resized (its chunks, values and attributes kept; new
+    chunks are empty) and each ``grow`` coordinate gets the template's values, encoded as the
+    stored ones (same CF ``units`` and ``calendar``). Idempotent (a killed extension is
+    finished by calling it again); the caller checks :func:`prefix_length` first."""
+    group = zarr.open_group(store if isinstance(store, zarr.abc.store.Store) else url(store),
+                            mode="r+")
+    for name, arr in group.arrays():
+        dims = _dims(arr)
+        if not set(dims) & set(grow):
+            continue
+        shape = tuple(template.sizes[d] if d in grow else n
+                      for d, n in zip(dims, arr.shape, strict=True))
+        if shape != arr.shape:
+            arr.resize(shape)
+        if name in grow:
+            arr[:] = _encoded(arr, template[name].values)
+
+
+def _encoded(arr: Any, values: np.ndarray) -> np.ndarray:
+    """``values`` of a coordinate encoded as the stored array ``arr`` holds them."""
+    units = arr.attrs.get("units")
+    if not (isinstance(units, str) and " since " in units):
+        return np.asarray(values, dtype=arr.dtype)
+    calendar = arr.attrs.get("calendar", "proleptic_gregorian")
+    num, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, dtype=arr.dtype)
+    back = np.asarray(xr.coding.times.decode_cf_datetime(num, units, calendar))
+    if not np.array_equal(back, np.asarray(values)):
+        raise ValueError(f"{arr.path}: the new values cannot be stored exactly in {units!r}")
+    return np.asarray(num, dtype=arr.dtype)

@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 from abz_dask import DEFAULT_SEED
+from abz_dask.io.location import LocationField, is_url
 from abz_dask.io.yamlfile import flat_errors
 
 __all__ = ["DEFAULT_SEED", "MIN_SITES", "MIN_TILE", "YEAR_RANGE", "BudgetsSection", "BuildInput",
@@ -133,8 +134,8 @@ class TwinInput(_Section):
 class _ReaderOptions(_Section):
     """The ABCflux CSV and the reader's filters (shared by the real-input kinds)."""
 
-    abcflux: Path = Field(description="Site-month fluxes in the ABCflux v1 CSV format.")
-    truth_budgets: Path | None = Field(
+    abcflux: LocationField = Field(description="Site-month fluxes in the ABCflux v1 CSV format.")
+    truth_budgets: LocationField | None = Field(
         default=None, description="Optional reference budgets CSV (year, domain, flux, "
         "budget_tg_c_yr) joined to budgets.csv (a twin's truth_budgets.csv).")
     methods: tuple[str, ...] | None = Field(
@@ -152,9 +153,9 @@ class FilesInput(_ReaderOptions):
     """Real (or previously built) inputs: predictor cube, zone layers, ABCflux CSV."""
 
     kind: Literal["files"]
-    cube: Path = Field(description="Predictor cube (Zarr store).")
-    zones: Path = Field(description="Zone layers of the cube's grid (Zarr store).")
-    fire: Path | None = Field(
+    cube: LocationField = Field(description="Predictor cube (Zarr store).")
+    zones: LocationField = Field(description="Zone layers of the cube's grid (Zarr store).")
+    fire: LocationField | None = Field(
         default=None, description="Optional fire store on the cube's grid with the twin's "
         "fire.zarr schema (annual burned_fraction, fire_emissions; e.g. written by "
         "build-cube's fire section): NEE + fire, years since fire, post-fire correction.")
@@ -166,7 +167,7 @@ class BuildInput(_ReaderOptions):
 
     kind: Literal["build"]
     cube_config: Path = Field(description="build-cube YAML configuration.")
-    zones: Path | None = Field(
+    zones: LocationField | None = Field(
         default=None, description="Zone layers (Zarr); default: the zones the build-cube "
         "config defines, else the built-in real-geodata layers of the cube's grid.")
 
@@ -392,7 +393,8 @@ class ClusterSection(_Section):
 class RunConfig(_Section):
     """The whole run: input, stage settings, cluster and output folder."""
 
-    output: Path = Field(description="Run folder (stage outputs and their records).")
+    output: LocationField = Field(description="Run folder (stage outputs and their records): a "
+                                 "local path or an object-store URL (s3://, gs://, az://).")
     input: Annotated[TwinInput | FilesInput | BuildInput, Field(discriminator="kind")] = Field(
         default_factory=TwinInput, description="Twin settings or real input paths.")
     training: TrainingSection = Field(default_factory=TrainingSection)
@@ -403,6 +405,17 @@ class RunConfig(_Section):
     compare: CompareSection = Field(default_factory=CompareSection)
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     progress: bool = Field(default=True, description="Show progress bars.")
+    store: Literal["zarr", "icechunk"] | None = Field(
+        default=None, description="Format of the flux store: 'icechunk' (a versioned repository, "
+        "one commit per upscale; needed for releases) or plain 'zarr'. Default: icechunk for an "
+        "object-store output, zarr on a local disk.")
+
+    @property
+    def store_format(self) -> Literal["zarr", "icechunk"]:
+        """The flux store's format (``store``, else by where the output lives)."""
+        if self.store is not None:
+            return self.store
+        return "icechunk" if is_url(self.output) else "zarr"
 
     @model_validator(mode="before")
     @classmethod
@@ -428,7 +441,9 @@ class RunConfig(_Section):
         """A copy with relative paths made absolute against ``base`` (the YAML's folder)."""
 
         def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+            if p is None or is_url(p):
+                return p
+            return (p if p.is_absolute() else base / p).resolve()
 
         upd: dict[str, Any] = {"output": fix(self.output)}
         inp = self.input

@@ -15,6 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import url
 from abz_dask.pipeline.config import DEFAULT_SEED, RunConfig
 
 __all__ = ["DemoResult", "check_n_bootstrap", "compare_budgets", "demo_config", "extract_stage",
@@ -43,7 +44,7 @@ def compare_budgets(estimate: pd.DataFrame, truth_csv: Path, start: int, end: in
     yr⁻¹), the truth of the ``NEE+fire`` rows is the truth NEE plus that fire budget over the
     years the fire record covers (as the estimate's, :func:`~abz_dask.upscale.budget_table`).
     """
-    truth = pd.read_csv(truth_csv)
+    truth = pd.read_csv(url(truth_csv))
     truth = truth[(truth["year"] >= start) & (truth["year"] <= end)]
     if fire is not None:
         fb = fire.compute().to_dataframe(name="fire").reset_index()[["year", "domain", "fire"]]
@@ -79,8 +80,8 @@ def extract_stage(cube_path: Path, zones_path: Path, sites_csv: Path, **read_opt
     from abz_dask.io.abcflux import read_abcflux
     from abz_dask.training.extract import extract_training_table
 
-    cube = xr.open_zarr(cube_path, consolidated=False)
-    zones = xr.open_zarr(zones_path, consolidated=False)
+    cube = xr.open_zarr(url(cube_path), consolidated=False)
+    zones = xr.open_zarr(url(zones_path), consolidated=False)
     grid = Grid.of_dataset(cube)
     years = (int(cube.time.dt.year.min()), int(cube.time.dt.year.max()))
     obs = read_abcflux(sites_csv, grid=grid, zones=zones, years=years,
@@ -167,6 +168,7 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_S
     echo : callable, optional
         Receives the runner's line per stage.
     """
+    from abz_dask.aggregation.zonal import open_flux_store
     from abz_dask.pipeline.layout import RunLayout
     from abz_dask.pipeline.runner import run_pipeline
     from abz_dask.upscale import project_core_hours
@@ -177,10 +179,9 @@ def run_demo(out: str | Path, *, resolution: str = "50km", seed: int = DEFAULT_S
     res = run_pipeline(cfg, echo=echo)
     lay = RunLayout.from_config(cfg)
     timings = {f"{s.name}_s": s.seconds for s in res.stages}
-    tab = pd.read_csv(lay.budgets)
-    tiles = pd.read_csv(lay.upscale_tiles)
+    tab = pd.read_csv(url(lay.budgets))
+    tiles = pd.read_csv(url(lay.upscale_tiles))
     proj = project_core_hours(tiles, n_fluxes=3, n_bootstrap=20,
                               bootstrap_sample=bootstrap_sample)
-    proj["n_bootstrap_run"] = int(xr.open_zarr(lay.fluxes, consolidated=False)
-                                  .attrs.get("n_bootstrap", 0))
+    proj["n_bootstrap_run"] = int(open_flux_store(lay.fluxes).attrs.get("n_bootstrap", 0))
     return DemoResult(res.out, tab, timings, proj)

@@ -13,7 +13,10 @@ inputs (``input.kind``)            ``twin``: ``RUN/twin/{cube,zones,truth,fire}.
 ``training/``                      ``training_table.parquet``, ``extract_report.csv``,
                                    ``cv_fits/``, ``cv_predictions.csv``, figures
 ``models/``                        the model bundle (``card.json`` written last)
-``fluxes.zarr``                    the flux store; ``upscale_tiles.csv`` its tile timings
+``fluxes.zarr``                    the flux store (``store: zarr``), or the Icechunk repository
+``fluxes.icechunk``                ``fluxes.icechunk`` (``store: icechunk``) with its uncommitted
+                                   work ``fluxes.icechunk.wip/``; ``upscale_tiles.csv`` the
+                                   tile timings
 ``budgets.csv``                    period-mean domain budgets
 ``trends/``                        ``trend_maps.zarr``, ``budget_trends.csv``, ...
 ``compare/``                       ``comparison_metrics.csv``, ``maps.zarr``, figures, ...
@@ -21,12 +24,15 @@ inputs (``input.kind``)            ``twin``: ``RUN/twin/{cube,zones,truth,fire}.
 ``report.html``, ``report/``       the report and its tables
 ``<stage>.stage.json``             the stage records; ``run_config.json`` the configuration of
                                    the last ``run_pipeline`` call; ``.abz-dask.lock`` the lock
+``releases/NAME/``                 a release's small outputs and ``release.json``;
+                                   ``diff_A_B.{csv,zarr}`` the differences of two versions
 =================================  ==========================================================
 
 A layout is built from a :class:`~abz_dask.pipeline.config.RunConfig`
 (:meth:`RunLayout.from_config`) or from an existing run folder (:meth:`RunLayout.from_run`: the
 saved ``run_config.json``, else the twin's ``twin.json``, else what exists). All path arithmetic
-of a run is here: object storage (URLs instead of local paths) changes this module only.
+of a run is here. ``RUN`` may be an object-store URL: every path is then a
+:class:`upath.UPath` (:mod:`abz_dask.io.location`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from abz_dask.io.location import as_path, is_url
 from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
 
 if TYPE_CHECKING:
@@ -44,9 +51,10 @@ if TYPE_CHECKING:
     from abz_dask.analyses.table1 import Table1Inputs
     from abz_dask.compare.run import CompareInputs
 
-__all__ = ["RUN_CONFIG", "InputKind", "RunLayout", "saved_input"]
+__all__ = ["RUN_CONFIG", "InputKind", "RunLayout", "StoreFormat", "saved_input", "saved_store"]
 
 InputKind = Literal["twin", "build", "files"]
+StoreFormat = Literal["zarr", "icechunk"]
 
 RUN_CONFIG = "run_config.json"
 """The configuration of the last :func:`~abz_dask.pipeline.runner.run_pipeline` call (JSON)."""
@@ -55,6 +63,8 @@ RUN_CONFIG = "run_config.json"
 _TWIN = {"cube": "cube.zarr", "zones": "zones.zarr", "truth": "truth.zarr", "fire": "fire.zarr",
          "abcflux": "abcflux_twin.csv", "truth_budgets": "truth_budgets.csv",
          "manifest": "twin.json"}
+#: The flux store by format (``store`` of the run configuration).
+_FLUXES = {"zarr": "fluxes.zarr", "icechunk": "fluxes.icechunk"}
 #: Names inside the folder of built inputs (the build-cube stage writes them).
 _BUILT = {"cube": "cube.zarr", "zones": "zones.zarr", "fire": "fire.zarr"}
 
@@ -106,51 +116,54 @@ class RunLayout:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def for_twin(cls, root: str | Path) -> RunLayout:
-        """A run on the twin generated into ``RUN/twin``."""
-        root = Path(root)
+    def for_twin(cls, root: str | Path, store: StoreFormat = "zarr") -> RunLayout:
+        """A run on the twin generated into ``RUN/twin``; a flux store of format ``store``
+        (``fluxes.zarr`` or the Icechunk repository ``fluxes.icechunk``)."""
+        root = as_path(root)
         t = root / "twin"
         return cls(root, "twin", t / _TWIN["cube"], t / _TWIN["zones"], t / _TWIN["abcflux"],
                    t / _TWIN["fire"], t / _TWIN["truth"], t / _TWIN["truth_budgets"],
-                   root / "fluxes.zarr", root / "models", root / "report.html",
+                   root / _FLUXES[store], root / "models", root / "report.html",
                    root / "trends")
 
     @classmethod
     def from_config(cls, config: RunConfig) -> RunLayout:
-        """The layout of a run configuration (``output`` and ``input``)."""
-        return cls.from_input(config.output, config.input)
+        """The layout of a run configuration (``output``, ``input`` and ``store``)."""
+        return cls.from_input(config.output, config.input, config.store_format)
 
     @classmethod
-    def from_input(cls, root: str | Path, inp: TwinInput | FilesInput | BuildInput
-                   ) -> RunLayout:
+    def from_input(cls, root: str | Path, inp: TwinInput | FilesInput | BuildInput,
+                   store: StoreFormat = "zarr") -> RunLayout:
         """The layout of run folder ``root`` with input section ``inp``."""
-        root = Path(root)
+        root = as_path(root)
         if isinstance(inp, TwinInput):
-            return cls.for_twin(root)
-        base = cls.for_twin(root)
+            return cls.for_twin(root, store)
+        base = cls.for_twin(root, store)
         if isinstance(inp, BuildInput):
             built = root / "inputs"
             fire = built / _BUILT["fire"] if _has_fire_section(inp.cube_config) else None
             return dataclasses.replace(
                 base, kind="build", cube=built / _BUILT["cube"],
-                zones=Path(inp.zones) if inp.zones else built / _BUILT["zones"],
-                abcflux=Path(inp.abcflux), fire=fire, truth=None,
+                zones=as_path(inp.zones) if inp.zones else built / _BUILT["zones"],
+                abcflux=as_path(inp.abcflux), fire=fire, truth=None,
                 truth_budgets=_opt(inp.truth_budgets))
         return dataclasses.replace(
-            base, kind="files", cube=Path(inp.cube), zones=Path(inp.zones),
-            abcflux=Path(inp.abcflux), fire=_opt(getattr(inp, "fire", None)), truth=None,
+            base, kind="files", cube=as_path(inp.cube), zones=as_path(inp.zones),
+            abcflux=as_path(inp.abcflux), fire=_opt(getattr(inp, "fire", None)), truth=None,
             truth_budgets=_opt(inp.truth_budgets))
 
     @classmethod
     def from_run(cls, root: str | Path) -> RunLayout:
         """The layout of an existing run folder: from its saved configuration
         (:data:`RUN_CONFIG`), else its twin's ``twin.json``, else what exists (``inputs/``:
-        built inputs; otherwise the twin layout, whose paths name what is missing)."""
-        root = Path(root)
+        built inputs; otherwise the twin layout, whose paths name what is missing). The flux
+        store's format is the saved one, else the one found."""
+        root = as_path(root)
         inp = saved_input(root)
+        store = saved_store(root)
         if inp is not None:
-            return cls.from_input(root, inp)
-        lay = cls.for_twin(root)
+            return cls.from_input(root, inp, store)
+        lay = cls.for_twin(root, store)
         built = root / "inputs"
         if not lay.twin_dir.exists() and (built / _BUILT["cube"]).exists():
             fire = built / _BUILT["fire"]
@@ -174,7 +187,7 @@ class RunLayout:
         if unknown:
             raise TypeError(f"RunLayout.with_paths: unknown path(s) {unknown}; "
                             f"choose from {sorted(names)}")
-        return dataclasses.replace(self, **{k: Path(v) for k, v in paths.items()
+        return dataclasses.replace(self, **{k: as_path(v) for k, v in paths.items()
                                             if v is not None})
 
     def as_files(self) -> RunLayout:
@@ -187,7 +200,7 @@ class RunLayout:
     @staticmethod
     def existing(path: Path | None) -> Path | None:
         """``path`` if it is given and exists, else ``None``."""
-        return path if path is not None and Path(path).exists() else None
+        return path if path is not None and as_path(path).exists() else None
 
     # ---------------------------------------------------------------- inputs
 
@@ -386,12 +399,12 @@ class RunLayout:
             ``<name> <path> does not exist``.
         """
         for name, p in paths.items():
-            if p is None or not Path(p).exists():
+            if p is None or not as_path(p).exists():
                 raise FileNotFoundError(f"{name} {p} does not exist")
 
 
 def _opt(p: Path | str | None) -> Path | None:
-    return None if p is None else Path(p)
+    return None if p is None else as_path(p)
 
 
 def _has_fire_section(cube_config: Path) -> bool:
@@ -400,10 +413,26 @@ def _has_fire_section(cube_config: Path) -> bool:
     import yaml
 
     try:
-        data: Any = yaml.safe_load(Path(cube_config).read_text())
+        data: Any = yaml.safe_load(as_path(cube_config).read_text())
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and data.get("fire") is not None
+
+
+def saved_store(root: str | Path) -> StoreFormat:
+    """The flux store format of a run folder: the saved configuration's ``store`` (else by
+    where the folder lives), else ``icechunk`` for an object-store folder or one holding
+    ``fluxes.icechunk``, else ``zarr``."""
+    root = as_path(root)
+    saved = root / RUN_CONFIG
+    try:
+        data = json.loads(saved.read_text()) if saved.is_file() else {}
+    except ValueError:
+        data = {}
+    fmt = data.get("store") if isinstance(data, dict) else None
+    if fmt in _FLUXES:
+        return fmt  # type: ignore[no-any-return]
+    return "icechunk" if is_url(root) or (root / _FLUXES["icechunk"]).exists() else "zarr"
 
 
 def saved_input(root: str | Path) -> TwinInput | FilesInput | BuildInput | None:
@@ -418,7 +447,7 @@ def saved_input(root: str | Path) -> TwinInput | FilesInput | BuildInput | None:
     """
     from abz_dask.pipeline.config import ConfigError, parse_config
 
-    root = Path(root)
+    root = as_path(root)
     saved = root / RUN_CONFIG
     if saved.is_file():
         try:

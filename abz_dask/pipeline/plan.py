@@ -34,6 +34,7 @@ import xarray as xr
 import zarr
 
 from abz_dask.geo.grid import PRESETS, Grid
+from abz_dask.io.location import url
 from abz_dask.io.store import create_store, iter_tiles
 from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
 from abz_dask.pipeline.layout import RunLayout
@@ -146,7 +147,7 @@ def forest_sizes(config: RunConfig) -> ForestSizes:
     lay = RunLayout.from_config(config)
     card = lay.card
     if lay.training_table.exists():
-        rows = len(pd.read_parquet(lay.training_table, columns=["site_id"]))
+        rows = len(pd.read_parquet(url(lay.training_table), columns=["site_id"]))
         source = f"training table {lay.training_table}"
     elif card.exists():
         import json
@@ -251,7 +252,7 @@ def throughput(path: Path | None) -> tuple[float, str]:
     from abz_dask.upscale.results import project_core_hours
 
     if path is not None and Path(path).exists():
-        tiles = pd.read_csv(path)
+        tiles = pd.read_csv(url(path))
         missing = [c for c in ("cpu_s", "forest_row_evals", "tree_row_evals")
                    if c not in tiles]
         if missing:
@@ -358,7 +359,7 @@ def _cube_templates(config: RunConfig, root: Path) -> tuple[Grid, int, dict[str,
     assert isinstance(inp, FilesInput)
     if not Path(inp.cube).exists():
         raise FileNotFoundError(f"input.cube: {inp.cube} does not exist")
-    cube = xr.open_zarr(inp.cube, consolidated=False)
+    cube = xr.open_zarr(url(inp.cube), consolidated=False)
     grid = Grid.of_dataset(cube)
     ref = next(v for v in cube.data_vars.values() if v.ndim == 3)
     tile = int(ref.encoding["chunks"][-1])
@@ -467,7 +468,7 @@ def plan_run(config: RunConfig, *, workers: int | None = None,
         ucfg = _upscale_config(config, tile)
         ntask, nbytes = graph_bytes(tasks)
         flux = store_stats(out, "fluxes.zarr")
-        months = int(xr.open_zarr(out, consolidated=False).sizes["time"])
+        months = int(xr.open_zarr(url(out), consolidated=False).sizes["time"])
         cells = ABZ_LAND_KM2 * 1e6 / grid.cell_area
         f = ucfg.bootstrap_sample
         tree_rows = cells * months * len(forests.fluxes) * (

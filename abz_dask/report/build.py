@@ -28,6 +28,7 @@ from abz_dask import __version__
 from abz_dask.aggregation.zonal import domain_budgets, fire_budgets
 from abz_dask.analyses.budget_trends import budget_trends
 from abz_dask.analyses.table1 import Table1, read_table1, wide_table
+from abz_dask.io.location import as_path, url, write_atomic
 from abz_dask.report import figures as F
 
 if TYPE_CHECKING:  # the run layout is the orchestration's; the report is given one
@@ -89,7 +90,7 @@ def open_period(paths: RunLayout, start: int, end: int, *,
 
     ds = cut(open_flux_store(paths.fluxes))
     tpath = paths.existing(paths.truth)
-    truth = cut(xr.open_zarr(tpath, consolidated=False)) if tpath is not None else None
+    truth = cut(xr.open_zarr(url(tpath), consolidated=False)) if tpath is not None else None
     return ds, truth
 
 
@@ -113,10 +114,10 @@ def compute_analyses(paths: RunLayout, t1: Table1, *, fire_year: int | None = No
     if store is None or truth is None:
         store, truth = open_period(paths, start, end)
     ds = store
-    zones = xr.open_zarr(paths.zones, consolidated=False).load()
+    zones = xr.open_zarr(url(paths.zones), consolidated=False).load()
     grid = Grid.of_dataset(ds)
     fpath = paths.existing(paths.fire)
-    fire = xr.open_zarr(fpath, consolidated=False) if fpath is not None else None
+    fire = xr.open_zarr(url(fpath), consolidated=False) if fpath is not None else None
     if fire is not None and fire.nbytes < LOAD_BELOW_BYTES:
         fire = fire.load()
     tables: dict[str, pd.DataFrame] = {}
@@ -172,7 +173,7 @@ def compute_analyses(paths: RunLayout, t1: Table1, *, fire_year: int | None = No
         from abz_dask.analyses.aoa import aoa_for_run
 
         step("aoa")
-        aoa = aoa_for_run(paths.training, xr.open_zarr(paths.cube, consolidated=False), zones,
+        aoa = aoa_for_run(paths.training, xr.open_zarr(url(paths.cube), consolidated=False), zones,
                           ds, grid.cell_area, years=(start, end))
         if aoa is not None:
             tables["aoa_shares"] = aoa.shares
@@ -192,7 +193,7 @@ def compute_analyses(paths: RunLayout, t1: Table1, *, fire_year: int | None = No
         figs["fig1a_mean_nee_map"] = F.fig_mean_nee(means, zones, label)
         figs["fig1b_nee_trend_map"] = F.fig_trend_map(trends, zones, label)
         tb_path = paths.existing(paths.truth_budgets)
-        tb = pd.read_csv(tb_path) if tb_path is not None else None
+        tb = pd.read_csv(url(tb_path)) if tb_path is not None else None
         figs["fig2ab_budget_series"] = F.fig_budget_series(series, tables["budget_trends"], tb)
         if history is not None:
             figs["fig2d_burned_pixels"] = F.fig_burned(
@@ -347,17 +348,15 @@ def build_report(layout: RunLayout, *, start: int = 2001, end: int = 2020,
     tdir = layout.report_tables
     tdir.mkdir(exist_ok=True)
     for name, df in tables.items():
-        df.to_csv(tdir / f"{name}.csv", index=False)
-    comparisons = {cap: pd.read_csv(p) for cap, p in (
+        write_atomic(tdir / f"{name}.csv", df.to_csv(index=False))
+    comparisons = {cap: pd.read_csv(url(p)) for cap, p in (
         ("Comparison metrics (map correlations, budget ratios)", layout.comparison_metrics),
         ("Paper-2 regional table (mean ± spatial SD per region × approach)",
          layout.regional_table)) if p.exists()}
     external = _external_figures(layout)
     t0 = time.perf_counter()
     text = render_html(layout.root, t1, tables, figs, external, comparisons)
-    path = Path(out) if out else layout.report_html
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    path = as_path(out) if out else layout.report_html
+    write_atomic(path, text.encode("utf-8"))
     timings["html"] = time.perf_counter() - t0
     return Report(path, t1, tables, figs, external, timings)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from abz_dask import DEFAULT_SEED
+from abz_dask.io.location import as_path
 from abz_dask.training.bundle import (
     BundleMismatchError,
     FluxModel,
@@ -64,7 +65,7 @@ def run_training(table_or_path: pd.DataFrame | str | Path, out_dir: str | Path, 
     """
     from abz_dask.training.extract import read_training_table, write_training_table
 
-    out = Path(out_dir)
+    out = as_path(out_dir)
     table = (table_or_path if isinstance(table_or_path, pd.DataFrame)
              else read_training_table(table_or_path))
     write_training_table(table, out / "training")

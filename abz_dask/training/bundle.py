@@ -43,9 +43,8 @@ step :func:`reseal_bundle` once on a bundle you trained yourself and did not edi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -59,6 +58,15 @@ import xarray as xr
 from sklearn.ensemble import RandomForestRegressor
 
 from abz_dask.io.encoding import CategoricalEncoding
+from abz_dask.io.location import (
+    as_path,
+    publish,
+    remove,
+    staging,
+    url,
+    write_atomic,
+    write_with,
+)
 from abz_dask.io.predictors import (
     CATEGORICAL,
     PREDICTOR_NAMES,
@@ -198,15 +206,14 @@ class ModelBundle:
         """
         import skops.io as sio
 
-        out = Path(directory)
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        out = as_path(directory)
+        tmp = staging(out)
+        remove(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         card = json.loads(json.dumps(self.card))
         card.pop("seal", None)
         for flux in self.fluxes:
-            (tmp / flux).mkdir()
+            (tmp / flux).mkdir(parents=True, exist_ok=True)
             entry = card["models"][flux]
             files = [("central", self.models[flux], entry["central"])]
             files += [(f"bootstrap_{i + 1:02d}", m, e) for i, (m, e) in
@@ -214,14 +221,14 @@ class ModelBundle:
                                     strict=True))]
             for stem, model, meta in files:
                 rel = f"{flux}/{stem}.skops"
-                sio.dump(model.estimator, tmp / rel)
+                write_with(tmp / rel, lambda f, m=model: sio.dump(m.estimator, f))
                 meta["file"] = rel
                 meta["sha256"] = _sha256(tmp / rel)
                 meta.update(_estimator_record(model.estimator))
                 names = meta.get("feature_names_in", meta["predictors"])
                 if meta["n_features_in"] != len(meta["predictors"]) or \
                         names != meta["predictors"]:
-                    shutil.rmtree(tmp)
+                    remove(tmp)
                     raise BundleMismatchError(
                         f"{flux} {stem} model: the forest's {meta['n_features_in']} inputs "
                         f"{_short(names)} do not match the card's predictors "
@@ -230,18 +237,16 @@ class ModelBundle:
         if self.cv_predictions:
             cv = pd.concat([d.assign(flux=f) for f, d in self.cv_predictions.items()],
                            ignore_index=True)
-            cv.to_csv(tmp / "cv_predictions.csv", index=False)
+            cv.to_csv(url(tmp / "cv_predictions.csv"), index=False)
         (tmp / "card.json").write_text(json.dumps(card, indent=2, allow_nan=True))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        publish(out)
         self.card = card
         return out
 
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -465,7 +470,7 @@ def _looks_like(head: bytes) -> str:
     return "not a zip archive (random bytes, or a truncated or damaged skops file)"
 
 
-def check_skops_file(path: str | Path) -> None:
+def check_skops_file(path: str | Path, data: bytes | None = None) -> None:
     """Refuse a file that is not a skops archive of a ``RandomForestRegressor``.
 
     Checks, without unpickling or constructing anything, that ``path`` is a zip archive whose
@@ -483,14 +488,13 @@ def check_skops_file(path: str | Path) -> None:
         Naming the file and what it is instead (a pickle, random bytes, a truncated archive, an
         archive without skops' schema, another type).
     """
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not zipfile.is_zipfile(path):
-        raise BundleMismatchError(f"{path}: not a skops model file ({_looks_like(head)}); "
+    path = as_path(path)
+    raw = path.read_bytes() if data is None else data
+    if not zipfile.is_zipfile(io.BytesIO(raw)):
+        raise BundleMismatchError(f"{path}: not a skops model file ({_looks_like(raw[:8])}); "
                                   "refusing to load it")
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
             if "schema.json" not in z.namelist():
                 raise BundleMismatchError(f"{path}: not a skops model file (a zip archive "
                                           "without skops' schema.json); refusing to load it")
@@ -536,10 +540,11 @@ def load_forest(path: str | Path) -> RandomForestRegressor:
     """
     import skops.io as sio
 
-    path = Path(path)
-    check_skops_file(path)
+    path = as_path(path)
+    raw = path.read_bytes()
+    check_skops_file(path, raw)
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        untrusted = sio.get_untrusted_types(data=raw)
     except Exception as exc:  # skops raises many types on damaged files
         raise BundleMismatchError(f"{path}: skops cannot read this model file "
                                   f"({type(exc).__name__}: {exc}); refusing to load it") from exc
@@ -547,7 +552,7 @@ def load_forest(path: str | Path) -> RandomForestRegressor:
     if bad:
         raise BundleMismatchError(f"{path}: refuses to load unexpected types {bad}")
     try:
-        est = sio.load(path, trusted=list(untrusted))
+        est = sio.loads(raw, trusted=list(untrusted))
     except Exception as exc:
         raise BundleMismatchError(f"{path}: skops cannot load this model file "
                                   f"({type(exc).__name__}: {exc}); refusing to load it") from exc
@@ -648,7 +653,7 @@ def load_bundle(directory: str | Path, cube: xr.Dataset | None = None) -> ModelB
     not edit — re-seal it once with :func:`reseal_bundle` (``python -c "from
     abz_dask.training.bundle import reseal_bundle; reseal_bundle('RUN/models')"``).
     """
-    directory = Path(directory)
+    directory = as_path(directory)
     card_path, card = _read_card(directory)
     _verify_seal(card, card_path)
     if cube is not None:
@@ -664,7 +669,7 @@ def load_bundle(directory: str | Path, cube: xr.Dataset | None = None) -> ModelB
                        for i, m in enumerate(entry.get("bootstraps", []))]
     cv: dict[str, pd.DataFrame] = {}
     if (directory / "cv_predictions.csv").exists():
-        allcv = pd.read_csv(directory / "cv_predictions.csv", dtype={"site_id": str})
+        allcv = pd.read_csv(url(directory / "cv_predictions.csv"), dtype={"site_id": str})
         cv = {str(f): d.drop(columns="flux").reset_index(drop=True)
               for f, d in allcv.groupby("flux", sort=False)}
     metrics = pd.DataFrame.from_records(
@@ -705,7 +710,7 @@ def reseal_bundle(directory: str | Path, *, force: bool = False) -> Path:
         A model file fails a check, or the card has a seal that does not verify and ``force``
         is off.
     """
-    directory = Path(directory)
+    directory = as_path(directory)
     card_path, card = _read_card(directory)
     if "seal" in card and not force:
         _verify_seal(card, card_path)
@@ -716,9 +721,7 @@ def reseal_bundle(directory: str | Path, *, force: bool = False) -> Path:
         meta.update(_estimator_record(est))
         _check_estimator(est, directory / meta["file"], card_path, where, meta)
     card["seal"] = _seal(card)
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2, allow_nan=True))
-    os.replace(tmp, card_path)
+    write_atomic(card_path, json.dumps(card, indent=2, allow_nan=True))
     return card_path
 
 

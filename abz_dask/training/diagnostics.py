@@ -35,6 +35,7 @@ import dask
 import numpy as np
 import pandas as pd
 
+from abz_dask.io.location import url, write_with
 from abz_dask.io.predictors import CATEGORICAL, PREDICTORS
 from abz_dask.training.metrics import METRICS, grouped_metrics, metrics
 
@@ -230,7 +231,7 @@ def write_diagnostics(bundle: ModelBundle, tuned: dict[str, TuneResult],
 
     def save(name: str, df: pd.DataFrame) -> None:
         p = out_dir / f"{name}.csv"
-        df.to_csv(p, index=False)
+        df.to_csv(url(p), index=False)
         written[name] = p
 
     save("tuning", pd.concat([t.table.assign(flux=f, chosen=t.table["mtry"] == t.mtry)
@@ -380,5 +381,5 @@ def _box_kw(labels: list[str], horizontal: bool = False) -> dict[str, Any]:
 
 
 def _savefig(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
+    write_with(path, lambda f: fig.savefig(f, dpi=100, format="png"))
     return path

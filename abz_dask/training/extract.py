@@ -31,6 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import as_path, url, write_atomic
 from abz_dask.io.predictors import (
     FLUXES,
     PREDICTOR_NAMES,
@@ -295,18 +296,13 @@ def write_training_table(table: pd.DataFrame, out_dir: str | Path) -> dict[str, 
     dict
         ``{"parquet": path, "csv": path}``.
     """
-    out = Path(out_dir)
+    out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = _with_units(table)
     t.columns = [str(c) for c in t.columns]
     paths = {"parquet": out / "training_table.parquet", "csv": out / "training_table.csv"}
     for kind, p in paths.items():
-        tmp = p.with_name(p.name + ".tmp")
-        if kind == "parquet":
-            t.to_parquet(tmp, index=False)
-        else:
-            t.to_csv(tmp, index=False)
-        tmp.replace(p)
+        write_atomic(p, t.to_parquet(index=False) if kind == "parquet" else t.to_csv(index=False))
     return paths
 
 
@@ -323,9 +319,9 @@ def read_training_table(path: str | Path) -> pd.DataFrame:
     DataFrame
         Bare column names; predictors as float32 (``month`` integer).
     """
-    path = Path(path)
-    t = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
-        path, dtype={"site_id": str})
+    path = as_path(path)
+    t = pd.read_parquet(url(path)) if path.suffix == ".parquet" else pd.read_csv(
+        url(path), dtype={"site_id": str})
     t = t.rename(columns=lambda c: m.group("name") if (m := _HEADER.match(str(c))) else c)
     user = [p.name for p in predictors_from_record(t.attrs.get("user_predictors") or [])]
     for p in [*PREDICTOR_NAMES, *user]:

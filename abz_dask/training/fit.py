@@ -52,6 +52,7 @@ from sklearn.tree import DecisionTreeRegressor
 
 from abz_dask import DEFAULT_SEED
 from abz_dask.io.encoding import CategoricalEncoding, fit_encoding
+from abz_dask.io.location import as_path
 from abz_dask.io.predictors import (
     CATEGORICAL,
     PREDICTOR_NAMES,
@@ -619,7 +620,7 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
     card = _card(table, data, tuned, models, boots, pooled, prof, seed)
     bundle = ModelBundle(models, boots, card, cv, pooled)
     if diagnostics_dir is not None:
-        diag.write_diagnostics(bundle, tuned, diagnostics, Path(diagnostics_dir))
+        diag.write_diagnostics(bundle, tuned, diagnostics, as_path(diagnostics_dir))
     return bundle
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,10 @@ import numpy as np
 import pandas as pd
 
 from abz_dask.io.encoding import CategoricalEncoding
+from abz_dask.io.location import as_path, read_bytes, write_with
 from abz_dask.training.bundle import FluxModel, load_forest
 
 __all__ = ["FitLedger"]
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class FitLedger:
@@ -50,7 +44,7 @@ class FitLedger:
 
     def __init__(self, root: str | Path, key: Mapping[str, Any]) -> None:
         text = json.dumps(key, sort_keys=True, default=str)
-        self.dir = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.dir = as_path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         card = self.dir / "key.json"
         if not card.exists():
@@ -64,12 +58,12 @@ class FitLedger:
         p = self._path(flux, fold, mtry)
         if not p.exists():
             return None
-        with np.load(p) as z:
+        with np.load(read_bytes(p)) as z:
             return z["test"], z["pred"]
 
     def save(self, flux: str, fold: int, mtry: int, test: np.ndarray, pred: np.ndarray) -> None:
         """Record a finished fit (atomic: never a half-written file)."""
-        _atomic(self._path(flux, fold, mtry), lambda t: np.savez(t, test=test, pred=pred))
+        write_with(self._path(flux, fold, mtry), lambda t: np.savez(t, test=test, pred=pred))
 
     def __len__(self) -> int:
         # not a killed writer's temporary file (NAME.tmp.npz, never renamed into place)
@@ -80,10 +74,10 @@ class FitLedger:
         model counts as recorded only once both files are complete)."""
         import skops.io as sio
 
-        _atomic(self.dir / f"{name}.skops", lambda t: sio.dump(model.estimator, t))
+        write_with(self.dir / f"{name}.skops", lambda t: sio.dump(model.estimator, t))
         meta = {"flux": model.flux, "predictors": list(model.predictors),
                 "encoding": model.encoding.to_json(), "mtry": model.mtry, "seed": model.seed}
-        _atomic(self.dir / f"{name}.json", lambda t: t.write_text(json.dumps(meta)))
+        write_with(self.dir / f"{name}.json", lambda t: t.write(json.dumps(meta).encode()))
 
     def load_model(self, name: str) -> FluxModel | None:
         """A model recorded under ``name``, or None."""
@@ -103,14 +97,14 @@ class FitLedger:
         if pdp is not None:
             arrays |= {"value": pdp["value"].to_numpy(), "partial": pdp["partial"].to_numpy()}
         meta = json.dumps({"flux": flux, "predictor": predictor, "fit": fit})
-        _atomic(self.dir / f"{name}.npz", lambda t: np.savez(t, meta=np.array(meta), **arrays))
+        write_with(self.dir / f"{name}.npz", lambda t: np.savez(t, meta=np.array(meta), **arrays))
 
     def load_diagnostic(self, name: str) -> tuple[Any, ...] | None:
         """A diagnostic recorded under ``name``, or None."""
         p = self.dir / f"{name}.npz"
         if not p.exists():
             return None
-        with np.load(p) as z:
+        with np.load(read_bytes(p)) as z:
             meta = json.loads(str(z["meta"]))
             pdp = None
             if "value" in z:

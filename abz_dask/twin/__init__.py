@@ -29,6 +29,7 @@ import xarray as xr
 from abz_dask import __version__
 from abz_dask.aggregation.budgets import annual_domain_budgets, domain_weights
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import as_path, publish, staging, url, write_atomic
 from abz_dask.twin.family import twin_family
 from abz_dask.twin.generate import TwinLayout, write_cube_truth_fire
 from abz_dask.twin.sites import make_sites, site_observations
@@ -79,7 +80,7 @@ def generate_twin(out: str | Path, resolution: str | float = "50km", start: str 
 
     fam = twin_family(family, hidden_driver)
     grid = Grid.from_preset(resolution)
-    layout = TwinLayout(Path(out))
+    layout = TwinLayout(as_path(out))
     layout.root.mkdir(parents=True, exist_ok=True)
     time = pd.date_range(start, end, freq="MS")
     if len(time) < 12 or time[0].month != 1:
@@ -99,20 +100,19 @@ def generate_twin(out: str | Path, resolution: str | float = "50km", start: str 
     manifest.write_text(json.dumps(config, indent=2))
     if not layout.zones.exists():
         z = zones if zones is not None else build_zones(grid)
-        tmp = layout.zones.with_name(layout.zones.name + ".tmp")
-        z.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
-        tmp.rename(layout.zones)
+        z.to_zarr(url(staging(layout.zones)), mode="w", zarr_format=3, consolidated=False)
+        publish(layout.zones)
     write_cube_truth_fire(layout, grid, time, seed, tile=tile, progress=progress, family=fam)
-    zones_ds = xr.open_zarr(layout.zones, consolidated=False)
+    zones_ds = xr.open_zarr(url(layout.zones), consolidated=False)
     if not layout.sites.exists():
-        truth = xr.open_zarr(layout.truth, consolidated=False)
-        cube = xr.open_zarr(layout.cube, consolidated=False)
-        fire = xr.open_zarr(layout.fire, consolidated=False)
+        truth = xr.open_zarr(url(layout.truth), consolidated=False)
+        cube = xr.open_zarr(url(layout.cube), consolidated=False)
+        fire = xr.open_zarr(url(layout.fire), consolidated=False)
         site = make_sites(zones_ds.load(), grid, fire, seed, n_sites, family=fam.name)
         obs = site_observations(site, truth, cube, seed, grid)
         _atomic_csv(obs, layout.sites)
     if not layout.truth_budgets.exists():
-        truth = xr.open_zarr(layout.truth, consolidated=False)
+        truth = xr.open_zarr(url(layout.truth), consolidated=False)
         w = domain_weights(zones_ds, grid.cell_area)
         annual = annual_domain_budgets(truth[["NEE", "GPP", "Reco"]], w).compute()
         tab = annual.to_dataframe().reset_index().melt(
@@ -122,6 +122,4 @@ def generate_twin(out: str | Path, resolution: str | float = "50km", start: str 
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, df.to_csv(index=False))

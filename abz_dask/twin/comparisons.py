@@ -35,6 +35,7 @@ from scipy.ndimage import gaussian_filter
 
 from abz_dask.aggregation.periods import complete_years
 from abz_dask.geo.grid import Grid
+from abz_dask.io.location import url
 from abz_dask.twin.generate import TwinLayout
 
 __all__ = ["CMIP6_GPP_FACTOR", "CMIP6_RECO_FACTOR", "CMIP6_YEARS", "COARSE_M",
@@ -110,7 +111,7 @@ def _up_to_date(path: Path, config: str) -> bool:
     if not path.exists():
         return False
     try:
-        with xr.open_dataset(path) as ds:
+        with xr.open_dataset(url(path)) as ds:
             return str(ds.attrs.get("twin_config", "")) == config
     except (OSError, ValueError):
         return False
@@ -131,8 +132,8 @@ def _years(truth: xr.Dataset, span: tuple[int, int]) -> list[int]:
 def _per_year(layout: TwinLayout, grid: Grid, years: list[int],
               make: Callable[[xr.Dataset, xr.Dataset | None, int], dict[str, np.ndarray]]
               ) -> dict[str, list[np.ndarray]]:
-    truth = xr.open_zarr(layout.truth, consolidated=False)
-    fire = xr.open_zarr(layout.fire, consolidated=False) if layout.fire.exists() else None
+    truth = xr.open_zarr(url(layout.truth), consolidated=False)
+    fire = xr.open_zarr(url(layout.fire), consolidated=False) if layout.fire.exists() else None
     acc: dict[str, list[np.ndarray]] = {}
     for yr in years:
         res = make(truth.sel(time=str(yr)), fire, yr)
@@ -155,7 +156,7 @@ def write_comparison_products(layout: TwinLayout) -> dict[str, Path]:
         ``inversion`` (1° inversion-like file), ``cmip6`` (the ``nep`` file) and ``cmip6_gpp``.
         Keys of products outside the twin's period are omitted.
     """
-    truth = xr.open_zarr(layout.truth, consolidated=False)
+    truth = xr.open_zarr(url(layout.truth), consolidated=False)
     grid = Grid.of_dataset(truth)
     factor = max(1, round(COARSE_M / grid.resolution))
     config = _config(layout)

@@ -12,6 +12,7 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.geo.grid import Grid, default_tile
+from abz_dask.io.location import url
 from abz_dask.io.predictors import FLUXES, PREDICTORS
 from abz_dask.io.store import Tile, TileLedger, create_store, iter_tiles, provenance, write_region
 from abz_dask.twin.drivers import Block, co2_series, dynamic_predictors, static_predictors
@@ -133,7 +134,7 @@ def _twin_tile(layout: TwinLayout, grid: Grid, tile: Tile, time: pd.DatetimeInde
     ledger = TileLedger(layout.cube)
     if ledger.done(tile):
         return tile.key
-    zones = xr.open_zarr(layout.zones, consolidated=False, chunks=None)
+    zones = xr.open_zarr(url(layout.zones), consolidated=False, chunks=None)
     b = _block(zones, grid, tile)
     ys, xs = tile.slices
     stat = static_predictors(b, seed)
