@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,7 +33,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.command()
 def twin(
-    out: Annotated[Path, typer.Option(help="Output folder of the twin")],
+    out: Annotated[str, typer.Option(help="Output folder of the twin (a path or a URL)")],
     resolution: Annotated[str, typer.Option(help="Grid preset: 1km, 8km, 25km, 50km, 100km")]
     = "50km",
     start: Annotated[str, typer.Option(help="First month YYYY-MM")] = "1990-01",
@@ -72,7 +71,7 @@ def twin(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Run folder")] = Path("demo-out"),
+    out: Annotated[str, typer.Option(help="Run folder (a path or a URL)")] = "demo-out",
     resolution: Annotated[str, typer.Option(help="Twin grid preset")] = "50km",
     seed: Annotated[int, typer.Option(help="Random seed (>= 0)", callback=NON_NEGATIVE)]
     = DEFAULT_SEED,
@@ -86,6 +85,7 @@ def demo(
     """Digital twin end to end; prints estimated vs true budgets and writes budgets.csv."""
     from abz_dask.pipeline.demo import run_demo
     from abz_dask.training import resolve_profile
+    from abz_dask.upscale.results import projection_line
 
     check_resolution(resolution)
     try:
@@ -104,11 +104,7 @@ def demo(
     typer.echo(f"\nbudgets written to {res.out / 'budgets.csv'}")
     typer.echo("stage times: " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items())
                + f"; total {wall:.1f} s")
-    p = res.projection
-    typer.echo(f"forest throughput {p['tree_rows_per_core_s'] / 500:,.0f} rows/core-s per "
-               f"500-tree forest (measured {p['forest_rows_per_core_s']:,.0f} with "
-               f"{p['mean_trees_measured']:.0f}-tree forests) -> full 1-km product (3 fluxes, "
-               f"20 bootstraps, f={bootstrap_sample:g}): {p['core_hours_1km']:,.0f} core-hours")
+    typer.echo(projection_line(res.projection, 3, bootstrap_sample))
 
 
 NEAR_ZERO_TG_C_YR = 10.0

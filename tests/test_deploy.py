@@ -41,7 +41,7 @@ CREDENTIAL_VARS = frozenset({
 
 def _script_name() -> str:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    (name,) = [k for k, v in scripts.items() if v == "abz_dask.cli:app"]
+    (name,) = [k for k, v in scripts.items() if v == "abz_dask.cli:main"]
     return str(name)
 
 

@@ -160,12 +160,12 @@ def test_killed_run_on_s3_resumes_bit_identically_and_readers_see_the_last_commi
 
     out = f"{s3_bucket}/run"
     repo = f"{out}/fluxes.icechunk"
-    r = subprocess.run([*ABZ, "run", str(_config(out, tmp_path, tile=8)), "--release", "r1"],
+    r = subprocess.run([*ABZ, "run", str(_config(out, tmp_path, tile=16)), "--release", "r1"],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     snap1 = main_snapshot(repo)
     r1 = budget_table(open_flux_store(repo, version="r1"))
-    cfg2 = _config(out, tmp_path, tile=8, seed=1)  # new models: a new upscale commit
+    cfg2 = _config(out, tmp_path, tile=16, seed=1)  # new models: a new upscale commit
     proc = subprocess.Popen([*ABZ, "run", str(cfg2)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     fs = s3fs.S3FileSystem()
@@ -190,7 +190,7 @@ def test_killed_run_on_s3_resumes_bit_identically_and_readers_see_the_last_commi
     assert "resumed tiles:" in r.stdout, r.stdout
     assert main_snapshot(repo) != snap1
     local = tmp_path / "local"
-    r = subprocess.run([*ABZ, "run", str(_config(str(local), tmp_path, tile=8, seed=1))],
+    r = subprocess.run([*ABZ, "run", str(_config(str(local), tmp_path, tile=16, seed=1))],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert _cat(f"{out}/budgets.csv") == (local / "budgets.csv").read_bytes()

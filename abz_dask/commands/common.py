@@ -106,12 +106,16 @@ def check_order(first_option: str, first: object, last_option: str, last: object
 
 
 def check_resolution(resolution: str, option: str = "--resolution") -> None:
-    """Exit with an error unless ``resolution`` is a preset of :data:`abz_dask.geo.grid.PRESETS`."""
-    from abz_dask.geo.grid import PRESETS
+    """Exit with an error unless ``resolution`` is a preset of :data:`abz_dask.geo.grid.PRESETS`
+    or a window of one."""
+    from abz_dask.geo.grid import PRESETS, Grid
 
     if resolution not in PRESETS:
-        fail(f"{option} {resolution!r}: unknown grid preset; choose one of "
-             f"{', '.join(PRESETS)}")
+        try:  # a window of a preset, "1km[4000:4512,4100:4612]"
+            Grid.from_preset(resolution)
+        except ValueError:
+            fail(f"{option} {resolution!r}: unknown grid preset; choose one of "
+                 f"{', '.join(PRESETS)} or a window such as '1km[4000:4512,4100:4612]'")
 
 
 @contextlib.contextmanager

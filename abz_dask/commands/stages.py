@@ -152,6 +152,7 @@ def upscale(
     from abz_dask.pipeline.demo import check_n_bootstrap
     from abz_dask.training import BundleMismatchError, load_bundle
     from abz_dask.upscale import budget_table, project_core_hours
+    from abz_dask.upscale.results import projection_line
 
     _check_period(start, end)
     settings = {"start": start, "end": end, "tile": tile, "bootstrap_sample": bootstrap_sample,
@@ -178,13 +179,8 @@ def upscale(
     typer.echo(f"\nflux store {layout.fluxes}: {len(tiles)} tiles in {wall:.1f} s wall")
     nf = len(bundle.card["fluxes"])
     for f_ in sorted({bootstrap_sample, 1.0, 0.1}, reverse=True):
-        proj = project_core_hours(tiles, n_fluxes=nf, n_bootstrap=20, bootstrap_sample=f_)
-        typer.echo(f"measured {proj['tree_rows_per_core_s'] / 500:,.0f} rows per core-second per "
-                   f"500-tree forest (whole tile tasks; "
-                   f"{proj['mean_trees_measured']:.0f}-tree forests run) -> full 1-km product "
-                   f"({nf} fluxes x (1 + 20 bootstraps x f={f_:g}), "
-                   f"240 months, 20.7 M land cells, 500 trees): "
-                   f"{proj['core_hours_1km']:,.0f} core-hours")
+        typer.echo(projection_line(project_core_hours(tiles, n_fluxes=nf, n_bootstrap=20,
+                                                      bootstrap_sample=f_), nf, f_))
 
 
 def _check_period(start: str | None, end: str | None) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.geo.grid import Grid
-from abz_dask.io.location import url
+from abz_dask.io.location import is_url, url
 from abz_dask.pipeline.config import DEFAULT_SEED, RunConfig
 
 __all__ = ["DemoResult", "check_n_bootstrap", "compare_budgets", "demo_config", "extract_stage",
@@ -130,7 +130,7 @@ def demo_config(out: str | Path, *, resolution: str = "50km", seed: int = DEFAUL
     from abz_dask.pipeline.config import parse_config
 
     return parse_config({
-        "output": str(Path(out).absolute()),
+        "output": str(out) if is_url(out) else str(Path(out).absolute()),
         "input": {"kind": "twin", "resolution": resolution, "seed": seed},
         "training": {"profile": profile, "seed": seed},
         "upscale": {"bootstrap_sample": bootstrap_sample},

@@ -39,6 +39,7 @@ from abz_dask.io.store import create_store, iter_tiles
 from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
 from abz_dask.pipeline.layout import RunLayout
 from abz_dask.upscale.models import ModelSet
+from abz_dask.upscale.results import BENCHMARK_SOURCE, BENCHMARK_TREE_ROWS_PER_CORE_S
 
 __all__ = ["BENCHMARK_TREE_ROWS_PER_CORE_S", "MEMORY_MODEL", "NODES_PER_TRAINING_ROW",
            "ForestSizes", "RunPlan", "StagePlan", "StoreStats", "forest_sizes", "graph_bytes",
@@ -56,11 +57,6 @@ DEFAULT_TRAINING_ROWS: int = 5119
 #: Bytes per node of a packed forest (8-byte node record + float64 value,
 #: :class:`~abz_dask.kernels.forest.PackedForest`).
 BYTES_PER_NODE: int = 16
-
-#: Whole-tile-task throughput of 500-tree forests (tree-rows per core-second) measured by
-#: ``benchmarks/bench_upscale.py --paper-forests 2010 2011`` on the production (multi-forest,
-#: pruned) path (BENCHMARKS.md; measured under load, so a conservative figure).
-BENCHMARK_TREE_ROWS_PER_CORE_S: float = 33.0e6
 
 #: Peak worker memory of the tile upscaler, measured (VmHWM of one worker process, synthetic
 #: 25-km cube, 12 months, demo models of 63.1 MB; ``benchmarks/bench_plan.py --memory RUN``):
@@ -262,8 +258,7 @@ def throughput(path: Path | None) -> tuple[float, str]:
         return proj["tree_rows_per_core_s"], (
             f"{path} ({tiles['cpu_s'].sum():.0f} CPU-s, {len(tiles)} tiles, "
             f"{proj['mean_trees_measured']:.0f}-tree forests)")
-    return BENCHMARK_TREE_ROWS_PER_CORE_S, ("BENCHMARKS.md: bench_upscale.py --paper-forests "
-                                            "(500-tree forests, whole tile tasks)")
+    return BENCHMARK_TREE_ROWS_PER_CORE_S, BENCHMARK_SOURCE
 
 
 @dataclass

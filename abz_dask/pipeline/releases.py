@@ -88,9 +88,14 @@ def _stage_inputs(layout: RunLayout) -> dict[str, dict[str, Any]]:
 
 
 def _small_outputs(layout: RunLayout) -> list[Any]:
-    """The files a release keeps a copy of (those that exist)."""
+    """The files a release keeps a copy of (those that exist): budgets, Table 1, the trend
+    and comparison tables, the report, the stage records, the configuration and the model
+    card. The flux maps are the tagged snapshot; the trend maps are not kept."""
+    tables = [as_path(d).glob("*.csv") for d in (layout.trends, layout.compare)
+              if as_path(d).is_dir()]
     files = [layout.budgets, *layout.table1_files().values(), *layout.records().values(),
-             layout.config_file, layout.card]
+             layout.config_file, layout.card, layout.report_html,
+             *(p for t in tables for p in sorted(t))]
     return [p for p in files if as_path(p).exists()]
 
 

@@ -256,7 +256,9 @@ def _key(ctx: RunContext, stage: Stage) -> tuple[str, dict[str, Any]]:
                                    f"{ctx.layout.root})")
             ids[f"stage:{inp}"] = ctx.hashes[inp]
         else:
-            ids[str(inp)] = identity(inp)
+            # a file of the run itself is named relative to the run folder, so that a copied
+            # or moved run stays current
+            ids[relative(_absolute(inp), _absolute(ctx.layout.root))] = identity(inp)
     doc = {"stage": stage.name, "settings": stage.settings(ctx), "inputs": ids,
            "abz_dask_version": __version__}
     return _digest(doc), doc

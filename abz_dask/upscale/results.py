@@ -12,8 +12,9 @@ from abz_dask.aggregation.periods import complete_years
 from abz_dask.aggregation.units import M2_PER_MKM2
 from abz_dask.aggregation.zonal import domain_budgets, open_flux_store
 
-__all__ = ["LAND_CELLS_1KM", "budget_table", "covered_area",
-           "excluded_area_message", "project_core_hours"]
+__all__ = ["BENCHMARK_SOURCE", "BENCHMARK_TREE_ROWS_PER_CORE_S", "LAND_CELLS_1KM",
+           "budget_table", "core_hours_1km", "covered_area", "excluded_area_message",
+           "project_core_hours", "projection_line"]
 
 #: Land cells of the published 1-km ABZ product (20.7 M km² at 0.99994 km² per cell).
 LAND_CELLS_1KM = 20.7e6
@@ -103,6 +104,22 @@ def excluded_area_message(tab: pd.DataFrame) -> str | None:
             "area_predicted_mkm2 in budgets.csv")
 
 
+#: Whole-tile-task throughput of 500-tree forests (tree-rows per core-second) measured by
+#: ``benchmarks/bench_upscale.py --paper-forests 2010 2011`` on the production (multi-forest,
+#: pruned) path (BENCHMARKS.md; measured under load, so a conservative figure).
+BENCHMARK_TREE_ROWS_PER_CORE_S: float = 33.0e6
+BENCHMARK_SOURCE = "bench_upscale.py --paper-forests, 500-tree forests, BENCHMARKS.md"
+
+
+def core_hours_1km(n_fluxes: int, n_bootstrap: int, bootstrap_sample: float,
+                   tree_rows_per_core_s: float = BENCHMARK_TREE_ROWS_PER_CORE_S,
+                   n_trees: int = 500) -> float:
+    """Core-hours of the 1-km product (20.7 M land cells, 240 months) at a throughput of
+    ``tree_rows_per_core_s`` (default: the 500-tree benchmark's)."""
+    evals = LAND_CELLS_1KM * MONTHS_1KM * n_fluxes * (1 + n_bootstrap * bootstrap_sample)
+    return evals * n_trees / tree_rows_per_core_s / 3600.0
+
+
 def project_core_hours(tiles: pd.DataFrame, n_fluxes: int, n_bootstrap: int,
                        bootstrap_sample: float = 1.0, n_trees: int = 500) -> dict[str, float]:
     """Project measured throughput to the full 1-km product with ``n_trees``-tree forests.
@@ -127,7 +144,10 @@ def project_core_hours(tiles: pd.DataFrame, n_fluxes: int, n_bootstrap: int,
     -------
     dict
         ``forest_rows_per_core_s`` (as measured), ``tree_rows_per_core_s``,
-        ``mean_trees_measured``, ``evals_1km`` (forest evaluations) and ``core_hours_1km``.
+        ``mean_trees_measured``, ``evals_1km`` (forest evaluations), ``core_hours_1km``
+        (at this run's rate, scaled per tree: optimistic for small forests, which run faster
+        per tree than 500-tree ones) and ``core_hours_1km_benchmark`` (at the 500-tree
+        benchmark's rate, :data:`BENCHMARK_TREE_ROWS_PER_CORE_S`).
     """
     cpu = max(float(tiles["cpu_s"].sum()), 1e-9)
     rows = float(tiles["forest_row_evals"].sum())
@@ -135,4 +155,20 @@ def project_core_hours(tiles: pd.DataFrame, n_fluxes: int, n_bootstrap: int,
     evals = LAND_CELLS_1KM * MONTHS_1KM * n_fluxes * (1 + n_bootstrap * bootstrap_sample)
     return {"forest_rows_per_core_s": rows / cpu, "tree_rows_per_core_s": trees / cpu,
             "mean_trees_measured": trees / max(rows, 1.0), "evals_1km": evals,
-            "core_hours_1km": evals * n_trees / (trees / cpu) / 3600.0}
+            "core_hours_1km": core_hours_1km(n_fluxes, n_bootstrap, bootstrap_sample,
+                                             trees / cpu, n_trees),
+            "core_hours_1km_benchmark": core_hours_1km(n_fluxes, n_bootstrap,
+                                                       bootstrap_sample, n_trees=n_trees)}
+
+
+def projection_line(proj: dict[str, float], n_fluxes: int, bootstrap_sample: float) -> str:
+    """One line naming both 1-km projections of :func:`project_core_hours`: at the 500-tree
+    benchmark's rate (the one to plan with) and at this run's rate scaled per tree (small
+    forests run faster per tree, so it is optimistic)."""
+    return (f"full 1-km product ({n_fluxes} fluxes x (1 + 20 bootstraps x f={bootstrap_sample:g}),"
+            f" 240 months, 20.7 M land cells, 500-tree forests): "
+            f"{proj['core_hours_1km_benchmark']:,.0f} core-hours at the measured 500-tree rate "
+            f"({BENCHMARK_TREE_ROWS_PER_CORE_S / 1e6:.1f} M tree-rows/core-s; {BENCHMARK_SOURCE})"
+            f"; this run's {proj['mean_trees_measured']:.0f}-tree forests ran "
+            f"{proj['tree_rows_per_core_s'] / 1e6:.1f} M tree-rows/core-s, which scaled per tree "
+            f"gives an optimistic {proj['core_hours_1km']:,.0f}")
