@@ -891,13 +891,13 @@ def rasterize_countries(grid: Grid, codes: Sequence[str] | None = None, *,
         if polys.size == 0:
             continue
         xmin, ymin, xmax, ymax = shapely.total_bounds(polys)
-        c0 = max(0, math.floor((xmin + grid.half_width) / res))
-        c1 = min(nx, math.ceil((xmax + grid.half_width) / res))
-        ra = max(0, math.floor((grid.half_width - ymax) / res))
-        rb = min(ny, math.ceil((grid.half_width - ymin) / res))
+        c0 = max(0, math.floor((xmin - grid.left) / res))
+        c1 = min(nx, math.ceil((xmax - grid.left) / res))
+        ra = max(0, math.floor((grid.top - ymax) / res))
+        rb = min(ny, math.ceil((grid.top - ymin) / res))
         if c1 <= c0 or rb <= ra:
             continue
-        tr = Affine(res, 0.0, -grid.half_width + c0 * res, 0.0, -res, grid.half_width - ra * res)
+        tr = Affine(res, 0.0, grid.left + c0 * res, 0.0, -res, grid.top - ra * res)
         cnt = features.rasterize(((p, 1) for p in polys), out_shape=(rb - ra, c1 - c0),
                                  transform=tr, fill=0, dtype="uint8", merge_alg=MergeAlg.add)
         win = labels[ra:rb, c0:c1]

@@ -9,11 +9,22 @@ geodesic area of the cell polygon.
 :meth:`Grid.tiles` its ``GeoboxTiles``; :meth:`Grid.of_dataset` is the one way to get the grid of
 a store. The cell-centre coordinates :attr:`Grid.x` / :attr:`Grid.y` are computed here (not by
 odc-geo), so every store keeps bit-identical coordinates.
+
+A **window** (:meth:`Grid.window`, or a spec string ``"1km[4000:4512,4100:4612]"`` — rows then
+columns, Python slices of the full grid — wherever a preset is accepted) is a rectangle of a
+preset grid: same CRS, resolution and cell edges, its cells are the parent's cells
+``[row0:row1, col0:col1]`` (coordinates bit-identical to that slice of the parent's), its shape
+is the window's. Nothing of the full grid is allocated. Stores record it in the ``grid_name``
+(the spec) and ``grid_window`` (``[row0, col0, ny, nx]``) attributes, so :meth:`Grid.of_dataset`
+returns the window; a full grid has no ``grid_window`` attribute and unchanged attributes.
+:attr:`Grid.left` / :attr:`Grid.top` are the grid's outer edges, the origin of every
+cell-index computation (``col = floor((x - left) / resolution)``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, overload
@@ -44,6 +55,9 @@ PRESETS: dict[str, float] = {
 #: Southern edge of the domain.
 SOUTH_LAT = 49.0
 
+_WINDOW_SPEC = re.compile(
+    r"^\s*([^\[\]\s]+)\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
+
 
 def radius_of_latitude(lat: float) -> float:
     """Distance from the pole (m) of a parallel in the polar LAEA projection.
@@ -65,31 +79,77 @@ def radius_of_latitude(lat: float) -> float:
 
 @dataclass(frozen=True)
 class Grid:
-    """A square polar LAEA grid centred on the pole.
+    """A square polar LAEA grid centred on the pole, or a rectangular window of one.
 
     Parameters
     ----------
     resolution : float
         Cell size in metres.
     name : str
-        Label used in store attributes and cache names (e.g. ``"50km"``).
+        Label used in store attributes and cache names (e.g. ``"50km"``; a window's is its spec,
+        ``"1km[4000:4512,4100:4612]"``).
     south : float
         Southern latitude the grid must cover (default 49°N).
+    extent : (int, int, int, int), optional
+        ``(row0, col0, ny, nx)`` of a window in the full grid's cells; None (default) for the
+        full grid. Build windows with :meth:`window` or :meth:`from_preset`.
     """
 
     resolution: float
     name: str = "custom"
     south: float = SOUTH_LAT
+    extent: tuple[int, int, int, int] | None = None
 
     @classmethod
     def from_preset(cls, name: str | float) -> Grid:
         """Build a grid from a preset name (``"1km"``, ``"8km"``, ``"25km"``, ``"50km"``,
-        ``"100km"``) or a resolution in metres."""
+        ``"100km"``), a resolution in metres, or a window spec ``"<preset>[r0:r1,c0:c1]"``
+        (rows ``r0:r1`` and columns ``c0:c1`` of the preset's full grid)."""
         if isinstance(name, int | float):
             return cls(float(name), f"{float(name):g}m")
+        m = _WINDOW_SPEC.match(name)
+        if m:
+            r0, r1, c0, c1 = (int(v) for v in m.group(2, 3, 4, 5))
+            return cls.from_preset(m.group(1)).window(r0, c0, r1 - r0, c1 - c0)
         if name not in PRESETS:
-            raise ValueError(f"unknown grid resolution {name!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"unknown grid resolution {name!r}; choose one of {sorted(PRESETS)}"
+                             " or a window such as '1km[4000:4512,4100:4612]'")
         return cls(PRESETS[name], name)
+
+    def window(self, row0: int, col0: int, ny: int, nx: int) -> Grid:
+        """The rectangle of ``ny × nx`` cells whose top-left cell is ``(row0, col0)`` of this
+        grid (a window of a window is a window of the full grid).
+
+        Raises
+        ------
+        ValueError
+            When the rectangle is empty or not inside this grid.
+        """
+        vals = (row0, col0, ny, nx)
+        if any(int(v) != v for v in vals):
+            raise ValueError(f"grid window {vals}: row0, col0, ny, nx must be integers")
+        row0, col0, ny, nx = (int(v) for v in vals)
+        h, w = self.shape
+        if ny < 1 or nx < 1 or row0 < 0 or col0 < 0 or row0 + ny > h or col0 + nx > w:
+            raise ValueError(f"grid window rows {row0}:{row0 + ny}, columns {col0}:{col0 + nx} "
+                             f"is empty or outside the {self.name} grid of shape {(h, w)}")
+        parent = self.parent
+        r0, c0 = self.offset
+        r0, c0 = r0 + row0, c0 + col0
+        spec = f"{parent.name}[{r0}:{r0 + ny},{c0}:{c0 + nx}]"
+        return Grid(self.resolution, spec, self.south, (r0, c0, ny, nx))
+
+    @property
+    def parent(self) -> Grid:
+        """The full grid of a window (the grid itself when it is full)."""
+        if self.extent is None:
+            return self
+        return Grid(self.resolution, self.name.split("[", 1)[0], self.south)
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """``(row0, col0)`` of the grid's top-left cell in the full grid (0, 0 when full)."""
+        return (0, 0) if self.extent is None else (self.extent[0], self.extent[1])
 
     @classmethod
     def of_dataset(cls, ds: xr.Dataset | xr.DataArray) -> Grid:
@@ -116,12 +176,43 @@ class Grid:
         name = ds.attrs.get("grid_name")
         if not name:
             name = next((k for k, v in PRESETS.items() if v == res), f"{res:g}m")
-        grid = cls(res, str(name))
+        win = ds.attrs.get("grid_window")
+        if win is not None:
+            try:
+                r0, c0, ny, nx = (int(v) for v in win)
+                grid = cls(res, str(name).split("[", 1)[0]).window(r0, c0, ny, nx)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}grid_window {win!r} is not a window "
+                                 f"[row0, col0, ny, nx] of the {res:g} m grid: {e}") from e
+        else:
+            grid = cls(res, str(name))
+            if "[" in grid.name or (grid.shape != (ds.sizes.get("y"), ds.sizes.get("x"))
+                                    and "x" in ds.coords and "y" in ds.coords):
+                grid = grid._window_of_coords(ds)
         if "y" in ds.sizes and "x" in ds.sizes and grid.shape != (ds.sizes["y"], ds.sizes["x"]):
             raise ValueError(f"{where}grid_resolution_m {res:g} gives a polar grid of shape "
                              f"{grid.shape}, the store has (y, x) = ({ds.sizes['y']}, "
                              f"{ds.sizes['x']}); not a store of this package's grid?")
         return grid
+
+    def _window_of_coords(self, ds: xr.Dataset | xr.DataArray) -> Grid:
+        """The window whose cell centres are ``ds``'s ``x``/``y`` (a store without the
+        ``grid_window`` attribute); this grid when they are not a window of its parent."""
+        parent = self.parent
+        if "x" not in ds.coords or "y" not in ds.coords or ds.sizes.get("x", 0) < 1 \
+                or ds.sizes.get("y", 0) < 1:
+            return self
+        x, y = ds["x"].values, ds["y"].values
+        c0 = round((float(x[0]) + parent.half_width) / parent.resolution - 0.5)
+        r0 = round((parent.half_width - float(y[0])) / parent.resolution - 0.5)
+        try:
+            win = parent.window(r0, c0, y.size, x.size)
+        except ValueError:
+            return self
+        tol = 1e-6 * parent.resolution
+        if np.allclose(win.x, x, rtol=0, atol=tol) and np.allclose(win.y, y, rtol=0, atol=tol):
+            return win
+        return self
 
     @cached_property
     def n_half(self) -> int:
@@ -130,13 +221,29 @@ class Grid:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(ny, nx)``."""
+        """``(ny, nx)`` (a window's own shape)."""
+        if self.extent is not None:
+            return (self.extent[2], self.extent[3])
         return (2 * self.n_half, 2 * self.n_half)
 
     @property
     def half_width(self) -> float:
-        """Distance (m) from the pole to the grid edge."""
+        """Distance (m) from the pole to the full grid's edge (a window's parent's)."""
         return self.n_half * self.resolution
+
+    @property
+    def left(self) -> float:
+        """x (m) of the grid's left edge (``-half_width`` for a full grid)."""
+        if self.extent is None:
+            return -self.half_width
+        return self.extent[1] * self.resolution - self.half_width
+
+    @property
+    def top(self) -> float:
+        """y (m) of the grid's top edge (``half_width`` for a full grid)."""
+        if self.extent is None:
+            return self.half_width
+        return self.half_width - self.extent[0] * self.resolution
 
     @property
     def crs(self) -> CRS:
@@ -146,8 +253,7 @@ class Grid:
     @property
     def transform(self) -> Affine:
         """North-up affine transform of the top-left corner."""
-        w = self.half_width
-        return Affine(self.resolution, 0.0, -w, 0.0, -self.resolution, w)
+        return Affine(self.resolution, 0.0, self.left, 0.0, -self.resolution, self.top)
 
     @cached_property
     def geobox(self) -> GeoBox:
@@ -166,13 +272,15 @@ class Grid:
 
     @property
     def x(self) -> np.ndarray:
-        """Cell-centre x coordinates (m), ascending."""
-        return (np.arange(self.shape[1]) + 0.5) * self.resolution - self.half_width
+        """Cell-centre x coordinates (m), ascending (a window's: the parent's, sliced)."""
+        c0 = self.offset[1]
+        return (np.arange(c0, c0 + self.shape[1]) + 0.5) * self.resolution - self.half_width
 
     @property
     def y(self) -> np.ndarray:
-        """Cell-centre y coordinates (m), descending (north-up)."""
-        return self.half_width - (np.arange(self.shape[0]) + 0.5) * self.resolution
+        """Cell-centre y coordinates (m), descending (north-up; a window's: the parent's)."""
+        r0 = self.offset[0]
+        return self.half_width - (np.arange(r0, r0 + self.shape[0]) + 0.5) * self.resolution
 
     @property
     def cell_area(self) -> float:
@@ -186,6 +294,8 @@ class Grid:
         """
         col = np.floor((np.asarray(x) + self.half_width) / self.resolution).astype(np.int64)
         row = np.floor((self.half_width - np.asarray(y)) / self.resolution).astype(np.int64)
+        if self.extent is not None:
+            row, col = row - self.extent[0], col - self.extent[1]
         ny, nx = self.shape
         bad = (col < 0) | (col >= nx) | (row < 0) | (row >= ny)
         return np.where(bad, -1, row), np.where(bad, -1, col)
@@ -252,6 +362,8 @@ class Grid:
         out = out.rio.write_transform(self.transform)
         out.attrs["grid_name"] = self.name
         out.attrs["grid_resolution_m"] = self.resolution
+        if self.extent is not None:
+            out.attrs["grid_window"] = list(self.extent)
         return out
 
     def template(self) -> xr.Dataset:

@@ -431,13 +431,13 @@ def source_window(g: Georef, grid: Grid, w: Window, densify: int = 1
     bounding box + 1 pixel of the tile's outline (cell corners, each cell edge split ``densify``
     times; a smooth map has its extremes on the outline), the whole width for a lon/lat tile
     holding the pole or crossing the antimeridian; None when the tile misses the source."""
-    res, hw = grid.resolution, grid.half_width
+    res, left, top = grid.resolution, grid.left, grid.top
     src_crs = _crs(g)
     fwd = Transformer.from_crs(grid.crs, src_crs, always_xy=True)
-    cx = -hw + np.arange(w.col0, w.col1 + 1) * res
-    cy = hw - np.arange(w.row0, w.row1 + 1) * res
-    ex = -hw + np.linspace(w.col0, w.col1, (w.col1 - w.col0) * densify + 1) * res
-    ey = hw - np.linspace(w.row0, w.row1, (w.row1 - w.row0) * densify + 1) * res
+    cx = left + np.arange(w.col0, w.col1 + 1) * res
+    cy = top - np.arange(w.row0, w.row1 + 1) * res
+    ex = left + np.linspace(w.col0, w.col1, (w.col1 - w.col0) * densify + 1) * res
+    ey = top - np.linspace(w.row0, w.row1, (w.row1 - w.row0) * densify + 1) * res
     gx = np.concatenate([ex, ex, np.full(ey.size, cx[0]), np.full(ey.size, cx[-1])])
     gy = np.concatenate([np.full(ex.size, cy[0]), np.full(ex.size, cy[-1]), ey, ey])
     sx, sy = fwd.transform(gx, gy)
@@ -591,7 +591,7 @@ def tile_map(src: Georef, grid: Grid, tile: Window) -> TileMap:
         The output tile (``row0, row1, col0, col1``).
     """
     ty, tx = tile.row1 - tile.row0, tile.col1 - tile.col0
-    res, hw = grid.resolution, grid.half_width
+    res, left, top = grid.resolution, grid.left, grid.top
     nothing = TileMap((ty, tx), (0, 0, 0, 0), [], np.zeros(0, np.int64), np.zeros(0),
                       np.zeros(0))
     win = source_window(src, grid, tile)
@@ -611,8 +611,8 @@ def tile_map(src: Georef, grid: Grid, tile: Window) -> TileMap:
         jj, ii = np.meshgrid(np.arange(c0, c1) + 0.5, np.arange(a, b) + 0.5)
         px, py = _affine(t, jj.ravel(), ii.ravel())
         gx2, gy2 = back.transform(np.asarray(px), np.asarray(py))
-        gcol = np.floor((np.asarray(gx2) + hw) / res) - tile.col0
-        grow = np.floor((hw - np.asarray(gy2)) / res) - tile.row0
+        gcol = np.floor((np.asarray(gx2) - left) / res) - tile.col0
+        grow = np.floor((top - np.asarray(gy2)) / res) - tile.row0
         inside = np.isfinite(gcol) & np.isfinite(grow) & (gcol >= 0) & (gcol < tx) \
             & (grow >= 0) & (grow < ty)
         pix = np.flatnonzero(inside).astype(np.int32)
@@ -627,8 +627,8 @@ def tile_map(src: Georef, grid: Grid, tile: Window) -> TileMap:
     fy = fx = np.zeros(0)
     if missing.size:
         fwd = Transformer.from_crs(grid.crs, src_crs, always_xy=True)
-        mx = -hw + (tile.col0 + missing % tx + 0.5) * res
-        my = hw - (tile.row0 + missing // tx + 0.5) * res
+        mx = left + (tile.col0 + missing % tx + 0.5) * res
+        my = top - (tile.row0 + missing // tx + 0.5) * res
         qx, qy = fwd.transform(mx, my)
         qr, qc = pixel_coords(src, np.asarray(qx), np.asarray(qy))
         inside = np.isfinite(qr) & np.isfinite(qc) & (qr >= r0) & (qr < r1) & (qc >= c0) \
@@ -676,7 +676,8 @@ def default_supersample(grid: Grid, lat: np.ndarray, lon: np.ndarray) -> int:
 def _overlap_weights(grid: Grid, w: TileWindow, lat_edges: np.ndarray, lon_edges: np.ndarray,
                      s: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """Sparse ``(tile cells, used source cells)`` overlap fractions and the used source indices."""
-    key = (grid.resolution, grid.n_half, w, s, lat_edges.tobytes(), lon_edges.tobytes())
+    key = (grid.resolution, grid.n_half, grid.extent, w, s, lat_edges.tobytes(),
+           lon_edges.tobytes())
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -872,7 +873,7 @@ def _mass_tile(values: np.ndarray, g: Georef, grid: Grid, w: Window,
     else:
         wy = np.full((rows.size, k), 1.0 / k)
     per = max(1, MAX_SUBCELLS // (k * k))
-    res, hw = grid.resolution, grid.half_width
+    res, left, top = grid.resolution, grid.left, grid.top
     for a in range(0, rows.size, per):
         rr, cc = rows[a:a + per], cols[a:a + per]
         n = rr.size
@@ -883,8 +884,8 @@ def _mass_tile(values: np.ndarray, g: Georef, grid: Grid, w: Window,
         sx, sy = _affine(t, px, py)
         gx, gy = tr.transform(np.asarray(sx), np.asarray(sy))
         gx, gy = np.asarray(gx), np.asarray(gy)
-        col = np.floor((gx + hw) / res) - w.col0
-        row = np.floor((hw - gy) / res) - w.row0
+        col = np.floor((gx - left) / res) - w.col0
+        row = np.floor((top - gy) / res) - w.row0
         ok = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < tx) & (row >= 0) \
             & (row < ty)
         wt = (np.broadcast_to(wy[a:a + per, :, None], (n, k, k)) / k).reshape(-1)[ok]

@@ -21,12 +21,22 @@ in memory are one-byte label/mask arrays (3 × 80 MB at 1 km) plus, for the tund
 the warmest-month temperature and land area of ABZ cells (8 bytes per ABZ cell, ~0.2 GB at 1 km).
 Measured with the lsmask source on 2 cores: 50 km ≈ 12 s; 8 km ≈ 15–30 s, 0.97 GB peak RSS,
 82 MB store; 1 km ≈ 5 min, 1.8 GB peak RSS (including an area report), 4.9 GB store.
+
+A **window** grid (:meth:`Grid.window`) gets its layers from the same sources, computed for the
+window only (memory and time scale with the window, not the full grid). Two layers depend on
+more than the window: the tundra threshold (a domain-wide calibration) is the parent grid's —
+read from its cached store, built first if the parent has no more cells than the 25-km grid,
+else taken from the 25-km grid's calibration (recorded in ``tundra_threshold_from``) — and the
+nearest-label fill of the continent raster runs on the window padded by
+:data:`LABEL_PAD_M` (at least 64 cells), so a window's layers equal the slice of the full grid's
+wherever the nearest labelled cell lies within the pad.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import uuid
@@ -45,6 +55,7 @@ from abz_dask.geo.grid import Grid
 
 __all__ = [
     "ABZ_COLD_MONTH_C",
+    "LABEL_PAD_M",
     "PAPER_AREAS_MKM2",
     "PERMAFROST_MAAT_C",
     "REGION_ALIASES",
@@ -107,6 +118,11 @@ _SOURCE_VARS = ("land_fraction", "lake_fraction", "ice_fraction", "igbp", "eleva
                 "t2m_clim", "precip_clim")
 _DERIVED_VARS = ("abz", "biome", "permafrost", "continent", "key_region", "reccap2")
 _BLOCK_CELLS = 1 << 21
+#: Margin (m) around a window grid over which its continent labels are nearest-filled.
+LABEL_PAD_M = 100_000.0
+#: A window of a grid finer than this preset takes the tundra threshold of this preset's
+#: calibration (unless its parent's store is cached).
+_CALIBRATION_PRESET = "25km"
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +378,11 @@ def zones_store_path(grid: Grid, *, cache_dir: str | os.PathLike[str] | None = N
     """
     src = geodata.resolve_land_source(land_source)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = (f"zones_{grid.name}_{grid.resolution:.5f}m_{grid.south:g}N_{src}"
+    label = grid.name
+    if grid.extent is not None:
+        r0, c0, ny, nx = grid.extent
+        label = f"{grid.parent.name}_r{r0}-{r0 + ny}_c{c0}-{c0 + nx}"
+    name = (f"zones_{label}_{grid.resolution:.5f}m_{grid.south:g}N_{src}"
             f"_v{ZONES_VERSION}.zarr")
     return root / name
 
@@ -430,8 +450,12 @@ def build_zones(grid: Grid, *, cache_dir: str | os.PathLike[str] | None = None,
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             # local work on a local store: never ship it to a distributed client
+            thr = None
+            if grid.extent is not None:
+                thr = _parent_threshold(grid, cache_dir, land_source, progress)
             with dask.config.set(scheduler="synchronous"):
-                _write_store(grid, tmp, geodata.resolve_land_source(land_source), progress)
+                _write_store(grid, tmp, geodata.resolve_land_source(land_source), progress,
+                             thr)
             try:
                 os.rename(tmp, path)
             except OSError:
@@ -449,9 +473,52 @@ def build_zones(grid: Grid, *, cache_dir: str | os.PathLike[str] | None = None,
     return grid.attach(ds)
 
 
+def _parent_threshold(grid: Grid, cache_dir: str | os.PathLike[str] | None, land_source: str,
+                      progress: Callable[[str], None] | None) -> tuple[float, str]:
+    """The tundra threshold a window takes (module docstring) and where it comes from."""
+    parent = grid.parent
+    cal = Grid.from_preset(_CALIBRATION_PRESET)
+    src = parent
+    if not (zones_store_path(parent, cache_dir=cache_dir, land_source=land_source)
+            / "zarr.json").is_file() and parent.shape[0] > cal.shape[0]:
+        src = cal
+    z = build_zones(src, cache_dir=cache_dir, land_source=land_source, progress=progress)
+    return float(z.attrs["tundra_warmest_month_threshold_C"]), f"{src.name} grid calibration"
+
+
+def _padded_labels(grid: Grid, src: str) -> np.ndarray:
+    """Continent group (0 none, 1 North America, 2 Eurasia) of a window's cells, nearest-filled
+    on the window padded by :data:`LABEL_PAD_M` (clipped to the parent grid)."""
+    r0, c0, ny, nx = grid.extent or (0, 0, *grid.shape)
+    pad = max(64, math.ceil(LABEL_PAD_M / grid.resolution))
+    py, px = grid.parent.shape
+    a0, b0 = max(0, r0 - pad), max(0, c0 - pad)
+    padded = grid.parent.window(a0, b0, min(py, r0 + ny + pad) - a0, min(px, c0 + nx + pad) - b0)
+    rows = max(1, min(padded.shape[0], _BLOCK_CELLS // padded.shape[1]))
+    land_any = np.concatenate([
+        geodata.surface_cover(padded, rows=(a, min(padded.shape[0], a + rows)),
+                              land_source=src)["land_any"] > 0
+        for a in range(0, padded.shape[0], rows)])
+    cgroup = _continent_groups(padded)
+    cgroup = geodata.fill_nearest_label(cgroup, land_any)
+    return cgroup[r0 - a0: r0 - a0 + ny, c0 - b0: c0 - b0 + nx]
+
+
+def _continent_groups(grid: Grid) -> np.ndarray:
+    """DCW countries rasterised on the grid, as continent groups (1 NA, 2 Eurasia, 0 none)."""
+    labels, codes = geodata.rasterize_countries(grid)
+    conts = geodata.dcw_continents()
+    group = np.zeros(len(codes) + 1, np.uint8)
+    for i, c in enumerate(codes, start=1):
+        group[i] = 1 if conts.get(c) == "NA" else 2 if conts.get(c) in ("EU", "AS") else 0
+    return group[labels]
+
+
 def _write_store(grid: Grid, path: Path, src: str,
-                 progress: Callable[[str], None] | None) -> None:
-    """Compute all layers block by block into a Zarr v3 store at ``path``."""
+                 progress: Callable[[str], None] | None,
+                 threshold: tuple[float, str] | None = None) -> None:
+    """Compute all layers block by block into a Zarr v3 store at ``path``; a window passes its
+    tundra ``threshold`` and its source (:func:`_parent_threshold`)."""
     say = progress or (lambda _msg: None)
     ny, nx = grid.shape
     rows = max(1, min(ny, _BLOCK_CELLS // nx))
@@ -481,7 +548,7 @@ def _write_store(grid: Grid, path: Path, src: str,
     t1 = template(_SOURCE_VARS)
     t1.attrs.update(_dataset_attrs(grid, src))
     t1.to_zarr(path, mode="w", compute=False, consolidated=False, zarr_format=3)
-    land_any = np.zeros((ny, nx), bool)
+    land_any = np.zeros((ny, nx) if threshold is None else (0, 0), bool)
     cal_t: list[np.ndarray] = []
     cal_a: list[np.ndarray] = []
     cell_mkm2 = grid.cell_area / 1e12
@@ -493,26 +560,25 @@ def _write_store(grid: Grid, path: Path, src: str,
         write({"land_fraction": cov["land"], "lake_fraction": cov["lake"],
                "ice_fraction": cov["ice"], "igbp": cov["igbp"], "elevation": elev,
                "t2m_clim": t2m, "precip_clim": pr}, r0, r1)
+        if threshold is not None:
+            continue
         land_any[r0:r1] = cov["land_any"] > 0
         cl = classify_climate(t2m, cov["land"])
         cal_t.append(cl["t_warm"][cl["abz"]])
         cal_a.append(cov["land"][cl["abz"]] * cell_mkm2)
 
     # tundra threshold
-    say("calibrating the tundra threshold")
-    thr = calibrate_tundra_threshold(np.concatenate(cal_t), np.concatenate(cal_a))
-    del cal_t, cal_a
-
-    # region labels: DCW countries → continent group, nearest fill on land
-    say("rasterising DCW countries")
-    labels, codes = geodata.rasterize_countries(grid)
-    conts = geodata.dcw_continents()
-    group = np.zeros(len(codes) + 1, np.uint8)
-    for i, c in enumerate(codes, start=1):
-        group[i] = 1 if conts.get(c) == "NA" else 2 if conts.get(c) in ("EU", "AS") else 0
-    cgroup = group[labels]
-    del labels
-    cgroup = geodata.fill_nearest_label(cgroup, land_any)
+    if threshold is None:
+        say("calibrating the tundra threshold")
+        thr = calibrate_tundra_threshold(np.concatenate(cal_t), np.concatenate(cal_a))
+        del cal_t, cal_a
+        say("rasterising DCW countries")
+        # region labels: DCW countries → continent group, nearest fill on land
+        cgroup = geodata.fill_nearest_label(_continent_groups(grid), land_any)
+    else:
+        thr = threshold[0]
+        say("rasterising DCW countries on the padded window")
+        cgroup = _padded_labels(grid, src)
     del land_any
 
     # stage 2: derived layers
@@ -522,6 +588,9 @@ def _write_store(grid: Grid, path: Path, src: str,
     t2.attrs.update(_dataset_attrs(grid, src))
     t2.attrs.update({"tundra_warmest_month_threshold_C": thr,
                      "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    if threshold is not None:
+        t2.attrs.update({"tundra_threshold_from": threshold[1],
+                         "label_fill_pad_m": LABEL_PAD_M})
     t2.to_zarr(path, mode="a", compute=False, consolidated=False)
     store = xr.open_zarr(path, consolidated=False)
     for i, (r0, r1) in enumerate(blocks):

@@ -99,10 +99,14 @@ class TwinInput(_Section):
     @field_validator("resolution")
     @classmethod
     def _preset(cls, v: str) -> str:
-        from abz_dask.geo.grid import PRESETS
+        from abz_dask.geo.grid import PRESETS, Grid
 
         if v not in PRESETS:
-            raise ValueError(f"unknown grid preset {v!r}; choose one of {sorted(PRESETS)}")
+            try:  # a window of a preset, "1km[4000:4512,4100:4612]"
+                Grid.from_preset(v)
+            except ValueError as e:
+                raise ValueError(f"unknown grid preset {v!r}; choose one of {sorted(PRESETS)} "
+                                 f"or a window such as '1km[4000:4512,4100:4612]' ({e})") from e
         return v
 
     @field_validator("start", "end", mode="before")
