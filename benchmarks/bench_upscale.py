@@ -40,6 +40,7 @@ from abz_dask.upscale import (
     project_core_hours,
     run_upscale,
 )
+from abz_dask.upscale.models import ModelSet
 
 
 def _cluster(n: int):  # type: ignore[no-untyped-def]
@@ -84,19 +85,15 @@ def sampled_accuracy(run: Path, fractions: list[float], workers: int
     return tab, pd.DataFrame(timing), all_tiles
 
 
-def paper_forest_throughput(run: Path, years: tuple[str, str], f: float, workers: int
-                            ) -> pd.DataFrame:
-    """Upscale ``years`` with paper-size forests and return the tile records.
-
-    The demo bundle's central model and first bootstrap model of every flux are refitted with 500
+def paper_models(run: Path, workers: int) -> ModelSet:
+    """The demo bundle's central and first bootstrap model of every flux refitted with 500
     trees (same rows, settings and seeds otherwise); the 500-tree bootstrap model stands in for
-    all 20 replicates, so the cost of the product is measured (not its uncertainty).
-    """
+    all 20 replicates, so the cost of the product is measured (not its uncertainty)."""
     import dataclasses
 
     from abz_dask.io.predictors import PREDICTOR_NAMES
     from abz_dask.training.extract import read_training_table
-    from abz_dask.upscale.models import ModelSet, _compile
+    from abz_dask.upscale.models import _compile
 
     cube = run / "twin" / "cube.zarr"
     bundle = load_bundle(run / "models", cube=xr.open_zarr(cube, consolidated=False))
@@ -113,7 +110,15 @@ def paper_forest_throughput(run: Path, years: tuple[str, str], f: float, workers
             est.set_params(n_jobs=1)
             refit.append(_compile(flux, dataclasses.replace(m, estimator=est)))
         central[flux], boots[flux] = refit[0], (refit[1],) * 20
-    models = ModelSet(central, boots)
+    return ModelSet(central, boots)
+
+
+def paper_forest_throughput(run: Path, years: tuple[str, str], f: float, workers: int
+                            ) -> pd.DataFrame:
+    """Upscale ``years`` with paper-size forests (:func:`paper_models`) and return the tile
+    records."""
+    cube = run / "twin" / "cube.zarr"
+    models = paper_models(run, workers)
     cluster, client = _cluster(workers)
     try:
         return run_upscale(cube, run / "twin" / "zones.zarr", run / "bench" / "paper_forests.zarr",

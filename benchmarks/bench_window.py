@@ -37,7 +37,6 @@ peak_worker_mb_50km= mem_ratio= core_hours_exact= core_hours_f0.1= bytes_written
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -54,16 +53,15 @@ from pyproj import CRS
 
 from abz_dask.cube_build import build_cube
 from abz_dask.geo.grid import Grid
-from abz_dask.io.predictors import PREDICTOR_NAMES, PREDICTORS
+from abz_dask.io.predictors import PREDICTORS
 from abz_dask.training import load_bundle
-from abz_dask.training.extract import read_training_table
 from abz_dask.twin import generate_twin
 from abz_dask.twin.export import _encode, _target, _write_tif
 from abz_dask.upscale import UpscaleConfig, project_core_hours, run_upscale
-from abz_dask.upscale.models import ModelSet, _compile
+from abz_dask.upscale.models import ModelSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_upscale import _cluster, _vm_hwm_kb
+from bench_upscale import _cluster, _vm_hwm_kb, paper_models
 
 #: Central Siberian Plateau around 62°N 100°E: boreal forest, all land.
 WINDOW = "1km[3685:4197,7256:7768]"
@@ -124,27 +122,6 @@ def export_window(twin: Path, out: Path, tile: int) -> tuple[Path, int]:
     path = out / "build-cube.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, n
-
-
-def paper_models(run: Path, workers: int) -> ModelSet:
-    """The demo bundle's central and first bootstrap forest of every flux refitted with 500
-    trees (same rows, settings and seeds); the bootstrap forest stands in for all 20."""
-    cube = xr.open_zarr(run / "twin" / "cube.zarr", consolidated=False)
-    bundle = load_bundle(run / "models", cube=cube)
-    table = read_training_table(run / "training" / "training_table.parquet")
-    central, boots = {}, {}
-    for flux, model in bundle.models.items():
-        rows = table[table[flux].notna()]
-        frame, y = rows[list(PREDICTOR_NAMES)].astype(np.float32), rows[flux].to_numpy()
-        refit = []
-        for m in (model, bundle.bootstraps[flux][0]):
-            est = m.estimator.__class__(**{**m.estimator.get_params(), "n_estimators": 500,
-                                           "n_jobs": workers})
-            est.fit(m.design_matrix(frame), y)
-            est.set_params(n_jobs=1)
-            refit.append(_compile(flux, dataclasses.replace(m, estimator=est)))
-        central[flux], boots[flux] = refit[0], (refit[1],) * 20
-    return ModelSet(central, boots)
 
 
 def _bytes(path: Path) -> int:
