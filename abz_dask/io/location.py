@@ -13,7 +13,8 @@ from messages.
 
 Local locations stay plain :class:`~pathlib.Path` objects, so local runs behave exactly as
 before; only the few POSIX-only operations (atomic rename, ``flock``) have object-store
-counterparts, here (:func:`replace`, :func:`remove`) and in :mod:`abz_dask.io.locks`.
+counterparts, here (:func:`write_atomic`, :func:`staging` / :func:`publish`, :func:`remove`) and
+in :mod:`abz_dask.io.locks`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ __all__ = [
     "read_bytes",
     "redact",
     "remove",
-    "replace",
     "staging",
     "url",
     "write_atomic",
@@ -128,27 +128,6 @@ def remove(x: Any) -> None:
     if fs.exists(path):
         fs.rm(path, recursive=True)
         fs.invalidate_cache()
-
-
-def replace(src: Any, dst: Any) -> None:
-    """Move ``src`` to ``dst``, replacing ``dst``: an atomic rename on a local disk; on object
-    storage a copy of every object then a delete (not atomic: callers mark completion with a
-    record written afterwards)."""
-    s, d = as_path(src), as_path(dst)
-    if isinstance(s, Path) and isinstance(d, Path):
-        os.replace(s, d)
-        return
-    remove(d)
-    fs, sp = filesystem(s)
-    _, dp = filesystem(d)
-    fs.invalidate_cache()
-    if fs.isfile(sp):
-        fs.copy(sp, dp)
-    else:
-        for name in fs.find(sp):
-            fs.copy(name, dp + name[len(sp):])
-    fs.rm(sp, recursive=True)
-    fs.invalidate_cache()
 
 
 def write_atomic(path: Any, data: str | bytes) -> None:
