@@ -428,6 +428,7 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
     notes: dict[str, str] = {}
     if paths.card is not None:
         notes["interval"] = interval_note(json.loads(as_path(paths.card).read_text()))
+        est = _with_cv_error(est, as_path(paths.card).parent, zones, grid.cell_area)
     if paths.sites is not None:
         obs = read_abcflux(paths.sites, grid=grid, zones=zones)
         sd = site_domain_table(obs, grid, zones)
@@ -459,6 +460,24 @@ def build_table1(run: Table1Inputs, *, start: int = 2001, end: int = 2020,
     return Table1(est, truth, checks, (start, end), fp, notes)
 
 
+def _with_cv_error(est: pd.DataFrame, bundle: Path, zones: xr.Dataset, cell_area: float
+                   ) -> pd.DataFrame:
+    """``est`` with ``budget_cv_error`` and ``budget_interval_sd`` (√(bootstrap SD² + CV
+    error²), :mod:`abz_dask.aggregation.intervals`) when the bundle holds blocked-CV
+    predictions (profile ``interval: blocked_cv``); else ``est`` unchanged."""
+    from abz_dask.aggregation.intervals import blocked_cv_error
+    from abz_dask.training.bundle import read_cv_tables
+
+    held = read_cv_tables(bundle / "blocked_cv.csv")
+    if not held:
+        return est
+    cv = blocked_cv_error(held, zones, cell_area)[["domain", "flux", "cv_error_tg_c_yr"]]
+    out = est.merge(cv.rename(columns={"cv_error_tg_c_yr": "budget_cv_error"}),
+                    on=["domain", "flux"], how="left")
+    out["budget_interval_sd"] = np.hypot(out["budget_boot_sd"], out["budget_cv_error"])
+    return out
+
+
 def _pm(v: float, sd: float, fmt: str = "{:,.0f}") -> str:
     if not np.isfinite(v):
         return "–"
@@ -477,7 +496,8 @@ def wide_table(tab: pd.DataFrame) -> pd.DataFrame:
         for f in t.index:
             row[f"upscaled {f}"] = _pm(t.loc[f, "per_area_mean"], t.loc[f, "per_area_sd"])
         for f in t.index:
-            row[f"budget {f} (Tg C/yr)"] = _pm(t.loc[f, "budget"], t.loc[f, "budget_boot_sd"])
+            row[f"budget {f} (Tg C/yr)"] = _pm(t.loc[f, "budget"], t.loc[f, (
+                "budget_interval_sd" if "budget_interval_sd" in t else "budget_boot_sd")])
         if "NEE" in t.index:
             r = t.loc["NEE"]
             row["summer : non-summer"] = ("–" if not np.isfinite(r["ratio_summer_nonsummer"])
@@ -549,6 +569,12 @@ def interval_note(card: Mapping[str, object]) -> str:
     text = (f"budget ± = SD over the {boot.get('replicates')} bootstrap budgets; resampling: "
             f"{boot.get('resampling')} (training profile {prof.get('name')!s}, "
             f"bootstrap_unit: {unit})")
+    cv = card.get("interval")
+    if isinstance(cv, Mapping) and cv.get("method") == "blocked_cv":
+        text = ("budget ± = √(bootstrap SD² + blocked-CV error²), half the 95 % interval over "
+                "1.96 (interval: blocked_cv). " + text[len("budget ± = "):].capitalize()
+                + f"; CV error: the domain's area × its sites' held-out annual residual over "
+                f"{cv.get('folds')} (abz_dask.aggregation.intervals)")
     if unit == "row":
         text += (". Row resampling is the paper's; on the twin it covers the truth in 8 of 20 "
                  "site networks (95 % nominal), the site-block bootstrap in 17 of 20 "

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from abz_dask import __version__
 from abz_dask.geo.grid import Grid
@@ -60,6 +60,9 @@ from abz_dask.io.ownership import claim_folder
 from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
 from abz_dask.pipeline.layout import RunLayout
 from abz_dask.twin.generate import FIRE_START
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["STAGES", "RunContext", "RunResult", "Stage", "StageResult", "check_force", "identity",
            "preflight", "register_stage", "run_pipeline"]
@@ -758,6 +761,22 @@ def _fire_budgets(lay: RunLayout) -> Any:
     return fire_budgets(fire, zones, Grid.of_dataset(zones).cell_area)
 
 
+def blocked_cv_error_of(lay: RunLayout) -> pd.DataFrame | None:
+    """The blocked-CV error per domain and flux of the run's model bundle
+    (:func:`abz_dask.aggregation.intervals.blocked_cv_error`), or None when its profile's
+    interval is the bootstrap's (no ``blocked_cv.csv`` in the bundle)."""
+    import xarray as xr
+
+    from abz_dask.aggregation.intervals import blocked_cv_error
+    from abz_dask.training.bundle import read_cv_tables
+
+    held = read_cv_tables(lay.models / "blocked_cv.csv")
+    if not held:
+        return None
+    zones = xr.open_zarr(url(lay.zones), consolidated=False)
+    return blocked_cv_error(held, zones, Grid.of_dataset(zones).cell_area)
+
+
 def _budgets(ctx: RunContext) -> dict[str, Any]:
     from abz_dask.pipeline.demo import compare_budgets
     from abz_dask.upscale import budget_table, excluded_area_message
@@ -779,6 +798,11 @@ def _budgets(ctx: RunContext) -> dict[str, Any]:
     truth = lay.existing(lay.truth_budgets)
     tab = (compare_budgets(est, truth, b.start_year, b.end_year, fire=fire)
            if truth is not None else est)
+    cv_error = blocked_cv_error_of(lay)
+    if cv_error is not None:
+        from abz_dask.aggregation.intervals import with_interval
+
+        tab = with_interval(tab, cv_error)
     write_atomic(lay.budgets, tab.to_csv(index=False))
     return {"rows": len(tab), "n_years": int(est["n_years"].iloc[0]),
             **({"warnings": [lost]} if lost else {})}

@@ -4,6 +4,8 @@ Layout of a bundle directory::
 
     card.json                   # written last: its presence marks a complete bundle
     cv_predictions.csv          # pooled held-out predictions of every flux
+    blocked_cv.csv              # held-out predictions over spatial-cluster folds (interval:
+                                # blocked_cv profiles only; with each row's grid cell)
     NEE/central.skops           # one folder per flux
     NEE/bootstrap_01.skops ...  # replicate b = 1..n_bootstrap
 
@@ -76,7 +78,8 @@ from abz_dask.io.predictors import (
 )
 
 __all__ = ["BundleMismatchError", "FluxModel", "ModelBundle", "card_predictors", "check_cube",
-           "check_skops_file", "load_bundle", "load_forest", "reseal_bundle"]
+           "check_skops_file", "load_bundle", "load_forest", "read_cv_tables",
+           "reseal_bundle"]
 
 CARD_FORMAT = "abz_dask.model_bundle"
 CARD_VERSION = 1
@@ -163,6 +166,10 @@ class ModelBundle:
     metrics : DataFrame
         Pooled CV metrics per flux (index ``flux``; columns ``n, n_sites, mtry, R2, RMSE, MAE,
         MBE``).
+    blocked_cv : dict
+        Flux → held-out predictions over folds of spatial clusters of sites, with each row's
+        grid cell (``cell_row``, ``cell_col``); empty unless the profile's interval is
+        ``blocked_cv`` (:func:`abz_dask.training.fit.blocked_cv`).
     """
 
     models: dict[str, FluxModel]
@@ -170,6 +177,7 @@ class ModelBundle:
     card: dict[str, Any]
     cv_predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    blocked_cv: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def fluxes(self) -> list[str]:
@@ -234,10 +242,11 @@ class ModelBundle:
                         f"{_short(names)} do not match the card's predictors "
                         f"{_short(meta['predictors'])}; not saved")
         card["seal"] = _seal(card)
-        if self.cv_predictions:
-            cv = pd.concat([d.assign(flux=f) for f, d in self.cv_predictions.items()],
-                           ignore_index=True)
-            cv.to_csv(url(tmp / "cv_predictions.csv"), index=False)
+        for name, tables in (("cv_predictions", self.cv_predictions),
+                             ("blocked_cv", self.blocked_cv)):
+            if tables:
+                pd.concat([d.assign(flux=f) for f, d in tables.items()], ignore_index=True
+                          ).to_csv(url(tmp / f"{name}.csv"), index=False)
         (tmp / "card.json").write_text(json.dumps(card, indent=2, allow_nan=True))
         publish(out)
         self.card = card
@@ -667,15 +676,22 @@ def load_bundle(directory: str | Path, cube: xr.Dataset | None = None) -> ModelB
         boots[flux] = [_model_from_card(directory, card_path, f"models.{flux}.bootstraps[{i}]",
                                         flux, m)
                        for i, m in enumerate(entry.get("bootstraps", []))]
-    cv: dict[str, pd.DataFrame] = {}
-    if (directory / "cv_predictions.csv").exists():
-        allcv = pd.read_csv(url(directory / "cv_predictions.csv"), dtype={"site_id": str})
-        cv = {str(f): d.drop(columns="flux").reset_index(drop=True)
-              for f, d in allcv.groupby("flux", sort=False)}
     metrics = pd.DataFrame.from_records(
         [{"flux": f, **card["models"][f]["cv_metrics"]} for f in card["fluxes"]]
     ).set_index("flux")
-    return ModelBundle(models, boots, card, cv, metrics)
+    return ModelBundle(models, boots, card, read_cv_tables(directory / "cv_predictions.csv"),
+                       metrics, read_cv_tables(directory / "blocked_cv.csv"))
+
+
+def read_cv_tables(path: str | Path) -> dict[str, pd.DataFrame]:
+    """Flux → held-out predictions of a bundle's ``cv_predictions.csv`` or ``blocked_cv.csv``
+    (empty when the file does not exist)."""
+    path = as_path(path)
+    if not path.exists():
+        return {}
+    allcv = pd.read_csv(url(path), dtype={"site_id": str})
+    return {str(f): d.drop(columns="flux").reset_index(drop=True)
+            for f, d in allcv.groupby("flux", sort=False)}
 
 
 def reseal_bundle(directory: str | Path, *, force: bool = False) -> Path:

@@ -39,7 +39,7 @@ import hashlib
 import platform
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ class FluxData:
         Position of every row in the training table.
     clusters : ndarray or None
         Spatial cluster of every row's site (:func:`site_clusters`) when the profile's
-        bootstrap unit is ``"cluster"``, else None.
+        bootstrap unit is ``"cluster"`` or its interval ``"blocked_cv"``, else None.
     """
 
     flux: str
@@ -204,10 +204,10 @@ def prepare(table: pd.DataFrame, fluxes: Sequence[str], profile: TrainingProfile
         folds = fold_ids(sites, profile.cv, profile.n_folds, seed)
         frame = X.iloc[keep].astype(np.float32).reset_index(drop=True)
         clusters = None
-        if profile.bootstrap_unit == "cluster":
+        if profile.bootstrap_unit == "cluster" or profile.interval == "blocked_cv":
             if not {"latitude", "longitude"} <= set(table.columns):
-                raise ValueError("bootstrap_unit: cluster needs the training table's latitude "
-                                 "and longitude columns")
+                raise ValueError("bootstrap_unit: cluster and interval: blocked_cv need the "
+                                 "training table's latitude and longitude columns")
             clusters = site_clusters(sites, table["latitude"].to_numpy(np.float64)[keep],
                                      table["longitude"].to_numpy(np.float64)[keep],
                                      profile.bootstrap_cluster_km)
@@ -517,6 +517,74 @@ def tune(data: TrainingData, ref: Any, seed: int, progress: bool = True,
     return out
 
 
+def blocked_cv(data: TrainingData, tuned: dict[str, TuneResult], seed: int,
+               progress: bool = True, ledger: FitLedger | None = None
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Held-out predictions of each flux's tuned forest over folds of whole spatial clusters.
+
+    The clusters of :func:`site_clusters` (``bootstrap_cluster_km``) are dealt into the
+    profile's ``n_folds`` folds as :func:`~abz_dask.training.folds.fold_ids` deals sites
+    (``group_kfold``, shuffled with ``seed``), so a held-out site has no training site of its
+    own cluster: its residual is an extrapolation error, which the interval of
+    :mod:`abz_dask.aggregation.intervals` turns into a budget error. The fits are CV fits (the
+    fold's own encoding, ``tuning_trees`` trees, the tuned mtry), recorded in ``ledger`` under
+    the flux name ``<flux>.blocked``.
+
+    Parameters
+    ----------
+    data : TrainingData
+        Prepared rows (with clusters).
+    tuned : dict
+        Flux → :class:`TuneResult` (the mtry used).
+    seed : int
+        Base seed (fold dealing, fit seeds).
+    progress : bool
+        Show a progress bar.
+    ledger : FitLedger, optional
+        Finished fits to reuse and record.
+
+    Returns
+    -------
+    dict
+        Flux → ``(folds, predictions)``: the fold and the held-out prediction of every row.
+    """
+    fluxes = {}
+    for f, d in data.fluxes.items():
+        if d.clusters is None:
+            raise ValueError("blocked_cv: the training data has no site clusters")
+        fluxes[f] = replace(d, folds=fold_ids(d.clusters, "group_kfold", data.profile.n_folds,
+                                              seed))
+    blocked = replace(data, fluxes=fluxes)
+    ref = ship_training_data(blocked)
+    fit = dask.delayed(_cv_fit, pure=True)
+    todo, results = [], []
+    for f, d in blocked.fluxes.items():
+        for fold, _, _ in iter_folds(d.folds):
+            found = ledger.load(f"{f}.blocked", fold, tuned[f].mtry) if ledger else None
+            if found is None:
+                todo.append((f, fold))
+            else:
+                results.append(_CVFit(f, fold, tuned[f].mtry, *found))
+    tasks = [fit(ref, f, fold, tuned[f].mtry, _task_seed(seed, "blocked", f, fold))
+             for f, fold in todo]
+
+    def record(_: int, r: _CVFit) -> None:
+        assert ledger is not None
+        ledger.save(f"{r.flux}.blocked", r.fold, r.mtry, r.test, r.pred)
+
+    results += compute_with_progress(
+        tasks, f"blocked CV: {len(tasks)} fits (clusters in {data.profile.n_folds} folds)",
+        enabled=progress, on_result=record if ledger is not None else None)
+    out = {}
+    for f, d in blocked.fluxes.items():
+        pred = np.full(len(d.y), np.nan)
+        for r in results:
+            if r.flux == f:
+                pred[r.test] = r.pred
+        out[f] = (d.folds, pred)
+    return out
+
+
 def _table_hash(table: pd.DataFrame, fluxes: Sequence[str],
                 names: Sequence[str] = PREDICTOR_NAMES) -> str:
     extra = [p for p in names if p not in PREDICTOR_NAMES]  # user predictors, after the 17
@@ -539,9 +607,15 @@ def _versions() -> dict[str, str]:
             "pandas": pd.__version__, "dask": dask.__version__, "skops": skops.__version__}
 
 
-def _cv_frame(table: pd.DataFrame, d: FluxData, pred: np.ndarray) -> pd.DataFrame:
+def _cv_frame(table: pd.DataFrame, d: FluxData, pred: np.ndarray, cells: bool = False
+              ) -> pd.DataFrame:
+    """Held-out predictions with the rows' metadata (and, with ``cells``, their grid cell as
+    ``cell_row, cell_col``)."""
     meta = [c for c in _CV_META if c in table]
     cv = table.iloc[d.rows][meta].reset_index(drop=True)
+    if cells:
+        cv["cell_row"] = table["row"].to_numpy()[d.rows]
+        cv["cell_col"] = table["col"].to_numpy()[d.rows]
     cv.insert(0, "row", d.rows)
     cv["fold"] = d.folds
     cv["obs"] = d.y
@@ -611,6 +685,10 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
 
     cv = {f: _cv_frame(table, data.fluxes[f], tuned[f].predictions[tuned[f].mtry])
           for f in fluxes}
+    held: dict[str, pd.DataFrame] = {}
+    if prof.interval == "blocked_cv":
+        for f, (folds, pred) in blocked_cv(data, tuned, seed, progress, ledger).items():
+            held[f] = _cv_frame(table, replace(data.fluxes[f], folds=folds), pred, cells=True)
     recs = []
     for f in fluxes:
         m = metrics(cv[f]["obs"], cv[f]["pred"])
@@ -618,7 +696,7 @@ def train_bundle(table: pd.DataFrame, *, profile: str | TrainingProfile = "light
                      "mtry": tuned[f].mtry, **m})
     pooled = pd.DataFrame.from_records(recs).set_index("flux")
     card = _card(table, data, tuned, models, boots, pooled, prof, seed)
-    bundle = ModelBundle(models, boots, card, cv, pooled)
+    bundle = ModelBundle(models, boots, card, cv, pooled, held)
     if diagnostics_dir is not None:
         diag.write_diagnostics(bundle, tuned, diagnostics, as_path(diagnostics_dir))
     return bundle
@@ -702,6 +780,13 @@ def _card(table: pd.DataFrame, data: TrainingData, tuned: dict[str, TuneResult],
                "mtry_grid": list(_mtry_grid(prof, len(data.predictors))),
                "selection": "lowest mean fold RMSE",
                "reported": "pooled held-out predictions"},
+        **({"interval": {
+            "method": "blocked_cv",
+            "folds": f"{prof.n_folds} folds of spatial clusters of sites (complete linkage, at "
+                     f"most {prof.bootstrap_cluster_km:g} km across)",
+            "trees": prof.tuning_trees, "mtry": "tuned",
+            "rule": "± 1.96 × sqrt(bootstrap SD² + CV error²)"}}
+           if prof.interval == "blocked_cv" else {}),
         "tree_settings": {"min_samples_split": prof.min_samples_split,
                           "min_samples_leaf": prof.min_samples_leaf, "bootstrap": True,
                           "node_size_counts": prof.node_size_counts,

@@ -33,6 +33,14 @@ at most ``bootstrap_cluster_km`` across, default 1,000 km), so that a region who
 from a smooth field no predictor carries is in or out of a replicate as a whole
 (``benchmarks/RESULTS_coverage.md``).
 
+Resampling the sites a network holds cannot reveal an error that every network of the same
+design shares (a domain whose sites sit where the model is biased). ``interval: blocked_cv``
+adds that term: after tuning, the chosen forest is cross-validated once more over
+``n_folds`` folds of whole spatial clusters of sites, and each domain's budget interval becomes
+± 1.96 × √(bootstrap SD² + CV error²), the CV error being the domain's area × the sites'
+held-out annual residual (:mod:`abz_dask.aggregation.intervals`). Use it with
+``bootstrap_unit: cluster`` (``benchmarks/RESULTS_coverage.md`` measures both families).
+
 Both named profiles also keep scikit-learn's node-size counting (``node_size_counts: rows``):
 ``min_samples_split`` counts the distinct rows in a node, where randomForest's ``nodesize``
 counts bootstrap draws, so its trees have ≈ 1.5× as many leaves. ``node_size_counts: draws``
@@ -124,6 +132,13 @@ class TrainingProfile(BaseModel):
         default=1000.0, gt=0,
         description="Largest distance (km, polar LAEA) between two sites of one cluster of the "
                     "cluster bootstrap (complete linkage); unused by the other units.")
+    interval: Literal["bootstrap", "blocked_cv"] = Field(
+        default="bootstrap",
+        description="The budgets' 95 % interval: ± 1.96 × the bootstrap SD (the paper), or "
+                    "± 1.96 × √(bootstrap SD² + blocked-CV error²), the second term being the "
+                    "domain's budget error implied by the held-out residuals of a "
+                    "cross-validation over folds of whole spatial clusters of sites "
+                    "(bootstrap_cluster_km); see abz_dask.aggregation.intervals.")
     min_samples_split: int = Field(default=6, ge=2, description="randomForest nodesize 5.")
     node_size_counts: Literal["rows", "draws"] = Field(
         default="rows",
@@ -152,7 +167,9 @@ class TrainingProfile(BaseModel):
         out: dict[str, Any] = handler(self)
         if self.predictors is None:  # profiles without a set dump exactly as before
             out.pop("predictors", None)
-        if self.bootstrap_unit != "cluster":  # unused: keeps older records and ledgers current
+        if self.interval == "bootstrap":  # the default: older records and ledgers stay current
+            out.pop("interval", None)
+        if self.bootstrap_unit != "cluster" and self.interval != "blocked_cv":  # unused
             out.pop("bootstrap_cluster_km", None)
         return out
 
