@@ -23,8 +23,9 @@ from abz_dask.aggregation.zonal import domain_totals, pixel_area
 from abz_dask.analyses.series import season_months, whole_years
 from abz_dask.analyses.trends import Method, trend
 
-__all__ = ["BUDGET_SEASONS", "BUDGET_TREND_COLUMNS", "budget_trend_table", "budget_trends",
-           "monthly_domain_budgets", "seasonal_budgets"]
+__all__ = ["ATTENUATION_TREND_COLUMNS", "BUDGET_SEASONS", "BUDGET_TREND_COLUMNS",
+           "budget_trend_table", "budget_trends", "monthly_domain_budgets", "seasonal_budgets",
+           "with_attenuation"]
 
 #: Seasons of the budget trends (:data:`abz_dask.analyses.series.SEASONS`).
 BUDGET_SEASONS: tuple[str, ...] = ("annual", "JJA", "spring", "autumn")
@@ -33,6 +34,9 @@ BUDGET_TREND_COLUMNS: tuple[str, ...] = (
     "season", "flux", "domain", "first_year", "last_year", "n_years", "mean_tg_c",
     "trend_tg_c_per_yr", "lbound", "ubound", "sig", "tau", "significant", "nruns", "autocor",
     "linear", "intercept", "trend_boot_sd", "n_bootstrap", "source")
+#: Columns :func:`with_attenuation` appends to the ``budget_trends`` table, in order.
+ATTENUATION_TREND_COLUMNS: tuple[str, ...] = (
+    "attenuation", "attenuation_se", "attenuation_method")
 
 
 def monthly_domain_budgets(fluxes: xr.Dataset, zones: xr.Dataset, cell_area: float, *,
@@ -185,3 +189,35 @@ def budget_trend_table(budgets: xr.DataArray, *, season: str = "annual",
                                   else np.nan),
                 "n_bootstrap": nb})
     return pd.DataFrame(rows)
+
+
+def with_attenuation(table: pd.DataFrame, attenuation: pd.DataFrame) -> pd.DataFrame:
+    """The ``budget_trends`` table with the attenuation estimate beside every estimated trend.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A ``budget_trends`` table (:data:`BUDGET_TREND_COLUMNS`; earlier attenuation columns are
+        replaced).
+    attenuation : pandas.DataFrame
+        One row per flux (:func:`abz_dask.analyses.attenuation.attenuation_table`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``table`` unchanged in its columns and values, with :data:`ATTENUATION_TREND_COLUMNS`
+        appended: on rows of source ``estimate`` the flux's estimate (``NEE_fire`` takes
+        NEE's: fire is not upscaled), its standard error and ``<method>/<level>``; empty on
+        other rows (the truth is not attenuated) and for fluxes the estimate lacks.
+    """
+    base = table.drop(columns=[c for c in ATTENUATION_TREND_COLUMNS if c in table])
+    att = attenuation.set_index("flux")
+    flux = base["flux"].astype(str).replace({"NEE_fire": "NEE"})
+    est = (base["source"] == "estimate") & flux.isin(att.index)
+    label = att["method"].astype(str) + "/" + att["level"].astype(str)
+    out = base.copy()
+    out["attenuation"] = np.where(est, flux.map(att["attenuation"]), np.nan)
+    out["attenuation_se"] = np.where(est, flux.map(att["attenuation_se"]), np.nan)
+    out["attenuation_method"] = pd.Series(np.where(est, flux.map(label), None),
+                                          index=base.index, dtype=object)
+    return out

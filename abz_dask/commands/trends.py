@@ -119,8 +119,10 @@ def _summary(tables: Mapping[str, object]) -> None:
     if isinstance(bt, pd.DataFrame) and len(bt):
         sel = bt[(bt["season"] == "annual") & (bt["domain"] == "abz")]
         for _, r in sel.iterrows():
+            att = (f", attenuation estimate {r['attenuation']:.2f} ± {r['attenuation_se']:.2f}"
+                   if pd.notna(r.get("attenuation")) else "")
             typer.echo(f"{r['source']:>8}: ABZ {r['flux']} budget trend "
-                       f"{r['trend_tg_c_per_yr']:+.2f} Tg C yr-2 (p = {r['sig']:.3g})")
+                       f"{r['trend_tg_c_per_yr']:+.2f} Tg C yr-2 (p = {r['sig']:.3g}){att}")
 
 
 def register(app: typer.Typer) -> None:

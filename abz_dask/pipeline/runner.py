@@ -816,7 +816,42 @@ def _trends(ctx: RunContext) -> dict[str, Any]:
                       preserve_range=t.preserve_range, alpha=t.alpha, predictors=t.predictors)
     res = run_trends(ctx.layout.trend_inputs(), ctx.layout.trends, cfg, overwrite=True,
                      progress=ctx.config.progress, echo=lambda m: ctx.echo(f"trends: {m}"))
+    _trend_attenuation(ctx)
     return {"maps": str(res.maps), "tables": sorted(res.tables)}
+
+
+def _trend_attenuation(ctx: RunContext) -> None:
+    """Append the attenuation estimate of the run's held-out predictions to every estimated
+    budget trend (:func:`abz_dask.analyses.budget_trends.with_attenuation`) and print it with
+    the annual ABZ trends; nothing without the training's ``cv_predictions.csv``."""
+    import pandas as pd
+
+    from abz_dask.analyses.attenuation import held_out_attenuation
+    from abz_dask.analyses.budget_trends import with_attenuation
+    from abz_dask.training.extract import read_training_table
+
+    lay = ctx.layout
+    cv = lay.existing(lay.cv_predictions) or lay.existing(lay.models / "cv_predictions.csv")
+    if cv is None or lay.existing(lay.budget_trends) is None:
+        return
+    table, names = None, []
+    if lay.existing(lay.training_table) and lay.existing(lay.card):
+        card = json.loads(as_path(lay.card).read_text())
+        cat = set(card.get("categorical", {}).get("predictors", []))
+        names = [p for p in card["models"][card["fluxes"][0]]["central"]["predictors"]
+                 if p not in cat and all(p in m["central"]["predictors"]
+                                         for m in card["models"].values())]
+        table = read_training_table(lay.training_table)
+    att = held_out_attenuation(pd.read_csv(url(cv), dtype={"site_id": str}), table, names)
+    table = with_attenuation(pd.read_csv(url(lay.budget_trends)), att)
+    write_atomic(lay.budget_trends, table.to_csv(index=False))
+    sel = table[(table["source"] == "estimate") & (table["season"] == "annual")
+                & (table["domain"] == "abz") & table["attenuation"].notna()]
+    for _, r in sel.iterrows():
+        ctx.echo(f"trends: ABZ {r['flux']} budget trend {r['trend_tg_c_per_yr']:+.2f} Tg C yr-2, "
+                 f"attenuation estimate {r['attenuation']:.2f} ± {r['attenuation_se']:.2f} "
+                 f"({r['attenuation_method']}: held-out predicted vs observed site anomalies; "
+                 "1 = full amplitude)")
 
 
 def _trend_outputs(ctx: RunContext) -> list[Path]:
