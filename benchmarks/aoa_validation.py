@@ -24,15 +24,27 @@ pixels (cell-months), so that low-flux regions and months (tundra, winter) are n
 The last line is machine-readable: ``err_ratio_outside_inside=<NEE pixel MAE ratio>`` then the
 per-flux pixel and relative ratios.
 
+``--from-twin TWIN`` first makes the run folder ``RUN`` from a twin folder (e.g. a family-b twin,
+``abz-dask twin --family b``): the twin copied to ``RUN/twin``, its network read without the
+reader's plausibility ranges (family b's own site factors write NEE up to ~335 g C m⁻² month⁻¹;
+``interval_coverage.NO_RANGES``), the ``light`` profile trained with the twin's seed (central
+forests, CV predictions and permutation importances; no bootstraps) by
+:func:`abz_dask.training.run_training`, and the central forests upscaled over the period by
+``abz-dask upscale RUN --n-bootstrap 0``.
+
 Usage::
 
     python benchmarks/aoa_validation.py RUN [--flux NEE GPP Reco] [--start 2001] [--end 2020]
-        [--mode climatology|monthly] [--unweighted] [--out benchmarks/RESULTS_aoa.md]
+        [--mode climatology|monthly] [--unweighted] [--from-twin TWIN]
+        [--out benchmarks/RESULTS_aoa.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +63,28 @@ def _open(path: Path) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     return xr.open_zarr(path, consolidated=False)
+
+
+def make_run(twin: Path, run: Path, years: tuple[int, int]) -> None:
+    """The run folder ``run`` on the twin folder ``twin`` (see the module notes)."""
+    from interval_coverage import NO_RANGES  # benchmarks/ is on sys.path when run as a script
+
+    from abz_dask.pipeline.demo import extract_stage
+    from abz_dask.training import run_training
+    from abz_dask.training.profiles import resolve_profile
+
+    if run.exists():
+        raise SystemExit(f"--from-twin: {run} exists; give a new run folder")
+    shutil.copytree(twin, run / "twin")
+    tw = run / "twin"
+    seed = int(json.loads((tw / "twin.json").read_text())["seed"])
+    table, _ = extract_stage(tw / "cube.zarr", tw / "zones.zarr", tw / "abcflux_twin.csv",
+                             checks=NO_RANGES)
+    prof = resolve_profile("light").model_copy(update={"n_bootstrap": 0, "pdp_points": 0})
+    run_training(table, run, profile=prof, seed=seed, progress=False)
+    subprocess.run([str(Path(sys.executable).with_name("abz-dask")), "upscale", str(run),
+                    "--n-bootstrap", "0", "--start", f"{years[0]}-01", "--end",
+                    f"{years[1]}-12", "--workers", "1"], check=True)
 
 
 def _wmean(v: np.ndarray, w: np.ndarray) -> float:
@@ -150,9 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="climatology", choices=["climatology", "monthly"])
     ap.add_argument("--unweighted", action="store_true",
                     help="weight every predictor 1 (CAST useWeight = FALSE; a sensitivity)")
+    ap.add_argument("--from-twin", type=Path, default=None,
+                    help="first make RUN from this twin folder (see the module notes)")
     ap.add_argument("--out", type=Path, help="write the Markdown results here")
     a = ap.parse_args(argv)
     run: Path = a.run
+    if a.from_twin is not None:
+        t_make = time.perf_counter()
+        make_run(a.from_twin, run, (a.start, a.end))
+        print(f"run folder {run} made from {a.from_twin} in "
+              f"{time.perf_counter() - t_make:.0f} s", flush=True)
     t0 = time.perf_counter()
     cube = _open(run / "twin" / "cube.zarr")
     zones = _open(run / "twin" / "zones.zarr")

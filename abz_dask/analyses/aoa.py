@@ -72,8 +72,8 @@ from abz_dask.io.predictors import CATEGORICAL
 
 __all__ = ["AOA_INPUTS", "DIModel", "RunAOA", "aoa_budgets", "aoa_for_run", "aoa_shares",
            "aoa_threshold", "di_map",
-           "dissimilarity", "mean_distance", "nearest_distance", "train_di",
-           "train_di_from_run"]
+           "dissimilarity", "mean_distance", "nearest_distance", "predictor_stack",
+           "train_di", "train_di_from_run"]
 
 #: Rows of the pairwise-distance blocks of :func:`mean_distance` / :func:`train_di`.
 _BLOCK_ROWS = 512
@@ -379,6 +379,25 @@ def _stack(cube: xr.Dataset, names: Sequence[str], mode: str) -> xr.DataArray:
     full = [f.expand_dims(step=step.values) if "step" not in f.dims else f for f in full]
     out = xr.concat(full, dim="variable", coords="minimal", compat="override")
     return out.assign_coords(variable=list(names)).transpose("step", "y", "x", "variable")
+
+
+def predictor_stack(cube: xr.Dataset, model: DIModel, *,
+                    years: tuple[int, int] | None = None,
+                    mode: str = "climatology") -> xr.DataArray:
+    """The raw predictors :func:`di_map` queries, lazily: ``(step, y, x, variable)``.
+
+    Parameters
+    ----------
+    cube : xr.Dataset
+        Predictor cube.
+    model : DIModel
+        Its :attr:`~DIModel.variables` are stacked, in order (``month`` = the step's month).
+    years : (int, int), optional
+        Period (complete years only); default: every complete year of the cube.
+    mode : {"climatology", "monthly"}
+        12 calendar-month means or every month (see the module notes).
+    """
+    return _stack(_period(cube, years), model.variables, mode)
 
 
 def _di_block(block: np.ndarray, model: DIModel, tree: cKDTree) -> np.ndarray:

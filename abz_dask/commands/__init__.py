@@ -20,4 +20,5 @@ MODULES: tuple[str, ...] = (
     "abz_dask.commands.export",
     "abz_dask.commands.budgets",
     "abz_dask.commands.releases",
+    "abz_dask.commands.rank_sites",
 )
