@@ -7,6 +7,8 @@ the jackknife, and a hand-computed anomaly table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -261,3 +263,26 @@ def test_trend_stage_appends_the_estimate_bit_identically(tmp_path) -> None:  # 
     assert got.loc[(got["source"] == "estimate") & (got["flux"] == "GPP"),
                    "attenuation"].to_numpy() == pytest.approx(0.8, rel=1e-10)
     assert any("ABZ GPP budget trend" in s and "attenuation estimate 0.80" in s for s in said)
+
+
+def test_report_budget_trends_carry_the_stage_attenuation(tmp_path: Path) -> None:
+    """The report's own budget-trend table gains the trends stage's attenuation columns, by
+    season × flux × domain × source; without a stage table it is unchanged."""
+    from types import SimpleNamespace
+
+    from abz_dask.report.build import _with_stage_attenuation
+
+    keys = {"season": ["annual", "annual"], "flux": ["GPP", "GPP"], "domain": ["abz", "abz"],
+            "source": ["estimate", "truth"]}
+    report = pd.DataFrame({**keys, "trend_tg_c_per_yr": [1.0, 2.0]})
+    stage = pd.DataFrame({**keys, "trend_tg_c_per_yr": [1.0, 2.0], "attenuation": [0.8, None],
+                          "attenuation_se": [0.05, None],
+                          "attenuation_method": ["iv/site_month", None]})
+    path = tmp_path / "budget_trends.csv"
+    paths = SimpleNamespace(budget_trends=path,
+                            existing=lambda p: p if p.exists() else None)
+    assert _with_stage_attenuation(report, paths).equals(report)  # no stage table yet
+    stage.to_csv(path, index=False)
+    got = _with_stage_attenuation(report, paths)
+    assert got["attenuation"].iloc[0] == 0.8 and np.isnan(got["attenuation"].iloc[1])
+    assert got["trend_tg_c_per_yr"].tolist() == [1.0, 2.0]

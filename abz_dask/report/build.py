@@ -136,8 +136,8 @@ def compute_analyses(paths: RunLayout, t1: Table1, *, fire_year: int | None = No
     fb = fire_budgets(emissions, zones, grid.cell_area) if emissions is not None else None
     series = S.annual_series(ds, start=start, end=end, fire_budgets=fb)
     tables["budget_series"] = series.to_dataframe().reset_index()
-    tables["budget_trends"] = budget_trends(domain_budgets(ds, monthly=True), fire=fb,
-                                            start=start, end=end)
+    tables["budget_trends"] = _with_stage_attenuation(
+        budget_trends(domain_budgets(ds, monthly=True), fire=fb, start=start, end=end), paths)
     tables["region_biome"] = S.region_biome_budgets(ds, zones, start=start, end=end,
                                                     fire=emissions)
     tables["monthly_means"] = S.monthly_means(ds, zones, periods=_decades(start, end))
@@ -270,7 +270,11 @@ def render_html(run: Path, t1: Table1, tables: dict[str, pd.DataFrame],
         if key in figures:
             parts.append(_img(_png(figures[key]), cap))
     sections = [("budget_trends", "Budget trends (Theil–Sen, Mann–Kendall with Zhang "
-                                  "prewhitening)"),
+                                  "prewhitening). attenuation ± attenuation_se (trends stage): "
+                                  "the share of driver-borne change the held-out predictions "
+                                  "reproduce, within about ±0.15 of the measured ratio for GPP "
+                                  "and Reco on the twins, not informative for NEE; not applied "
+                                  "to the trends"),
                 ("region_biome", "Key region × biome budgets and trends"),
                 ("seasonal_amplitude_change", "Seasonal amplitude change"),
                 ("source_area_share", "Source-area share (mean annual NEE > 0)"),
@@ -310,6 +314,22 @@ def _external_figures(layout: RunLayout) -> dict[str, Path]:
             for p in sorted(folder.glob("*.png")):
                 out[f"{d}/{p.stem}"] = p
     return out
+
+
+def _with_stage_attenuation(table: pd.DataFrame, paths: RunLayout) -> pd.DataFrame:
+    """The report's budget trends with the trends stage's attenuation estimate
+    (:func:`abz_dask.analyses.budget_trends.with_attenuation`) where that stage wrote one."""
+    from abz_dask.analyses.budget_trends import ATTENUATION_TREND_COLUMNS
+
+    path = paths.existing(paths.budget_trends)
+    if path is None:
+        return table
+    stage = pd.read_csv(url(path))
+    if not set(ATTENUATION_TREND_COLUMNS) <= set(stage.columns):
+        return table
+    keys = ["season", "flux", "domain", "source"]
+    att = stage[keys + list(ATTENUATION_TREND_COLUMNS)].drop_duplicates(keys)
+    return table.merge(att, on=keys, how="left")
 
 
 def build_report(layout: RunLayout, *, start: int = 2001, end: int = 2020,
