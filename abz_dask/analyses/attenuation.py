@@ -135,6 +135,13 @@ def anomalies(cv: pd.DataFrame, level: Level = "year", extra: Sequence[str] = ()
     return d[[*keys, "time", *values]].reset_index(drop=True)
 
 
+def _jackknife_se(loo: np.ndarray) -> float:
+    """Delete-one jackknife standard error of the finite leave-one-out estimates ``loo``."""
+    loo = loo[np.isfinite(loo)]
+    m = len(loo)
+    return float(np.sqrt((m - 1) / m * np.sum((loo - loo.mean()) ** 2))) if m > 1 else np.nan
+
+
 def jackknife_slope(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
     """Least-squares slope of ``y`` on ``x`` (with intercept) and its delete-one-group
     jackknife standard error.
@@ -173,10 +180,7 @@ def jackknife_slope(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[f
         return full, float("nan")
     loo = slope(n_g.sum() - n_g, sx.sum() - sx, sy.sum() - sy, sxx.sum() - sxx,
                 sxy.sum() - sxy)
-    loo = loo[np.isfinite(loo)]
-    m = len(loo)
-    se = float(np.sqrt((m - 1) / m * np.sum((loo - loo.mean()) ** 2))) if m > 1 else np.nan
-    return full, se
+    return full, _jackknife_se(loo)
 
 
 def jackknife_time_ratio(t: np.ndarray, obs: np.ndarray, pred: np.ndarray, groups: np.ndarray
@@ -212,10 +216,7 @@ def jackknife_time_ratio(t: np.ndarray, obs: np.ndarray, pred: np.ndarray, group
         if used.sum() < 2 or not np.isfinite(full):
             return full, float("nan")
         loo = (num.sum() - num[used]) / (den.sum() - den[used])
-    loo = loo[np.isfinite(loo)]
-    m = len(loo)
-    se = float(np.sqrt((m - 1) / m * np.sum((loo - loo.mean()) ** 2))) if m > 1 else np.nan
-    return full, se
+    return full, _jackknife_se(loo)
 
 
 def jackknife_iv(obs: np.ndarray, pred: np.ndarray, z: np.ndarray, groups: np.ndarray
@@ -271,10 +272,7 @@ def jackknife_iv(obs: np.ndarray, pred: np.ndarray, z: np.ndarray, groups: np.nd
         return full, float("nan")
     loo = np.array([slope(xx.sum(0) - xx[g], xo.sum(0) - xo[g], xp.sum(0) - xp[g])
                     for g in range(k)])
-    loo = loo[np.isfinite(loo)]
-    m = len(loo)
-    se = float(np.sqrt((m - 1) / m * np.sum((loo - loo.mean()) ** 2))) if m > 1 else np.nan
-    return full, se
+    return full, _jackknife_se(loo)
 
 
 def attenuation_table(cv: pd.DataFrame, *, level: Level = "year", method: Method = "slope",
