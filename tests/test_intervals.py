@@ -165,3 +165,15 @@ def test_run_budgets_and_table1_show_the_interval(cv_run: Path) -> None:
     assert f"±{abz['budget_interval_sd']:,.0f}" in md
     meta = json.loads((cv_run / "table1.json").read_text())
     assert "interval: blocked_cv" in json.dumps(meta, ensure_ascii=False)
+
+
+def test_interval_note_names_the_blocked_cv_method() -> None:
+    from abz_dask.analyses.table1 import interval_note
+
+    card = {"bootstrap": {"replicates": 20, "resampling": "spatial clusters of sites"},
+            "profile": {"name": "paper-blocked-cv", "bootstrap_unit": "cluster"},
+            "interval": {"method": "blocked_cv", "folds": "5 folds of spatial clusters"}}
+    note = interval_note(card)
+    assert note.startswith("budget ± = √(bootstrap SD² + blocked-CV error²)")
+    assert "Bootstrap: SD over the 20 bootstrap budgets" in note
+    assert "over 5 folds of spatial clusters" in note and "lower bound" not in note

@@ -572,7 +572,7 @@ def interval_note(card: Mapping[str, object]) -> str:
     cv = card.get("interval")
     if isinstance(cv, Mapping) and cv.get("method") == "blocked_cv":
         text = ("budget ± = √(bootstrap SD² + blocked-CV error²), half the 95 % interval over "
-                "1.96 (interval: blocked_cv). " + text[len("budget ± = "):].capitalize()
+                "1.96 (interval: blocked_cv). Bootstrap: " + text[len("budget ± = "):]
                 + f"; CV error: the domain's area × its sites' held-out annual residual over "
                 f"{cv.get('folds')} (abz_dask.aggregation.intervals)")
     if unit == "row":
