@@ -560,7 +560,8 @@ def blocked_cv(data: TrainingData, tuned: dict[str, TuneResult], seed: int,
     todo, results = [], []
     for f, d in blocked.fluxes.items():
         for fold, _, _ in iter_folds(d.folds):
-            found = ledger.load(f"{f}.blocked", fold, tuned[f].mtry) if ledger else None
+            found = (ledger.load(f"{f}.blocked", fold, tuned[f].mtry) if ledger is not None
+                     else None)
             if found is None:
                 todo.append((f, fold))
             else:
