@@ -8,6 +8,14 @@ Fits a 500-tree ``RandomForestRegressor`` (``min_samples_split=6, max_features=9
   constant within a month);
 - ``shuffled``: the same rows in random order.
 
+With ``--twin RUN`` the rows come from the twin (its training table and a 128 × 128 tile of its
+50-km cube), and ``--tiles-1km N`` (default 4) also times the production path against
+scikit-learn on N production tiles of the **1-km grid** (512 × 512 cells, drawn over the ABZ
+land area as ``bench_upscale.py --product-1km`` draws them; 4 months of 2010), on the twin's
+cube and with pixel texture (``--texture``, white noise of 0.25 × each land-surface predictor's
+training SD: real 1-km rasters are rougher than the twin's smooth fields). The ratio of summed
+CPU times over the tiles is the product's; the last line then gives the lower of the variants.
+
 Run::
 
     .venv/bin/python benchmarks/bench_forest.py            # ~2-3 minutes on 2 cores
@@ -22,7 +30,8 @@ the last gives ``ratio_plain_vs_sklearn`` (full trees, one call per tile-month b
 exactly what the upscaler runs per tile-year (:func:`abz_dask.upscale.models.predict_models`: the
 block encoded once with its month starts, :func:`abz_dask.kernels.forest.predict_many`, trees
 box-pruned per tile-month chunk) with the whole 500-tree forest, over scikit-learn's ``predict``
-on the same tile rows, single thread, same process.
+on the same tile rows, single thread, same process (on the 1-km tiles when they are timed; the
+line before gives every variant and the 50-km tile's ratio).
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -185,6 +194,93 @@ def load_benchmark_data(*, tile: int = 128, months: int = 12, n_sites: int = 400
                          f"months = {len(tile_rows)} rows")
 
 
+def twin_training(run: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The twin's NEE training rows, encoded as in training (categorical month and vegetation
+    type by mean response, DECISIONS 7), the response and the encoding."""
+    from abz_dask.io.encoding import fit_encoding
+    from abz_dask.io.predictors import CATEGORICAL
+    from abz_dask.training.extract import read_training_table
+
+    table = read_training_table(run / "training" / "training_table.parquet")
+    table = table[table["NEE"].notna()].reset_index(drop=True)
+    frame = table[list(PREDICTOR_NAMES)].astype(np.float32)
+    y = table["NEE"].to_numpy(np.float64)
+    enc = fit_encoding(frame, y, list(CATEGORICAL))
+    return enc.transform(frame, PREDICTOR_NAMES).astype(np.float64), y, enc
+
+
+#: Months of the 1-km tiles' year that are timed (one per season).
+TILE_MONTHS = (1, 4, 7, 10)
+
+
+def load_1km_tiles(run: Path, enc: Any, work: Path, n: int, seed: int, tile: int,
+                   textures: Sequence[float], year: int = 2010
+                   ) -> list[tuple[str, np.ndarray, list[int]]]:
+    """Rows of ``n`` production tiles of the 1-km grid drawn over the ABZ land area.
+
+    The windows are those of ``bench_upscale.py --product-1km`` (same draw for the same seed and
+    tile; their twins in ``work`` are reused), generated as twins for ``year``; the rows of
+    :data:`TILE_MONTHS` are built as the upscaler builds a tile-year block (month-major,
+    row-major within a month, encoded like the training rows), on the twin's cube and with pixel
+    texture (``bench_upscale.texture_arrays``) at each level of ``textures``. Returns
+    ``(label, rows, month starts)`` per tile and variant.
+    """
+    import xarray as xr
+
+    from abz_dask.twin import generate_twin
+    from abz_dask.upscale.blocks import block_arrays, block_rows
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_upscale import draw_tiles, texture_arrays, training_sd
+
+    sd = training_sd(run)
+    out = []
+    for k, spec in enumerate(draw_tiles(run, n, seed, tile)):
+        twin = generate_twin(work / f"tile{k}" / "twin", resolution=spec, start=f"{year}-01",
+                             end=f"{year}-12", n_sites=50, tile=tile, progress=False)
+        cube = xr.open_zarr(twin.cube, consolidated=False, chunks=None)
+        t = np.flatnonzero(np.isin(cube["time"].dt.month.values, TILE_MONTHS))
+        arrays = block_arrays(cube, PREDICTORS, t, slice(None), slice(None))
+        months = cube["time"].dt.month.values[t]
+        for s in (0.0, *textures):
+            arrs = arrays if s == 0 else texture_arrays(arrays, s, sd,
+                                                         np.random.default_rng(seed + k))
+            rows = block_rows(arrs, months)
+            X = np.ascontiguousarray(enc.transform(
+                pd.DataFrame(rows.matrix, columns=list(PREDICTOR_NAMES)), PREDICTOR_NAMES),
+                dtype=np.float32)
+            label = "twin" if s == 0 else f"texture {s:g}"
+            out.append((f"{spec} {label}", X, [sl.start for sl in rows.month_slices]))
+    return out
+
+
+def tiles_1km_ratio(model: RandomForestRegressor, packed: Any,
+                    tiles: list[tuple[str, np.ndarray, list[int]]], repeats: int
+                    ) -> dict[str, float]:
+    """The production path against scikit-learn on each 1-km tile's rows; per variant (twin,
+    texture levels) the ratio of the summed CPU times over the tiles (the tiles are drawn ∝ land
+    area, so this is the product's ratio)."""
+    sums: dict[str, list[float]] = {}
+    for label, X, starts in tiles:
+        ref, t_sk = timed(partial(model.predict, X))
+        t_sk = min(t_sk, best_time(partial(model.predict, X), max(1, repeats - 2),
+                                   warm_up=False))
+
+        def production(X: np.ndarray = X, starts: list[int] = starts) -> np.ndarray:
+            return fk.predict_many([packed], fk.prepare(X, segments=starts))[0]
+
+        if not np.array_equal(production(), ref):
+            raise AssertionError(f"production path differs from scikit-learn on {label}")
+        t_ours = best_time(production, repeats, warm_up=False)
+        print(f"# 1-km tile {label}: {len(X):,} rows, scikit-learn {len(X) / t_sk:,.0f}, "
+              f"production {len(X) / t_ours:,.0f} rows/s/core: {t_sk / t_ours:.2f}x", flush=True)
+        variant = label.split(" ", 1)[1]
+        acc = sums.setdefault(variant, [0.0, 0.0])
+        acc[0] += t_sk
+        acc[1] += t_ours
+    return {v: sk / ours for v, (sk, ours) in sums.items()}
+
+
 def load_twin_data(run: Path, *, tile: int = 128, year: int = 2010, seed: int = 0
                    ) -> BenchmarkData:
     """The digital twin's training table (NEE) and one upscaler tile of its predictor cube.
@@ -197,17 +293,9 @@ def load_twin_data(run: Path, *, tile: int = 128, year: int = 2010, seed: int = 
     """
     import xarray as xr
 
-    from abz_dask.io.encoding import fit_encoding
-    from abz_dask.io.predictors import CATEGORICAL
-    from abz_dask.training.extract import read_training_table
     from abz_dask.upscale.blocks import block_rows
 
-    table = read_training_table(run / "training" / "training_table.parquet")
-    table = table[table["NEE"].notna()].reset_index(drop=True)
-    frame = table[list(PREDICTOR_NAMES)].astype(np.float32)
-    y = table["NEE"].to_numpy(np.float64)
-    enc = fit_encoding(frame, y, list(CATEGORICAL))
-    X = enc.transform(frame, PREDICTOR_NAMES).astype(np.float64)
+    X, y, enc = twin_training(run)
     cube = xr.open_zarr(run / "twin" / "cube.zarr", consolidated=False, chunks=None)
     dom = np.isfinite(cube["cti"].values)
     ny, nx = dom.shape
@@ -369,6 +457,16 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--twin", type=Path, default=None,
                     help="run folder of a demo (RUN/twin + RUN/training): fit on the twin's "
                          "training table and predict one of its tiles (default: a stand-in)")
+    ap.add_argument("--tiles-1km", type=int, default=4, metavar="N",
+                    help="with --twin: also time N production tiles of the 1-km grid drawn over "
+                         "the ABZ land area (0: only the 50-km tile); the last line is then "
+                         "their ratio")
+    ap.add_argument("--tile-1km", type=int, default=512, help="edge of the 1-km tiles")
+    ap.add_argument("--texture", type=float, nargs="*", default=[0.25],
+                    help="pixel texture levels of the 1-km tiles (x the training SD)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the 1-km tile draw")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder of the 1-km tiles' twins (reused; default: a temporary one)")
     args = ap.parse_args(argv)
     repeats = 2 if args.quick else args.repeats
     budget = 1.0 if args.quick else 3.0  # CPU seconds per timed pass of a slow peer
@@ -529,6 +627,20 @@ def main(argv: list[str] | None = None) -> float:
     print(f"ratio_plain_vs_sklearn={plain_row.rates['tile'] / sk['tile']:.2f} "
           f"ratio_production_vs_sklearn={prod.rates['tile'] / sk['tile']:.2f}")
     ratio = prod.rates["tile"] / sk["tile"]
+    if args.twin and args.tiles_1km:
+        with tempfile.TemporaryDirectory() as tmp:
+            tiles = load_1km_tiles(args.twin, twin_training(args.twin)[2], args.work or Path(tmp),
+                                   args.tiles_1km, args.seed, args.tile_1km, args.texture)
+            by_variant = tiles_1km_ratio(model, packed, tiles, repeats)
+        slow = min(by_variant, key=lambda v: by_variant[v])
+        print(f"# production path vs scikit-learn on {args.tiles_1km} 1-km tiles of "
+              f"{args.tile_1km}x{args.tile_1km} cells (months {TILE_MONTHS}), summed CPU time: "
+              + ", ".join(f"{v} {r:.2f}x" for v, r in by_variant.items())
+              + f"; the 50-km tile above: {ratio:.2f}x")
+        print("ratio_1km_" + " ratio_1km_".join(
+            f"{v.replace(' ', '')}={r:.2f}" for v, r in by_variant.items())
+            + f" ratio_50km_tile={ratio:.2f}")
+        ratio = by_variant[slow]
     print(f"ratio_vs_sklearn={ratio:.2f}")
     return ratio
 

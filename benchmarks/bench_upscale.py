@@ -33,6 +33,7 @@ import xarray as xr
 from abz_dask.geo.grid import Grid
 from abz_dask.training import load_bundle
 from abz_dask.training.synthetic import synthetic_cube
+from abz_dask.twin import generate_twin
 from abz_dask.upscale import (
     UpscaleConfig,
     budget_table,
@@ -41,6 +42,7 @@ from abz_dask.upscale import (
     run_upscale,
 )
 from abz_dask.upscale.models import ModelSet
+from abz_dask.upscale.results import core_hours_1km
 
 
 def _cluster(n: int):  # type: ignore[no-untyped-def]
@@ -85,10 +87,11 @@ def sampled_accuracy(run: Path, fractions: list[float], workers: int
     return tab, pd.DataFrame(timing), all_tiles
 
 
-def paper_models(run: Path, workers: int) -> ModelSet:
-    """The demo bundle's central and first bootstrap model of every flux refitted with 500
-    trees (same rows, settings and seeds otherwise); the 500-tree bootstrap model stands in for
-    all 20 replicates, so the cost of the product is measured (not its uncertainty)."""
+def paper_models(run: Path, workers: int, n_trees: int = 500) -> ModelSet:
+    """The demo bundle's central and first bootstrap model of every flux refitted with
+    ``n_trees`` trees (same rows, settings and seeds otherwise); the refitted bootstrap model
+    stands in for all 20 replicates, so the cost of the product is measured (not its
+    uncertainty)."""
     import dataclasses
 
     from abz_dask.io.predictors import PREDICTOR_NAMES
@@ -104,7 +107,7 @@ def paper_models(run: Path, workers: int) -> ModelSet:
         frame, y = rows[list(PREDICTOR_NAMES)].astype(np.float32), rows[flux].to_numpy()
         refit = []
         for m in (model, bundle.bootstraps[flux][0]):
-            est = m.estimator.__class__(**{**m.estimator.get_params(), "n_estimators": 500,
+            est = m.estimator.__class__(**{**m.estimator.get_params(), "n_estimators": n_trees,
                                            "n_jobs": workers})
             est.fit(m.design_matrix(frame), y)
             est.set_params(n_jobs=1)
@@ -127,6 +130,171 @@ def paper_forest_throughput(run: Path, years: tuple[str, str], f: float, workers
     finally:
         client.close()
         cluster.close()
+
+
+#: Land-surface predictors that vary from pixel to pixel in real 1-km products; ``--texture``
+#: adds white noise to these (month, CO2 and the vegetation type are left as they are).
+TEXTURED = ("srad", "vpd", "snow_cover", "soil_temp", "soil_moisture", "ndvi", "tair", "cti",
+            "nontree_cover", "nonveg_cover", "tree_cover", "soil_ph", "soc", "permafrost_prob")
+
+
+def draw_tiles(run: Path, n: int, seed: int, tile: int) -> list[str]:
+    """``n`` windows of ``tile`` × ``tile`` cells of the 1-km grid, each around a point drawn
+    uniformly over the ABZ land area (cells of the demo's zones drawn with probability ∝ cell
+    area × land fraction, then a uniform point inside the cell)."""
+    zones = xr.open_zarr(run / "twin" / "zones.zarr", consolidated=False).load()
+    coarse = Grid.of_dataset(zones)
+    w = (zones["abz"] & (zones["land_fraction"] > 0)) * zones["land_fraction"].fillna(0.0)
+    p = w.values.ravel() / float(w.sum())
+    rng = np.random.default_rng(seed)
+    fine = Grid.from_preset("1km")
+    ys, xs = zones["y"].values, zones["x"].values
+    specs = []
+    for cell in rng.choice(p.size, size=n, p=p):
+        r50, c50 = divmod(int(cell), zones.sizes["x"])
+        x = xs[c50] + (rng.random() - 0.5) * coarse.resolution
+        y = ys[r50] + (rng.random() - 0.5) * coarse.resolution
+        col = int((x - fine.left) // fine.resolution)
+        row = int((fine.top - y) // fine.resolution)
+        r0 = min(max(row - tile // 2, 0), fine.shape[0] - tile)
+        c0 = min(max(col - tile // 2, 0), fine.shape[1] - tile)
+        specs.append(f"1km[{r0}:{r0 + tile},{c0}:{c0 + tile}]")
+    return specs
+
+
+def training_sd(run: Path) -> dict[str, float]:
+    """Standard deviation of every predictor over the demo's training table."""
+    from abz_dask.training.extract import read_training_table
+
+    table = read_training_table(run / "training" / "training_table.parquet")
+    return {k: float(table[k].std()) for k in TEXTURED}
+
+
+def texture_arrays(arrays: dict[str, np.ndarray], s: float, sd: dict[str, float],
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``arrays`` with white noise of SD ``s`` × the training SD added to every cell (and month)
+    of the :data:`TEXTURED` predictors: the pixel-to-pixel variability of real 1-km rasters
+    that the twin's smooth fields lack. The noise makes each tile-month's range of those
+    predictors wide, so the kernel's per-chunk tree pruning skips fewer splits and rows of a
+    lane group part ways sooner: a stress on the forest walk, not a realistic field."""
+    out = dict(arrays)
+    for k in TEXTURED:
+        noise = rng.standard_normal(np.shape(arrays[k])).astype(np.float32)
+        out[k] = (arrays[k] + noise * np.float32(s * sd[k])).astype(np.float32)
+    return out
+
+
+def texture_cube(src: Path, dst: Path, s: float, sd: dict[str, float], seed: int) -> Path:
+    """A copy of the cube ``src`` with pixel texture (:func:`texture_arrays`)."""
+    cube = xr.open_zarr(src, consolidated=False).load()
+    noisy = texture_arrays({k: cube[k].values for k in TEXTURED}, s, sd,
+                           np.random.default_rng(seed))
+    for k in TEXTURED:
+        cube[k] = cube[k].copy(data=noisy[k])
+    for v in cube.variables.values():
+        v.encoding = {k: e for k, e in v.encoding.items() if k in ("chunks", "dtype")}
+    shutil.rmtree(dst, ignore_errors=True)
+    cube.to_zarr(dst, zarr_format=3, consolidated=False, mode="w")
+    return dst
+
+
+def _tile_run(cube: Path, zones: Path, out: Path, models: ModelSet, year: int, tile: int,
+              f: float) -> pd.DataFrame:
+    """Upscale one 1-km tile on one thread (whole tile task) into ``out``; the tile records."""
+    import dask
+
+    shutil.rmtree(out, ignore_errors=True)
+    with dask.config.set(scheduler="synchronous"):
+        return run_upscale(cube, zones, out, models,
+                           UpscaleConfig(start=f"{year}-01", end=f"{year}-12", tile=tile,
+                                         bootstrap_sample=f), progress=False)
+
+
+def _replicate_totals(store: Path) -> xr.DataArray:
+    """Year totals of every model of every flux and domain over the tiles (g C)."""
+    ds = xr.open_zarr(store, consolidated=False)
+    return ds["zone_sums"].sum(("tile_id", "time")).load()
+
+
+def product_1km(run: Path, out: Path, n: int, seed: int, year: int, tile: int,
+                textures: list[float], workers: int) -> None:
+    """The 1-km product's cost from ``n`` production tiles drawn over the ABZ land area, and
+    the sampled bootstraps' SDs against exact on the same tiles.
+
+    Each tile (``tile`` × ``tile`` cells of the 1-km grid, one year) is generated as a twin and
+    upscaled as whole tile tasks, one thread:
+
+    - **cost**: the 500-tree refits (:func:`paper_models`) at f = 0.1 on the twin's cube and on
+      copies with pixel texture (:func:`texture_cube`, one per ``textures`` level); the product's
+      rate is the land-area mean of CPU-s per tree-row (Hansen–Hurwitz: tiles drawn ∝ land
+      area), with a 90 % bootstrap interval over tiles; the projection uses the slowest variant;
+    - **SD**: the demo's own forests (20 distinct bootstrap replicates) exact (f = 1) and at
+      f = 0.1 on the twin's cube; the bootstrap SD of each domain's year budget summed over all
+      drawn tiles, sampled vs exact.
+    """
+    from abz_dask.aggregation.units import TG_PER_G
+
+    specs = draw_tiles(run, n, seed, tile)
+    sd = training_sd(run)
+    models = paper_models(run, workers)
+    light = None
+    cost, totals = [], {1.0: [], 0.1: []}
+    for k, spec in enumerate(specs):
+        d = out / f"tile{k}"
+        twin = generate_twin(d / "twin", resolution=spec, start=f"{year}-01", end=f"{year}-12",
+                             n_sites=50, tile=tile, progress=False)
+        if light is None:
+            light = compile_bundle(load_bundle(
+                run / "models", cube=xr.open_zarr(twin.cube, consolidated=False)))
+        variants = {"twin": twin.cube} | {
+            f"texture {s:g}": texture_cube(twin.cube, d / f"cube_s{s:g}.zarr", s, sd, seed + k)
+            for s in textures}
+        for label, cube in variants.items():
+            tiles = _tile_run(cube, twin.zones, d / "cost.zarr", models, year, tile, 0.1)
+            rec = {"tile": spec, "cube": label, "cpu_s": float(tiles["cpu_s"].sum()),
+                   "tree_rows": float(tiles["tree_row_evals"].sum()),
+                   "domain_cells": int(tiles["domain_cells"].sum())}
+            rec["tree_rows_per_core_s"] = rec["tree_rows"] / rec["cpu_s"]
+            cost.append(rec)
+            print(f"# {k + 1}/{n} {spec} {label}: {rec['domain_cells']:,} domain cells, "
+                  f"{rec['tree_rows_per_core_s'] / 1e6:.1f} M tree-rows/core-s", flush=True)
+        for f in totals:
+            store = d / f"light_f{f:g}.zarr"
+            _tile_run(twin.cube, twin.zones, store, light, year, tile, f)
+            totals[f].append(_replicate_totals(store))
+        shutil.rmtree(d / "cost.zarr", ignore_errors=True)
+    tab = pd.DataFrame(cost)
+    print(tab.to_string(index=False))
+    rng = np.random.default_rng(seed)
+    rates = {}
+    for label, g in tab.groupby("cube", sort=False):
+        s_per_row = (g["cpu_s"] / g["tree_rows"]).to_numpy()
+        boot = 1.0 / rng.choice(s_per_row, size=(2000, len(s_per_row))).mean(axis=1)
+        rates[label] = (1.0 / s_per_row.mean(), *np.quantile(boot, [0.05, 0.95]))
+    for label, (r, lo, hi) in rates.items():
+        print(f"# {label}: product rate {r / 1e6:.1f} M tree-rows per core-second (90 % "
+              f"interval {lo / 1e6:.1f}-{hi / 1e6:.1f}) -> {core_hours_1km(3, 20, 1.0, r):,.0f} "
+              f"core-hours exact, {core_hours_1km(3, 20, 0.1, r):,.0f} at f = 0.1")
+    slow = min(rates, key=lambda k: rates[k][0])
+    rate = rates[slow][0]
+    # sampled vs exact bootstrap SD of the year budget over the drawn tiles
+    sds = {}
+    for f, parts in totals.items():
+        tot = sum(parts[1:], parts[0])
+        sds[f] = tot.isel(model=slice(1, None)).std("model", ddof=1) * TG_PER_G
+    dev = (sds[0.1] / sds[1.0] - 1).to_dataframe("rel_dev").reset_index()
+    dev = dev.assign(sd_exact=sds[1.0].values.ravel(), sd_f01=sds[0.1].values.ravel())
+    dev = dev[dev["sd_exact"] > 0]
+    print(f"# bootstrap SD of the {year} budget over the {n} tiles, f = 0.1 vs exact (Tg C)")
+    print(dev.to_string(index=False))
+    abz = float(dev.loc[dev["domain"] == "abz", "rel_dev"].abs().max())
+    worst = float(dev["rel_dev"].abs().max())
+    print(f"# projection from the slowest cube ({slow}); {n} tiles of {tile}x{tile} 1-km cells "
+          f"(seed {seed}), {year}, 500-tree forests, whole tile tasks on one thread")
+    print(f"tiles_1km={n} tile={tile} tree_rows_per_core_s={rate:.0f} "
+          f"sd_rel_dev_f0.1={abz:.3f} sd_rel_dev_f0.1_any_domain={worst:.3f} "
+          f"core_hours_exact={core_hours_1km(3, 20, 1.0, rate):.0f} "
+          f"core_hours_f0.1={core_hours_1km(3, 20, 0.1, rate):.0f}")
 
 
 def _synthetic_stores(grid: Grid, root: Path) -> tuple[Path, Path]:
@@ -192,8 +360,21 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true", help="only the memory measurement")
     ap.add_argument("--paper-forests", nargs=2, metavar=("FIRST_YEAR", "LAST_YEAR"),
                     help="only the throughput of 500-tree forests over these years (f = 0.1)")
+    ap.add_argument("--product-1km", type=int, metavar="N",
+                    help="only the 1-km product's cost and sampled-bootstrap SDs from N random "
+                         "production tiles of the 1-km grid (see product_1km)")
+    ap.add_argument("--out", type=Path, help="scratch folder of --product-1km")
+    ap.add_argument("--tile", type=int, default=512, help="tile edge of --product-1km")
+    ap.add_argument("--year", type=int, default=2010, help="year of --product-1km")
+    ap.add_argument("--texture", type=float, nargs="*", default=[0.25, 1.0],
+                    help="pixel texture levels of --product-1km (x the training SD)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --product-1km")
     a = ap.parse_args()
     t0 = time.perf_counter()
+    if a.product_1km:
+        out = a.out or a.run / "bench"
+        product_1km(a.run, out, a.product_1km, a.seed, a.year, a.tile, a.texture, a.workers)
+        return
     if a.paper_forests:
         tiles = paper_forest_throughput(a.run, tuple(a.paper_forests), 0.1, a.workers)
         pe, p1 = (project_core_hours(tiles, 3, 20, f) for f in (1.0, 0.1))

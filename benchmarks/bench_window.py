@@ -59,7 +59,6 @@ from abz_dask.twin import generate_twin
 from abz_dask.twin.export import _encode, _target, _write_tif
 from abz_dask.upscale import UpscaleConfig, project_core_hours, run_upscale
 from abz_dask.upscale.models import ModelSet
-from abz_dask.upscale.results import core_hours_1km
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_upscale import _cluster, _vm_hwm_kb, paper_models
@@ -190,72 +189,6 @@ def trends_window(run: Path, out: Path, window: str, years: tuple[int, int], til
           f"trends_wall_s_20y_projected={t_trends * 20 / n_years:.0f}")
 
 
-def sample_tiles(run: Path, out: Path, n: int, seed: int, years: tuple[int, int], tile: int,
-                 workers: int) -> None:
-    """The 1-km product's cost from ``n`` random tiles of the 1-km grid.
-
-    Points are drawn uniformly over the ABZ land area (from the 50-km demo's zones: cells drawn
-    with probability ∝ cell area × land fraction, then a uniform point inside the cell); the
-    ``tile`` × ``tile`` window of the 1-km grid around each point is generated as a twin (its
-    own cube, no raster round trip: the upscale's cost is what is measured) and upscaled with
-    500-tree forests at f = 0.1 on one thread. The mean over these land-weighted draws of
-    (CPU-s / tree-rows) is the land-area mean of the cost per tree-row, which estimates the
-    product's (its work is proportional to its land cells: Hansen–Hurwitz with probabilities
-    ∝ land area); its inverse is the product's rate, with a 90 % bootstrap interval over
-    tiles."""
-    import dask
-
-    zones = xr.open_zarr(run / "twin" / "zones.zarr", consolidated=False).load()
-    coarse = Grid.of_dataset(zones)
-    w = (zones["abz"] & (zones["land_fraction"] > 0)) * zones["land_fraction"].fillna(0.0)
-    p = w.values.ravel() / float(w.sum())
-    rng = np.random.default_rng(seed)
-    cells = rng.choice(p.size, size=n, p=p)
-    fine = Grid.from_preset("1km")
-    ys, xs = zones["y"].values, zones["x"].values
-    models = paper_models(run, workers)
-    rows = []
-    for k, cell in enumerate(cells):
-        r50, c50 = divmod(int(cell), zones.sizes["x"])
-        x = xs[c50] + (rng.random() - 0.5) * coarse.resolution
-        y = ys[r50] + (rng.random() - 0.5) * coarse.resolution
-        col = int((x - fine.left) // fine.resolution)
-        row = int((fine.top - y) // fine.resolution)
-        r0 = min(max(row - tile // 2, 0), fine.shape[0] - tile)
-        c0 = min(max(col - tile // 2, 0), fine.shape[1] - tile)
-        spec = f"1km[{r0}:{r0 + tile},{c0}:{c0 + tile}]"
-        twin = generate_twin(out / f"tile{k}", resolution=spec, start=f"{years[0]}-01",
-                             end=f"{years[1]}-12", n_sites=50, tile=tile, progress=False)
-        with dask.config.set(scheduler="synchronous"):
-            tiles = run_upscale(twin.cube, twin.zones, out / f"tile{k}" / "fluxes.zarr", models,
-                                UpscaleConfig(start=f"{years[0]}-01", end=f"{years[1]}-12",
-                                              tile=tile, bootstrap_sample=0.1), progress=False)
-        rec = {"window": spec, "cpu_s": float(tiles["cpu_s"].sum()),
-               "tree_rows": float(tiles["tree_row_evals"].sum()),
-               "domain_cells": int(tiles["domain_cells"].sum())}
-        rec["tree_rows_per_core_s"] = rec["tree_rows"] / rec["cpu_s"]
-        rows.append(rec)
-        print(f"# {k + 1}/{n} {spec}: {rec['domain_cells']:,} domain cells, "
-              f"{rec['tree_rows_per_core_s'] / 1e6:.1f} M tree-rows/core-s", flush=True)
-    tab = pd.DataFrame(rows)
-    print(tab.to_string(index=False))
-    s_per_row = (tab["cpu_s"] / tab["tree_rows"]).to_numpy()
-    rate = 1.0 / s_per_row.mean()
-    boot = 1.0 / rng.choice(s_per_row, size=(2000, len(s_per_row))).mean(axis=1)
-    lo, hi = np.quantile(boot, [0.05, 0.95])
-    hours = {f: core_hours_1km(3, 20, f, rate) for f in (1.0, 0.1)}
-    ci = {f: (core_hours_1km(3, 20, f, hi), core_hours_1km(3, 20, f, lo)) for f in (1.0, 0.1)}
-    print(f"# {n} tiles of {tile}x{tile} 1-km cells drawn over the ABZ land area (seed {seed}), "
-          f"{years[0]}-{years[1]}, 500-tree forests, f = 0.1, one thread: product rate "
-          f"{rate / 1e6:.1f} M tree-rows per core-second (90 % interval {lo / 1e6:.1f}-"
-          f"{hi / 1e6:.1f}) -> 1-km product {hours[1.0]:,.0f} core-hours exact "
-          f"({ci[1.0][0]:,.0f}-{ci[1.0][1]:,.0f}), {hours[0.1]:,.0f} at f = 0.1 "
-          f"({ci[0.1][0]:,.0f}-{ci[0.1][1]:,.0f})")
-    print(f"sampled_tiles={n} tree_rows_per_core_s={rate:.0f} core_hours_exact={hours[1.0]:.0f} "
-          f"core_hours_f0.1={hours[0.1]:.0f} ci90_exact={ci[1.0][0]:.0f}-{ci[1.0][1]:.0f} "
-          f"ci90_f0.1={ci[0.1][0]:.0f}-{ci[0.1][1]:.0f}")
-
-
 def main() -> None:
     """Run the window end to end and the 50-km comparison; print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -268,15 +201,9 @@ def main() -> None:
     ap.add_argument("--n-sites", type=int, default=50)
     ap.add_argument("--trends", type=int, nargs=2, metavar=("FIRST", "LAST"),
                     help="only the trend stage on the window over these years")
-    ap.add_argument("--sample-tiles", type=int, metavar="N",
-                    help="only the product's cost from N random 1-km tiles (land-weighted)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of --sample-tiles")
     a = ap.parse_args()
     years = (a.years[0], a.years[1])
     a.out.mkdir(parents=True, exist_ok=True)
-    if a.sample_tiles:
-        sample_tiles(a.run, a.out, a.sample_tiles, a.seed, years, a.tile, a.workers)
-        return
     if a.trends:
         trends_window(a.run, a.out, a.window, (a.trends[0], a.trends[1]), a.tile, a.workers,
                       a.n_sites)
