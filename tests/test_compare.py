@@ -146,6 +146,40 @@ def test_run_compare_outputs(run: Path) -> None:
     assert 0.0 <= ms["domain_share_mess_negative"].iloc[0] <= 1.0
 
 
+def test_run_compare_writes_to_object_storage(run: Path, tmp_path: Path,
+                                               s3_bucket: str) -> None:
+    """The comparison writes its tables, maps and figures to an S3 location (a moto server)
+    exactly as to a local folder (it used to fail: ``Path()`` of an object-store location)."""
+    import dataclasses
+
+    import dask
+    import s3fs
+
+    from abz_dask.compare.run import CompareInputs, run_compare
+    from abz_dask.io.location import as_path
+
+    twin = run / "twin"
+    base = CompareInputs(fluxes=run / "fluxes.zarr", zones=twin / "zones.zarr",
+                         cube=twin / "cube.zarr", fire=None, truth=twin / "truth.zarr",
+                         training=run / "training" / "training_table.parquet",
+                         out=tmp_path / "local")
+    remote = f"{s3_bucket}/run/compare"
+    kw = {"years": (2001, 2004), "n_sample": 400, "seed": 1, "figures": True}
+    with dask.config.set(scheduler="threads"):
+        local = run_compare(base, [], **kw)
+        written = run_compare(dataclasses.replace(base, out=as_path(remote)), [], **kw)
+    assert sorted(written) == sorted(local)
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    for name in ("comparison_metrics.csv", "regional_table.csv", "regional_table.md",
+                 "agreement_summary.csv", "mess_summary.csv", "products.json"):
+        assert fs.cat(f"{remote}/{name}") == (tmp_path / "local" / name).read_bytes(), name
+    assert fs.cat(f"{remote}/compare_mean_nee.png")[:4] == b"\x89PNG"
+    maps = xr.open_zarr(f"{remote}/maps.zarr", consolidated=False)
+    ref = xr.open_zarr(tmp_path / "local" / "maps.zarr", consolidated=False)
+    xr.testing.assert_identical(maps.load(), ref.load())
+
+
 def test_cli_compare_with_product(run: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import contextlib

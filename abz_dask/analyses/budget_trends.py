@@ -218,6 +218,7 @@ def with_attenuation(table: pd.DataFrame, attenuation: pd.DataFrame) -> pd.DataF
     out = base.copy()
     out["attenuation"] = np.where(est, flux.map(att["attenuation"]), np.nan)
     out["attenuation_se"] = np.where(est, flux.map(att["attenuation_se"]), np.nan)
-    out["attenuation_method"] = pd.Series(np.where(est, flux.map(label), None),
-                                          index=base.index, dtype=object)
+    # numpy's stubs take no None as a branch of where (an object array at runtime)
+    labels = np.where(est, flux.map(label), None)  # type: ignore[call-overload]
+    out["attenuation_method"] = pd.Series(labels, index=base.index, dtype=object)
     return out

@@ -38,9 +38,9 @@ from abz_dask.analyses.maps import finish_atomic, pixel_trends, write_zarr_atomi
 from abz_dask.analyses.overlay import overlay_categories, overlay_shares
 from abz_dask.analyses.series import nee_plus_fire, season_months, seasonal_series
 from abz_dask.analyses.shares import greening_overlap, shares_table, trend_area_shares
-from abz_dask.analyses.trends import METHODS
+from abz_dask.analyses.trends import METHODS, Method
 from abz_dask.geo.grid import Grid
-from abz_dask.io.location import as_path, remove, url, write_atomic
+from abz_dask.io.location import Location, as_path, remove, url, write_atomic
 from abz_dask.progress import compute_with_progress
 
 __all__ = ["TrendConfig", "TrendInputs", "TrendResult", "flux_series", "predictor_series",
@@ -75,7 +75,7 @@ class TrendConfig:
 
     start: int = 2001
     end: int = 2020
-    method: str = "zhang"
+    method: Method = "zhang"
     preserve_range: bool = True
     alpha: float = 0.05
     predictors: tuple[str, ...] = ("tair", "snow_cover", "soil_moisture", "ndvi")
@@ -196,7 +196,7 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def _maps_with_overlay(series: dict[str, xr.DataArray], cfg: TrendConfig) -> xr.Dataset:
-    maps = pixel_trends(series, method=cfg.method, preserve_range=cfg.preserve_range,  # type: ignore[arg-type]
+    maps = pixel_trends(series, method=cfg.method, preserve_range=cfg.preserve_range,
                         alpha=cfg.alpha)
     if all(f"{f}_trend" in maps for f in FLUXES):
         maps["overlay"] = overlay_categories(maps["NEE_trend"], maps["NEE_sig"],
@@ -212,7 +212,7 @@ def _write_maps(maps: xr.Dataset, path: Path, label: str, progress: bool,
     finish_atomic(path)
 
 
-def prepare_output(inputs: TrendInputs, out: str | Path, cfg: TrendConfig, *,
+def prepare_output(inputs: TrendInputs, out: str | Path | Location, cfg: TrendConfig, *,
                    overwrite: bool = False) -> dict[str, Any]:
     """Create ``out`` and its ``trends.json``; refuse (or clear) outputs of other settings.
 
@@ -239,8 +239,8 @@ def prepare_output(inputs: TrendInputs, out: str | Path, cfg: TrendConfig, *,
     return manifest
 
 
-def run_trends(inputs: TrendInputs, out: str | Path, cfg: TrendConfig | None = None, *,
-               overwrite: bool = False, progress: bool = True,
+def run_trends(inputs: TrendInputs, out: str | Path | Location, cfg: TrendConfig | None = None,
+               *, overwrite: bool = False, progress: bool = True,
                echo: Callable[[str], None] | None = None) -> TrendResult:
     """Run (or resume) the trend stage on the active Dask scheduler.
 

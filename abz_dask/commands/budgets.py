@@ -56,8 +56,9 @@ def budgets(
         else:
             if not layout.zones.is_dir():
                 fail(f"zones store {layout.zones} of {run} does not exist; give --zones")
-            zones = xr.open_zarr(url(layout.zones), consolidated=False)
-            tab = zonal_budget_table(store, zones, layer, start=start, end=end, within=within)
+            zones_ds = xr.open_zarr(url(layout.zones), consolidated=False)
+            tab = zonal_budget_table(store, zones_ds, layer, start=start, end=end,
+                                     within=within)
             lost = None
     except (ValueError, KeyError, FileNotFoundError) as e:
         fail(str(e))

@@ -158,7 +158,7 @@ def local_cluster(workers: int | None, threads: int = 1, *,
 
 
 def stage_config(run: str | Path, sections: dict[str, Any], *, files_input: bool = True,
-                 **paths: Path | None) -> tuple[RunConfig, RunLayout]:
+                 **paths: Path | str | None) -> tuple[RunConfig, RunLayout]:
     """The run configuration and layout of a per-stage command on run folder ``run``.
 
     The input section is the one saved in the run (:func:`abz_dask.pipeline.layout.saved_input`:

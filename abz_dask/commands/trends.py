@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -20,6 +20,9 @@ from abz_dask.commands.common import (
     stage_config,
 )
 from abz_dask.io.location import url
+
+if TYPE_CHECKING:
+    from abz_dask.analyses.trends import Method
 
 __all__ = ["register", "trends"]
 
@@ -87,8 +90,8 @@ def trends(
     run_cfg, layout = stage_config(run_dir, sections, files_input=False, fluxes=fluxes,
                                    zones=zones, cube=cube, fire=fire, truth=truth, trends=out)
     try:
-        cfg = TrendConfig(start=start, end=end, method=method, preserve_range=preserve_range,
-                          alpha=alpha, predictors=names)
+        cfg = TrendConfig(start=start, end=end, method=cast("Method", method),  # in METHODS
+                          preserve_range=preserve_range, alpha=alpha, predictors=names)
         layout.require(**{"fluxes store": layout.fluxes, "zones store": layout.zones})
         inputs = layout.trend_inputs()
         for given, got in ((cube, inputs.cube), (fire, inputs.fire), (truth, inputs.truth)):

@@ -21,12 +21,18 @@ Plain matplotlib ``imshow`` in projected coordinates (the grid is already polar 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from abz_dask.io.location import url
+from abz_dask.io.location import Location, as_path, url, write_with
+
+
+def _save(fig: Any, path: Any) -> None:
+    """Write ``fig`` as a PNG to ``path`` (a local path or an object-store location)."""
+    write_with(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
 
 __all__ = ["NEE_BREAKS", "comparison_figures"]
 
@@ -43,7 +49,7 @@ def _extent(ds: xr.Dataset) -> tuple[float, float, float, float]:
         (y.max() + dx / 2) / 1e3
 
 
-def comparison_figures(out: str | Path) -> dict[str, Path]:
+def comparison_figures(out: str | Path | Location) -> dict[str, Path]:
     """Write the comparison PNGs into ``out`` (``RUN/compare``, holding the ``maps.zarr`` and
     tables of :func:`abz_dask.compare.run.run_compare`) and return their paths by name.
 
@@ -58,7 +64,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
-    out = Path(out)
+    out = as_path(out)
     if not (out / "maps.zarr").exists():
         raise FileNotFoundError(f"{out / 'maps.zarr'} not found: run the comparison stage first")
     ds = xr.open_zarr(url(out / "maps.zarr"), consolidated=False).load()
@@ -79,7 +85,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
     cb = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, ticks=[-50, -30, 0, 30, 50])
     cb.set_label("mean annual NEE (g C m$^{-2}$ yr$^{-1}$)")
     paths["compare_mean_nee"] = out / "compare_mean_nee.png"
-    fig.savefig(paths["compare_mean_nee"], dpi=110, bbox_inches="tight")
+    _save(fig, paths["compare_mean_nee"])
     plt.close(fig)
 
     # agreement across approaches
@@ -94,7 +100,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
         fig.colorbar(im, ax=ax, shrink=0.75)
     fig.suptitle("Model agreement across approaches (equal approach weights)")
     paths["compare_agreement"] = out / "compare_agreement.png"
-    fig.savefig(paths["compare_agreement"], dpi=110, bbox_inches="tight")
+    _save(fig, paths["compare_agreement"])
     plt.close(fig)
 
     # regional table
@@ -125,7 +131,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
         ax.legend(fontsize=8, ncol=3)
         ax.set_title("Regional mean NEE ± spatial SD (letters: Tukey HSD across regions)")
         paths["compare_regional"] = out / "compare_regional.png"
-        fig.savefig(paths["compare_regional"], dpi=110, bbox_inches="tight")
+        _save(fig, paths["compare_regional"])
         plt.close(fig)
 
     if "mess" in ds:
@@ -138,7 +144,7 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, shrink=0.8)
         paths["compare_mess"] = out / "compare_mess.png"
-        fig.savefig(paths["compare_mess"], dpi=110, bbox_inches="tight")
+        _save(fig, paths["compare_mess"])
         plt.close(fig)
 
     if "cluster" in ds:
@@ -164,6 +170,6 @@ def comparison_figures(out: str | Path) -> dict[str, Path]:
             a2.legend(title="veg type", fontsize=7, ncol=2)
             a2.set_title("vegetation-type composition")
         paths["compare_clusters"] = out / "compare_clusters.png"
-        fig.savefig(paths["compare_clusters"], dpi=110, bbox_inches="tight")
+        _save(fig, paths["compare_clusters"])
         plt.close(fig)
     return paths

@@ -14,6 +14,8 @@ e.g. :func:`~abz_dask.compare.products.to_annual` of a product regridded with
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -107,7 +109,8 @@ def _domain_budgets(annual: xr.DataArray, zones: xr.Dataset, cell_area: float) -
     """Annual budgets (Tg C yr⁻¹) per domain of annual maps (g C m⁻² yr⁻¹), lazy; NaN pixels
     contribute nothing (:func:`~abz_dask.aggregation.zonal.domain_totals`)."""
     z = zones.assign_coords(y=annual["y"], x=annual["x"])
-    tot = domain_totals(annual.fillna(0.0).astype(np.float64), z, pixel_area(z, cell_area))
+    tot = cast("xr.DataArray", domain_totals(annual.fillna(0.0).astype(np.float64), z,
+                                             pixel_area(z, cell_area)))  # of a DataArray
     return tot * TG_PER_G
 
 

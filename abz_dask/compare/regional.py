@@ -20,6 +20,7 @@ import itertools
 import string
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,7 @@ def regional_table(maps: dict[str, xr.DataArray], zones: xr.Dataset, cell_area: 
             if d not in arr.dims:
                 arr = arr.expand_dims(d)
         arr = arr.assign_coords(y=area["y"], x=area["x"]).astype(np.float64)
-        ok = np.isfinite(arr).astype(np.float64)
+        ok = cast("xr.DataArray", np.isfinite(arr)).astype(np.float64)  # ufunc of a DataArray
         x = arr.where(ok > 0, 0.0)
         sums = [zonal_totals(v, zl, area) for v in (ok, x, x * x)]
         sums.append(zonal_totals(ok, zl, (area > 0).astype(np.float64)))

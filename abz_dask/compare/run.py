@@ -62,7 +62,7 @@ from abz_dask.compare.regional import (
 from abz_dask.geo.grid import Grid
 from abz_dask.geo.regrid import conservative
 from abz_dask.geo.zones import ZONE_LABELS
-from abz_dask.io.location import publish, remove, staging, url, write_atomic
+from abz_dask.io.location import as_path, publish, remove, staging, url, write_atomic
 
 __all__ = ["APPROACH_PREFIXES", "PAPER2_YEARS", "CompareInputs", "ProductSpec", "approach_of",
            "in_situ_regional", "parse_product", "run_compare"]
@@ -204,13 +204,13 @@ def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
         No product and no planted truth to compare with.
     """
     inp = inputs
-    for what, p in (("flux store", inp.fluxes), ("zones", inp.zones)):
-        if not Path(p).exists():
-            raise FileNotFoundError(f"{what} {p} does not exist (run the upscaling stage "
+    for what, path in (("flux store", inp.fluxes), ("zones", inp.zones)):
+        if not as_path(path).exists():
+            raise FileNotFoundError(f"{what} {path} does not exist (run the upscaling stage "
                                     "first)")
     if not products and inp.truth is None:
         raise ValueError("compare: no products given and no planted truth to compare with")
-    out = Path(inp.out)
+    out = as_path(inp.out)
     out.mkdir(parents=True, exist_ok=True)
     zones = xr.open_zarr(url(inp.zones), consolidated=False)
     grid = Grid.of_dataset(zones)
@@ -247,7 +247,7 @@ def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
         lambda n: notes.get(n, {}).get("fire_removed", False))
     written["comparison_metrics"] = out / "comparison_metrics.csv"
     _atomic_csv(metrics, written["comparison_metrics"])
-    (out / "products.json").write_text(json.dumps(notes, indent=2))
+    write_atomic(out / "products.json", json.dumps(notes, indent=2))
     written["products"] = out / "products.json"
 
     # paper 2: regional table, ANOVA, letters, agreement
@@ -278,7 +278,8 @@ def run_compare(inputs: CompareInputs, products: list[ProductSpec], *,
     written["regional_table"] = out / "regional_table.csv"
     _atomic_csv(tab_all, written["regional_table"])
     written["regional_table_md"] = out / "regional_table.md"
-    written["regional_table_md"].write_text(
+    write_atomic(
+        written["regional_table_md"],
         f"Mean annual NEE ± spatial SD (g C m-2 yr-1), {years[0]}–{years[1]}\n\n"
         + markdown(table_wide(tab_all)))
     summ = regional_summary(tab)

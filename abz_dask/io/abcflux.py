@@ -72,7 +72,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from abz_dask.geo.grid import Grid
-from abz_dask.io.location import as_path
+from abz_dask.io.location import Location, as_path
 
 __all__ = ["DEFAULT_COLUMN_MAP", "DEFAULT_FLUX_RANGES", "MODELDATA_COLUMN_MAP", "FluxChecks",
            "GppSign", "InputError", "read_abcflux"]
@@ -308,8 +308,9 @@ class _Problems:
                          problems=[(p.line, p.column, p.value, p.message) for p in shown])
 
 
-def read_abcflux(path: str | Path, *, grid: Grid | None = None, zones: xr.Dataset | None = None,
-                 years: tuple[int, int] | None = None, methods: Sequence[str] | None = None,
+def read_abcflux(path: str | Path | Location, *, grid: Grid | None = None,
+                 zones: xr.Dataset | None = None, years: tuple[int, int] | None = None,
+                 methods: Sequence[str] | None = None,
                  max_gap_fill: float | None = None, exclude_disturbed: bool = False,
                  exclude_diffusion: bool = True, column_map: Mapping[str, str] | None = None,
                  gpp_sign: GppSign = "auto",

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from abz_dask.io.location import Location, as_path, filesystem, is_url
 from abz_dask.io.versioned import is_icechunk_repo, main_snapshot
@@ -129,7 +129,7 @@ def describe(rel: str) -> str:
     return rel
 
 
-def check_digest(recorded: dict[str, list[int | str]], root: str | os.PathLike[str],
+def check_digest(recorded: dict[str, list[int | str]], root: str | os.PathLike[str] | Location,
                  outputs: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
     """Problems of the files in ``recorded`` (missing, size or content changed) and of files
     under ``outputs`` that were not recorded; empty when everything matches.
@@ -148,7 +148,7 @@ def check_digest(recorded: dict[str, list[int | str]], root: str | os.PathLike[s
         if str(digest).startswith(_REPO):
             if not is_icechunk_repo(p):
                 return f"{rel}: Icechunk repository missing"
-            now_sid = _repo_digest(p)[1]
+            now_sid = cast(str, _repo_digest(p)[1])  # [0, "icechunk:main@<id>"]
             return None if now_sid == digest else (
                 f"{rel}: branch main is at snapshot {now_sid[len(_REPO):]}, the stage "
                 f"committed {str(digest)[len(_REPO):]}")
@@ -176,7 +176,7 @@ def summarize(problems: list[str], limit: int = 8) -> str:
     return "\n  " + "\n  ".join(problems[:limit]) + more
 
 
-def verify_store(path: str | os.PathLike[str]) -> None:
+def verify_store(path: str | os.PathLike[str] | Location) -> None:
     """Check a store against the digest of the stage that wrote it, if a stage record in its
     folder (or the one above) lists it.
 

@@ -58,7 +58,7 @@ def is_url(x: Any) -> bool:
     if isinstance(x, Path):
         return False
     m = _SCHEME.match(str(x))
-    return bool(m) and m.group(1).lower() not in ("file", "local")
+    return m is not None and m.group(1).lower() not in ("file", "local")
 
 
 def as_path(x: str | os.PathLike[str] | Any) -> Location:

@@ -44,7 +44,7 @@ class LockedError(RuntimeError):
     """Another live process holds the lock of an output."""
 
 
-def lock_path(target: str | os.PathLike[str], *, inside: bool = False) -> Location:
+def lock_path(target: str | os.PathLike[str] | Location, *, inside: bool = False) -> Location:
     """The lock file of ``target``: ``<target>/.abz-dask.lock`` (a run folder, ``inside``) or
     ``<target>.lock`` beside it (a store, which may not exist yet)."""
     target = as_path(target)

@@ -27,7 +27,7 @@ class ForeignPathError(FileExistsError):
     """A path the package was asked to write holds something it did not create."""
 
 
-def is_abz_store(path: str | os.PathLike[str]) -> bool:
+def is_abz_store(path: str | os.PathLike[str] | Location) -> bool:
     """Whether ``path`` is a Zarr store written by abz_dask (its root attributes carry
     ``abz_dask_version``)."""
     meta = as_path(path) / "zarr.json"
@@ -39,7 +39,7 @@ def is_abz_store(path: str | os.PathLike[str]) -> bool:
     return isinstance(attrs, dict) and "abz_dask_version" in attrs
 
 
-def check_replaceable(path: str | os.PathLike[str], what: str = "output") -> None:
+def check_replaceable(path: str | os.PathLike[str] | Location, what: str = "output") -> None:
     """Raise :class:`ForeignPathError` unless ``path`` is absent, an empty folder or an abz_dask
     Zarr store (the only things a store writer may replace)."""
     path = as_path(path)
@@ -59,7 +59,7 @@ def _describe(path: Location) -> str:
     return shown
 
 
-def claim_folder(path: str | os.PathLike[str], what: str = "run folder") -> Location:
+def claim_folder(path: str | os.PathLike[str] | Location, what: str = "run folder") -> Location:
     """Create ``path`` as a run folder, or adopt it if it is empty or already a run folder.
 
     Raises
@@ -83,13 +83,13 @@ def claim_folder(path: str | os.PathLike[str], what: str = "run folder") -> Loca
     except PermissionError as e:
         raise PermissionError(f"{what} {path} is not writable: {e.strerror}") from None
     except (FileExistsError, NotADirectoryError):
-        above = next((p for p in Path(path).parents if p.exists()), None)
+        above = next((p for p in path.parents if p.exists()), None)
         raise ForeignPathError(f"{what} {path} cannot be made: {above} is a file, not a "
                                "folder") from None
     return path
 
 
-def remove_created(path: str | os.PathLike[str]) -> None:
+def remove_created(path: str | os.PathLike[str] | Location) -> None:
     """Remove ``path`` (and its ledger beside it) if abz_dask created it.
 
     Files and empty folders are removed; a folder is removed only when it is an abz_dask Zarr

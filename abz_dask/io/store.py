@@ -13,14 +13,15 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.abc.store
 
 from abz_dask import __version__
-from abz_dask.io.location import as_path, remove, url, write_atomic
+from abz_dask.io.location import Location, as_path, remove, url, write_atomic
 from abz_dask.io.ownership import check_replaceable, is_abz_store, remove_created
 
 __all__ = ["Tile", "TileLedger", "create_store", "extend_store", "iter_tiles", "prefix_length",
@@ -63,7 +64,7 @@ def iter_tiles(shape: tuple[int, int], tile: int) -> Iterator[Tile]:
 class TileLedger:
     """Marker files recording which tiles of a store are completely written."""
 
-    def __init__(self, store: str | os.PathLike[str]):
+    def __init__(self, store: str | os.PathLike[str] | Location):
         store = as_path(store)
         self.dir = store.with_name(store.name + ".done")
 
@@ -103,8 +104,9 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def create_store(template: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False,
-                 check_attrs: tuple[str, ...] = (), replace_mismatch: bool = False) -> bool:
+def create_store(template: xr.Dataset, path: str | os.PathLike[str] | Location, *,
+                 overwrite: bool = False, check_attrs: tuple[str, ...] = (),
+                 replace_mismatch: bool = False) -> bool:
     """Write the metadata (and coordinates) of ``template`` to a new Zarr v3 store.
 
     ``template`` must hold lazy (dask) data variables; their chunks become the store chunks.
@@ -171,12 +173,12 @@ def _dims(arr: Any) -> tuple[str, ...]:
 def _decoded_time(group: zarr.Group, dim: str) -> np.ndarray:
     """The values of coordinate ``dim`` of a store group, decoded like xarray does (CF
     datetimes by their ``units`` and ``calendar``)."""
-    arr = group[dim]
+    arr = cast("zarr.Array[Any]", group[dim])  # a coordinate: an array, not a group
     raw = np.asarray(arr[:])
     units = arr.attrs.get("units")
     if isinstance(units, str) and " since " in units:
-        return np.asarray(xr.coding.times.decode_cf_datetime(
-            raw, units, arr.attrs.get("calendar", "proleptic_gregorian")))
+        calendar = cast("str | None", arr.attrs.get("calendar", "proleptic_gregorian"))
+        return np.asarray(xr.coding.times.decode_cf_datetime(raw, units, calendar))
     return raw
 
 
@@ -198,7 +200,7 @@ def prefix_length(store: Any, template: xr.Dataset, grow: tuple[str, ...] = ("ti
         if not names <= set(group.array_keys()):
             return None
         for name in names:
-            arr, var = group[name], template[name]
+            arr, var = cast("zarr.Array[Any]", group[name]), template[name]  # an array key
             if _dims(arr) != var.dims:
                 return None
             for d, have in zip(var.dims, arr.shape, strict=True):

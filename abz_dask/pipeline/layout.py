@@ -41,15 +41,16 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from abz_dask.io.location import as_path, is_url
+from abz_dask.io.location import Location, as_path, is_url
 from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
 
 if TYPE_CHECKING:
     from abz_dask.analyses.run import TrendInputs
     from abz_dask.analyses.table1 import Table1Inputs
     from abz_dask.compare.run import CompareInputs
+    from abz_dask.twin.family import Family
 
 __all__ = ["RUN_CONFIG", "InputKind", "RunLayout", "StoreFormat", "saved_input", "saved_store"]
 
@@ -116,7 +117,7 @@ class RunLayout:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def for_twin(cls, root: str | Path, store: StoreFormat = "zarr") -> RunLayout:
+    def for_twin(cls, root: str | Path | Location, store: StoreFormat = "zarr") -> RunLayout:
         """A run on the twin generated into ``RUN/twin``; a flux store of format ``store``
         (``fluxes.zarr`` or the Icechunk repository ``fluxes.icechunk``)."""
         root = as_path(root)
@@ -132,7 +133,7 @@ class RunLayout:
         return cls.from_input(config.output, config.input, config.store_format)
 
     @classmethod
-    def from_input(cls, root: str | Path, inp: TwinInput | FilesInput | BuildInput,
+    def from_input(cls, root: str | Path | Location, inp: TwinInput | FilesInput | BuildInput,
                    store: StoreFormat = "zarr") -> RunLayout:
         """The layout of run folder ``root`` with input section ``inp``."""
         root = as_path(root)
@@ -153,7 +154,7 @@ class RunLayout:
             truth_budgets=_opt(inp.truth_budgets))
 
     @classmethod
-    def from_run(cls, root: str | Path) -> RunLayout:
+    def from_run(cls, root: str | Path | Location) -> RunLayout:
         """The layout of an existing run folder: from its saved configuration
         (:data:`RUN_CONFIG`), else its twin's ``twin.json``, else what exists (``inputs/``:
         built inputs; otherwise the twin layout, whose paths name what is missing). The flux
@@ -419,7 +420,7 @@ def _has_fire_section(cube_config: Path) -> bool:
     return isinstance(data, dict) and data.get("fire") is not None
 
 
-def saved_store(root: str | Path) -> StoreFormat:
+def saved_store(root: str | Path | Location) -> StoreFormat:
     """The flux store format of a run folder: the saved configuration's ``store`` (else by
     where the folder lives), else ``icechunk`` for an object-store folder or one holding
     ``fluxes.icechunk``, else ``zarr``."""
@@ -431,11 +432,11 @@ def saved_store(root: str | Path) -> StoreFormat:
         data = {}
     fmt = data.get("store") if isinstance(data, dict) else None
     if fmt in _FLUXES:
-        return fmt  # type: ignore[no-any-return]
+        return cast(StoreFormat, fmt)
     return "icechunk" if is_url(root) or (root / _FLUXES["icechunk"]).exists() else "zarr"
 
 
-def saved_input(root: str | Path) -> TwinInput | FilesInput | BuildInput | None:
+def saved_input(root: str | Path | Location) -> TwinInput | FilesInput | BuildInput | None:
     """The input section of a run folder: from its saved configuration (:data:`RUN_CONFIG`),
     else from its twin's ``twin.json`` (a twin made by ``generate_twin``), else ``None``.
 
@@ -467,7 +468,8 @@ def saved_input(root: str | Path) -> TwinInput | FilesInput | BuildInput | None:
             t = json.loads(manifest.read_text())
             return TwinInput(resolution=str(t["resolution"]), start=str(t["start"]),
                              end=str(t["end"]), seed=int(t["seed"]),
-                             n_sites=int(t["n_sites"]), family=str(t.get("family", "a")),
+                             n_sites=int(t["n_sites"]),
+                             family=cast("Family", str(t.get("family", "a"))),
                              hidden_driver=bool(t.get("hidden_driver", True)))
         except (ValueError, KeyError, TypeError):
             return None

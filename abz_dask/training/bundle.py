@@ -52,7 +52,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,7 @@ from sklearn.ensemble import RandomForestRegressor
 
 from abz_dask.io.encoding import CategoricalEncoding
 from abz_dask.io.location import (
+    Location,
     as_path,
     publish,
     remove,
@@ -229,7 +230,11 @@ class ModelBundle:
                                     strict=True))]
             for stem, model, meta in files:
                 rel = f"{flux}/{stem}.skops"
-                write_with(tmp / rel, lambda f, m=model: sio.dump(m.estimator, f))
+
+                def dump(f: IO[bytes], m: FluxModel = model) -> None:
+                    sio.dump(m.estimator, f)
+
+                write_with(tmp / rel, dump)
                 meta["file"] = rel
                 meta["sha256"] = _sha256(tmp / rel)
                 meta.update(_estimator_record(model.estimator))
@@ -479,7 +484,7 @@ def _looks_like(head: bytes) -> str:
     return "not a zip archive (random bytes, or a truncated or damaged skops file)"
 
 
-def check_skops_file(path: str | Path, data: bytes | None = None) -> None:
+def check_skops_file(path: str | Path | Location, data: bytes | None = None) -> None:
     """Refuse a file that is not a skops archive of a ``RandomForestRegressor``.
 
     Checks, without unpickling or constructing anything, that ``path`` is a zip archive whose
@@ -525,7 +530,7 @@ def check_skops_file(path: str | Path, data: bytes | None = None) -> None:
                                   "RandomForestRegressor; refusing to load it")
 
 
-def load_forest(path: str | Path) -> RandomForestRegressor:
+def load_forest(path: str | Path | Location) -> RandomForestRegressor:
     """A forest from a skops file, refusing any type outside :data:`TRUSTED_TYPES`.
 
     The file is first checked with :func:`check_skops_file` (so a pickle or any non-skops file
@@ -626,7 +631,7 @@ def _read_card(directory: Path) -> tuple[Path, dict[str, Any]]:
     return card_path, card
 
 
-def load_bundle(directory: str | Path, cube: xr.Dataset | None = None) -> ModelBundle:
+def load_bundle(directory: str | Path | Location, cube: xr.Dataset | None = None) -> ModelBundle:
     """Load a bundle written by :meth:`ModelBundle.save`, verifying the card against its seal.
 
     Before any model file is opened, every model ``file`` of the card must be a relative path
@@ -683,7 +688,7 @@ def load_bundle(directory: str | Path, cube: xr.Dataset | None = None) -> ModelB
                        metrics, read_cv_tables(directory / "blocked_cv.csv"))
 
 
-def read_cv_tables(path: str | Path) -> dict[str, pd.DataFrame]:
+def read_cv_tables(path: str | Path | Location) -> dict[str, pd.DataFrame]:
     """Flux → held-out predictions of a bundle's ``cv_predictions.csv`` or ``blocked_cv.csv``
     (empty when the file does not exist)."""
     path = as_path(path)
@@ -694,7 +699,7 @@ def read_cv_tables(path: str | Path) -> dict[str, pd.DataFrame]:
             for f, d in allcv.groupby("flux", sort=False)}
 
 
-def reseal_bundle(directory: str | Path, *, force: bool = False) -> Path:
+def reseal_bundle(directory: str | Path | Location, *, force: bool = False) -> Path:
     """The documented re-seal step: seal the card of a bundle as it stands.
 
     For bundles written before abz_dask sealed its cards, which :func:`load_bundle` refuses.

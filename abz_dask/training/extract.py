@@ -31,7 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from abz_dask.geo.grid import Grid
-from abz_dask.io.location import as_path, url, write_atomic
+from abz_dask.io.location import Location, as_path, url, write_atomic
 from abz_dask.io.predictors import (
     FLUXES,
     PREDICTOR_NAMES,
@@ -306,7 +306,7 @@ def write_training_table(table: pd.DataFrame, out_dir: str | Path) -> dict[str, 
     return paths
 
 
-def read_training_table(path: str | Path) -> pd.DataFrame:
+def read_training_table(path: str | Path | Location) -> pd.DataFrame:
     """Read a table written by :func:`write_training_table` (units stripped from the names).
 
     Parameters

@@ -48,7 +48,7 @@ import time as _time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dask
 import dask.array as da
@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+import zarr.abc.store
 from dask.delayed import Delayed
 
 from abz_dask.aggregation.budgets import DOMAINS, domain_weights
@@ -409,7 +410,7 @@ def _finish_plain(out: Any) -> int:
     if mark is None:
         return 0
     del group.attrs[_EXTENDING]
-    return int(mark["from"])
+    return int(cast("dict[str, Any]", mark)["from"])  # {"from": n, "to": n_new}
 
 
 def extension_months(cube_path: str | Path, out: str | Path, cfg: UpscaleConfig | None = None,
@@ -657,8 +658,9 @@ def _run_versioned(paths: _Paths, models: ModelSet, cfg: UpscaleConfig,
                 f"extended from {t0} to {len(time)} months")
         committed = session.commit(f"upscale: {len(tiles)} tiles, {what}", metadata=meta)
     ck.clear()
-    df = pd.DataFrame([{"tile": t.key, **work["done"][t.key], "resumed": t.key in before}
-                       for t in tiles])
+    # work is set here: _resume returns it with the snapshot id of committed work
+    df = pd.DataFrame([{"tile": t.key, **cast("dict[str, Any]", work)["done"][t.key],
+                        "resumed": t.key in before} for t in tiles])
     df.attrs.update(snapshot=committed, resumed=resumed, extended_from=t0)
     return df
 
