@@ -162,6 +162,21 @@ def test_graph_does_not_grow_with_the_models(tmp_path: Path) -> None:
     assert embedded[1] - embedded[0] >= 0.5 * grown
 
 
+def test_graph_does_not_grow_with_the_period(tmp_path: Path) -> None:
+    """Every task refers to one month index: 20 years instead of 3 add one copy of the longer
+    index to the graph (≈ 1.6 kB), not one per task (it was ≈ 1.6 kB × tasks)."""
+    sizes = []
+    for i, end in enumerate(("2003-12", "2020-12")):
+        root = tmp_path / f"p{i}"
+        root.mkdir()
+        cfg = _config(tmp_path / "run", end=end)
+        _, _, tasks, _ = upscale_graph(cfg, root, tile=16)
+        sizes.append(graph_bytes(tasks))
+        shutil.rmtree(root)
+    assert sizes[0][0] == sizes[1][0] >= 30
+    assert sizes[1][1] - sizes[0][1] < 17 * 12 * 8 + 1024
+
+
 def test_plan_command(tmp_path: Path) -> None:
     """``abz-dask plan`` prints the table; a throughput CSV without the tile columns is an
     error naming the file and the columns."""

@@ -364,7 +364,8 @@ def plan_upscale(cube_path: str | Path, zones_path: str | Path, out: str | Path,
     create_store(template, out, check_attrs=_CHECK_ATTRS)
     paths = _Paths(as_path(cube_path), as_path(zones_path), as_path(out))
     shipped = ship(models)
-    tasks = [dask.delayed(upscale_tile, pure=False)(paths, grid, i, t, time[t0:], shipped, cfg,
+    months = time[t0:]  # one object that every task refers to: pickled once in the graph
+    tasks = [dask.delayed(upscale_tile, pure=False)(paths, grid, i, t, months, shipped, cfg,
                                                     None, t0)
              for i, t in enumerate(tiles)]
     return tiles, tasks
@@ -673,7 +674,8 @@ def _compute_versioned(paths: _Paths, grid: Grid, time: pd.DatetimeIndex, tiles:
     merging each returned fork into the work and saving it every ``every`` (tiles, seconds)."""
     todo = [(i, t) for i, t in enumerate(tiles) if t.key not in work["done"]]
     shipped = ship(models)
-    tasks = [dask.delayed(upscale_tile, pure=False)(paths, grid, i, t, time[t0:], shipped, cfg,
+    months = time[t0:]  # one object that every task refers to: pickled once in the graph
+    tasks = [dask.delayed(upscale_tile, pure=False)(paths, grid, i, t, months, shipped, cfg,
                                                     work["base"], t0) for i, t in todo]
     pending, last = 0, _time.monotonic()
 
