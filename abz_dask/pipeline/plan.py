@@ -39,7 +39,7 @@ from abz_dask.io.store import create_store, iter_tiles
 from abz_dask.pipeline.config import BuildInput, FilesInput, RunConfig, TwinInput
 from abz_dask.pipeline.layout import RunLayout
 from abz_dask.upscale.models import ModelSet
-from abz_dask.upscale.results import BENCHMARK_SOURCE, BENCHMARK_TREE_ROWS_PER_CORE_S
+from abz_dask.upscale.results import BENCHMARK_TREE_ROWS_PER_CORE_S, benchmark_rate
 
 __all__ = ["BENCHMARK_TREE_ROWS_PER_CORE_S", "MEMORY_MODEL", "NODES_PER_TRAINING_ROW",
            "ForestSizes", "RunPlan", "StagePlan", "StoreStats", "forest_sizes", "graph_bytes",
@@ -242,9 +242,10 @@ def upscale_graph(config: RunConfig, root: Path, *, models: ModelSet | None = No
     return inputs, tiles, tasks, out
 
 
-def throughput(path: Path | None) -> tuple[float, str]:
+def throughput(path: Path | None, resolution_m: float = 1000.0) -> tuple[float, str]:
     """Tree-rows per core-second of whole tile tasks and where it comes from: a run's
-    ``upscale_tiles.csv`` (``cpu_s``, ``tree_row_evals``) or the benchmark figure."""
+    ``upscale_tiles.csv`` (``cpu_s``, ``tree_row_evals``) or the benchmark figure for a grid of
+    ``resolution_m`` (:func:`~abz_dask.upscale.results.benchmark_rate`)."""
     from abz_dask.upscale.results import project_core_hours
 
     if path is not None and Path(path).exists():
@@ -258,7 +259,7 @@ def throughput(path: Path | None) -> tuple[float, str]:
         return proj["tree_rows_per_core_s"], (
             f"{path} ({tiles['cpu_s'].sum():.0f} CPU-s, {len(tiles)} tiles, "
             f"{proj['mean_trees_measured']:.0f}-tree forests)")
-    return BENCHMARK_TREE_ROWS_PER_CORE_S, BENCHMARK_SOURCE
+    return benchmark_rate(resolution_m)
 
 
 @dataclass
@@ -442,10 +443,10 @@ def plan_run(config: RunConfig, *, workers: int | None = None,
     n = workers or c.workers or (c.adapt.maximum if c.adapt else 1)
     lay = RunLayout.from_config(config)
     forests = forest_sizes(config)
-    rate, source = throughput(throughput_csv or lay.upscale_tiles)
     stages: list[StagePlan] = []
     with tempfile.TemporaryDirectory(prefix="abz-plan-") as tmp:
         (grid, tile, inputs, note), tiles, tasks, out = upscale_graph(config, Path(tmp))
+        rate, source = throughput(throughput_csv or lay.upscale_tiles, grid.resolution)
         first = "twin" if isinstance(config.input, TwinInput) else \
             "build-cube" if isinstance(config.input, BuildInput) else "inputs"
         in_tiles = len(list(iter_tiles(grid.shape, tile)))

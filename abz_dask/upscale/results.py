@@ -12,7 +12,8 @@ from abz_dask.aggregation.periods import complete_years
 from abz_dask.aggregation.units import M2_PER_MKM2
 from abz_dask.aggregation.zonal import domain_budgets, open_flux_store
 
-__all__ = ["BENCHMARK_SOURCE", "BENCHMARK_TREE_ROWS_PER_CORE_S", "LAND_CELLS_1KM",
+__all__ = ["BENCHMARK_SOURCE", "BENCHMARK_TREE_ROWS_PER_CORE_S", "COARSE_SOURCE",
+           "COARSE_TREE_ROWS_PER_CORE_S", "LAND_CELLS_1KM", "benchmark_rate",
            "budget_table", "core_hours_1km", "covered_area", "excluded_area_message",
            "project_core_hours", "projection_line"]
 
@@ -104,11 +105,27 @@ def excluded_area_message(tab: pd.DataFrame) -> str | None:
             "area_predicted_mkm2 in budgets.csv")
 
 
-#: Whole-tile-task throughput of 500-tree forests (tree-rows per core-second) measured by
-#: ``benchmarks/bench_upscale.py --paper-forests 2010 2011`` on the production (multi-forest,
-#: pruned) path (BENCHMARKS.md; measured under load, so a conservative figure).
-BENCHMARK_TREE_ROWS_PER_CORE_S: float = 33.0e6
-BENCHMARK_SOURCE = "bench_upscale.py --paper-forests, 500-tree forests, BENCHMARKS.md"
+#: Whole-tile-task throughput of 500-tree forests (tree-rows per core-second) on production tiles
+#: of the 1-km grid, measured by ``benchmarks/bench_upscale.py --product-1km 6``: six 512 × 512
+#: tiles drawn over the ABZ land area, the slowest of its cubes (white-noise pixel texture of 1 ×
+#: each land-surface predictor's training SD, rougher than the twin's smooth fields: 98.3 M on
+#: the twin's own cubes), f = 0.1 (BENCHMARKS.md). 50-km tiles run at 33.0 M (a 50-km tile
+#: spans 1,600-6,400 km, so the per-chunk tree pruning skips little): a rate for coarse grids.
+BENCHMARK_TREE_ROWS_PER_CORE_S: float = 55.7e6
+BENCHMARK_SOURCE = ("bench_upscale.py --product-1km: 500-tree forests on 1-km tiles with pixel "
+                    "texture, BENCHMARKS.md")
+#: The same on 50-km tiles (``bench_upscale.py --paper-forests 2010 2011``): the rate for grids
+#: much coarser than 1 km, whose tiles span thousands of kilometres.
+COARSE_TREE_ROWS_PER_CORE_S: float = 33.0e6
+COARSE_SOURCE = "bench_upscale.py --paper-forests: 500-tree forests on 50-km tiles, BENCHMARKS.md"
+
+
+def benchmark_rate(resolution_m: float) -> tuple[float, str]:
+    """The benchmark throughput (tree-rows per core-second) to plan a grid of
+    ``resolution_m`` with, and its source: the 1-km tiles' up to 2 km, else the 50-km tiles'."""
+    if resolution_m <= 2000.0:
+        return BENCHMARK_TREE_ROWS_PER_CORE_S, BENCHMARK_SOURCE
+    return COARSE_TREE_ROWS_PER_CORE_S, COARSE_SOURCE
 
 
 def core_hours_1km(n_fluxes: int, n_bootstrap: int, bootstrap_sample: float,
