@@ -9,7 +9,7 @@ Fits a 500-tree ``RandomForestRegressor`` (``min_samples_split=6, max_features=9
 - ``shuffled``: the same rows in random order.
 
 With ``--twin RUN`` the rows come from the twin (its training table and a 128 × 128 tile of its
-50-km cube), and ``--tiles-1km N`` (default 4) also times the production path against
+50-km cube), and ``--tiles-1km N`` (default 6) also times the production path against
 scikit-learn on N production tiles of the **1-km grid** (512 × 512 cells, drawn over the ABZ
 land area as ``bench_upscale.py --product-1km`` draws them; 4 months of 2010), on the twin's
 cube and with pixel texture (``--texture``, white noise of 0.25 × each land-surface predictor's
@@ -18,7 +18,8 @@ CPU times over the tiles is the product's; the last line then gives the lower of
 
 Run::
 
-    .venv/bin/python benchmarks/bench_forest.py            # ~2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_forest.py            # ~1 minute on 2 cores (stand-in data)
+    .venv/bin/python benchmarks/bench_forest.py --twin RUN # + six 1-km tiles: ~15 minutes
     .venv/bin/python benchmarks/bench_forest.py --quick    # smaller tile, fewer repeats
     .venv/bin/python benchmarks/bench_forest.py --with-tl2cgen   # + TL2cgen (long C compile)
 
@@ -457,7 +458,7 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--twin", type=Path, default=None,
                     help="run folder of a demo (RUN/twin + RUN/training): fit on the twin's "
                          "training table and predict one of its tiles (default: a stand-in)")
-    ap.add_argument("--tiles-1km", type=int, default=4, metavar="N",
+    ap.add_argument("--tiles-1km", type=int, default=6, metavar="N",
                     help="with --twin: also time N production tiles of the 1-km grid drawn over "
                          "the ABZ land area (0: only the 50-km tile); the last line is then "
                          "their ratio")
