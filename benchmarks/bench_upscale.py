@@ -203,7 +203,9 @@ def _tile_run(cube: Path, zones: Path, out: Path, models: ModelSet, year: int, t
     """Upscale one 1-km tile on one thread (whole tile task) into ``out``; the tile records."""
     import dask
 
-    shutil.rmtree(out, ignore_errors=True)
+    from abz_dask.io.ownership import remove_created
+
+    remove_created(out)  # the previous cube's flux store and its tile ledger
     with dask.config.set(scheduler="synchronous"):
         return run_upscale(cube, zones, out, models,
                            UpscaleConfig(start=f"{year}-01", end=f"{year}-12", tile=tile,
@@ -233,6 +235,7 @@ def product_1km(run: Path, out: Path, n: int, seed: int, year: int, tile: int,
       drawn tiles, sampled vs exact.
     """
     from abz_dask.aggregation.units import TG_PER_G
+    from abz_dask.io.ownership import remove_created
 
     specs = draw_tiles(run, n, seed, tile)
     sd = training_sd(run)
@@ -262,7 +265,7 @@ def product_1km(run: Path, out: Path, n: int, seed: int, year: int, tile: int,
             store = d / f"light_f{f:g}.zarr"
             _tile_run(twin.cube, twin.zones, store, light, year, tile, f)
             totals[f].append(_replicate_totals(store))
-        shutil.rmtree(d / "cost.zarr", ignore_errors=True)
+        remove_created(d / "cost.zarr")
     tab = pd.DataFrame(cost)
     print(tab.to_string(index=False))
     rng = np.random.default_rng(seed)
