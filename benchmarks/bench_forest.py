@@ -78,6 +78,7 @@ class BenchmarkData:
     block_rows: int  # rows per tile-month block (month and co2 constant inside one)
     shuffled_rows: np.ndarray  # tile_rows in a random order
     description: str
+    encoding: Any = None  # the categorical encoding of the training rows (twin data only)
 
 
 _VEG = np.array(sorted(VEG_CLASSES), dtype=np.float64)
@@ -324,7 +325,7 @@ def load_twin_data(run: Path, *, tile: int = 128, year: int = 2010, seed: int = 
     return BenchmarkData(X, y, tile_rows, int(keep.sum()), shuffled,
                          f"digital twin {run}: {len(X)} NEE training rows x 17 predictors; "
                          f"{tile}x{tile} tile at rows {best[0]}, cols {best[1]} ({int(keep.sum())} "
-                         f"domain cells) x 12 months of {year} = {len(tile_rows)} rows")
+                         f"domain cells) x 12 months of {year} = {len(tile_rows)} rows", enc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,7 +631,7 @@ def main(argv: list[str] | None = None) -> float:
     ratio = prod.rates["tile"] / sk["tile"]
     if args.twin and args.tiles_1km:
         with tempfile.TemporaryDirectory() as tmp:
-            tiles = load_1km_tiles(args.twin, twin_training(args.twin)[2], args.work or Path(tmp),
+            tiles = load_1km_tiles(args.twin, data.encoding, args.work or Path(tmp),
                                    args.tiles_1km, args.seed, args.tile_1km, args.texture)
             by_variant = tiles_1km_ratio(model, packed, tiles, repeats)
         slow = min(by_variant, key=lambda v: by_variant[v])
